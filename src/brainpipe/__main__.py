@@ -1,0 +1,5 @@
+import sys
+
+from brainpipe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,328 @@
+"""Configuration: frozen dataclasses that mirror the YAML files in `configs/`.
+
+Defaults live here and only here; a YAML file and `--set dotted.key=value` overrides only change
+them. Unknown keys, wrong types and bad choices fail before any work with one message naming the
+key, the bad value and the valid choices.
+
+    cfg = load_config("configs/tuab.yaml", ["preprocess.sfreq=128", "train.epochs=5"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from brainpipe.errors import BrainpipeError
+
+# The 19 channels of the international 10-20 system in TUH's naming (T3/T4/T5/T6, not T7/T8/P7/P8),
+# in the fixed order the cache stores them.
+STANDARD_1020 = (
+    "FP1", "FP2", "F7", "F3", "FZ", "F4", "F8", "T3", "C3", "CZ",
+    "C4", "T4", "T5", "P3", "PZ", "P4", "T6", "O1", "O2",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    # tuab: edf/{train,eval}/{normal,abnormal}/01_tcp_ar/<subj>_s<sess>_t<tok>.edf
+    # tusz: edf/{train,dev,eval}/<subj>/<sess>_<date>/<montage>/<subj>_s<sess>_t<tok>.edf + .csv_bi
+    # generic: any tree; subject/label from `filename_regex` or `manifest`
+    layout: Literal["tuab", "tusz", "generic"] = "generic"
+    # File suffixes the scan picks up (case-insensitive). mne reads the non-EDF ones.
+    extensions: tuple[str, ...] = (".edf", ".bdf", ".fif")
+    # generic layout: regex searched in the path relative to the raw root; named groups
+    # `subject`, `session`, `label`, `split` are used when present.
+    filename_regex: str | None = None
+    # generic layout: CSV with a `path` column (relative to the raw root) and any of
+    # `subject`, `session`, `label`, `split`.
+    manifest: str | None = None
+    # TUSZ annotation files beside each EDF, tried in this order.
+    annotation_suffixes: tuple[str, ...] = (".csv_bi", ".csv")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    # Concurrent header reads. Large by default because on network mounts (WSL2 /mnt, NFS,
+    # bucket FUSE) each open costs milliseconds of latency, not CPU.
+    workers: int = 32
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    # referential: the channels below as recorded against their reference.
+    # tcp: the 22-channel temporal central parasagittal bipolar montage (FP1-F7, F7-T3, ...).
+    # meg: MEG channels picked by type (`meg_picks`).
+    montage: Literal["referential", "tcp", "meg"] = "referential"
+    channels: tuple[str, ...] = STANDARD_1020
+    meg_picks: Literal["meg", "mag", "grad"] = "meg"
+    # A recording lacking a required channel: skip it (with the reason) or zero-fill the channel
+    # and record it in the per-recording channel mask.
+    on_missing: Literal["skip", "zero"] = "skip"
+    sfreq: float = 200.0
+    l_freq: float | None = 0.5
+    h_freq: float | None = 40.0
+    # Mains frequencies to notch out (US: 60 Hz, as in TUH). Empty: no notch.
+    notch_freqs: tuple[float, ...] = (60.0,)
+    # Clip after normalization at +-clip (in normalized units); null: no clipping.
+    clip: float | None = None
+    normalize: Literal["zscore", "robust", "none"] = "zscore"
+    # Samples cut from the start of each recording (TUH files start with amplifier settling).
+    crop_start_s: float = 0.0
+    # Upper bound on the seconds used per recording (null: the whole recording).
+    max_duration_s: float | None = None
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    seconds: float = 10.0
+    stride_seconds: float = 10.0
+    # TUSZ: a window is a seizure window when at least this fraction of it overlaps an event.
+    label_overlap: float = 0.5
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    dtype: Literal["float16", "float32"] = "float16"
+    compression: Literal["none", "lzf", "gzip", "blosc"] = "none"
+    workers: int = 2
+    # Which classes the task needs; the build fails when one comes out empty.
+    # abnormal: TUAB normal/abnormal; seizure: TUSZ bckg/seiz; none: no label check.
+    task: Literal["abnormal", "seizure", "none"] = "none"
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    random_crop: bool = False
+    amplitude_scale: float = 0.0  # scale ~ U(1-a, 1+a); 0 disables
+    channel_dropout: float = 0.0  # probability of zeroing each channel
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "ShallowFBCSPNet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    warmup_epochs: float = 1.0
+    grad_clip: float | None = 1.0
+    num_workers: int = 4
+    prefetch_factor: int = 4
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    compile: bool = False
+    channels_last: bool = False
+    seed: int = 0
+    val_fraction: float = 0.2
+    balanced_sampling: bool = False
+    eval_split: str = "eval"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    wandb_project: str | None = None
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    # Stop after this many steps per epoch (null: the whole epoch); for smoke runs and benchmarks.
+    max_steps_per_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of the named sections; decides whether a cache matches a config."""
+        d = self.to_dict()
+        blob = json.dumps({s: d[s] for s in sections}, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"list of {_describe(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp`; return it converted (lists to tuples)."""
+    origin = typing.get_origin(tp)
+    bad = BrainpipeError(f"config key {key!r}: {value!r} is not valid; expected {_describe(tp)}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise bad
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(key, value, a)
+            except BrainpipeError:
+                pass
+        raise bad
+    if origin is tuple:
+        (inner, _ellipsis) = typing.get_args(tp)
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            value = [value]  # `--set preprocess.notch_freqs=50` means one item
+        if not isinstance(value, list | tuple):
+            raise bad
+        return tuple(_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise AssertionError(f"unsupported config type {tp!r} for {key}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise BrainpipeError(
+                f"unknown config key {dotted!r}; valid keys under "
+                f"{prefix.rstrip('.') or 'the top level'}: {', '.join(names)}"
+            )
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise BrainpipeError(f"config key {dotted!r} must be a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}")
+            kwargs[key] = _build(tp, value, f"{dotted}.")
+        else:
+            kwargs[key] = _coerce(dotted, value, tp)
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise BrainpipeError(f"--set {dotted}: {p!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Parse `dotted.key=value`; the value is read as YAML (so 5, 0.5, true, null, [1, 2] work)."""
+    import yaml
+
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise BrainpipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file, then `--set` overrides; validated as a whole."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        import yaml
+
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise BrainpipeError(f"{p}: cannot read config ({e.strerror})") from e
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise BrainpipeError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise BrainpipeError(f"{p}: a config must be a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(data, key, value)
+    cfg = _build(Config, data, "")
+    _check_semantics(cfg)
+    return cfg
+
+
+def _check_semantics(cfg: Config) -> None:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise BrainpipeError(msg)
+
+    p, w, t = cfg.preprocess, cfg.window, cfg.train
+    need(cfg.index.workers >= 1, "config key 'index.workers' must be >= 1")
+    need(cfg.cache.workers >= 1, "config key 'cache.workers' must be >= 1")
+    need(p.sfreq > 0, "config key 'preprocess.sfreq' must be > 0")
+    if p.l_freq is not None and p.h_freq is not None:
+        need(p.l_freq < p.h_freq, "config keys 'preprocess.l_freq' must be below 'preprocess.h_freq'")
+    if p.h_freq is not None:
+        need(p.h_freq < p.sfreq / 2, f"config key 'preprocess.h_freq'={p.h_freq} must be below Nyquist ({p.sfreq / 2} Hz at preprocess.sfreq={p.sfreq})")
+    need(w.seconds > 0 and w.stride_seconds > 0, "config keys 'window.seconds' and 'window.stride_seconds' must be > 0")
+    need(0 < w.label_overlap <= 1, "config key 'window.label_overlap' must be in (0, 1]")
+    need(0 <= t.val_fraction < 1, "config key 'train.val_fraction' must be in [0, 1)")
+    need(t.epochs >= 1 and t.batch_size >= 1, "config keys 'train.epochs' and 'train.batch_size' must be >= 1")
+    need(t.num_workers >= 0, "config key 'train.num_workers' must be >= 0")
+    need(len(p.channels) > 0 or p.montage == "meg", "config key 'preprocess.channels' must not be empty")
+    if cfg.corpus.filename_regex is not None:
+        import re
+
+        try:
+            re.compile(cfg.corpus.filename_regex)
+        except re.error as e:
+            raise BrainpipeError(f"config key 'corpus.filename_regex': invalid regex ({e})") from e

@@ -1,0 +1,9 @@
+"""The one exception type for problems a user can fix (bad input, bad config, bad paths).
+
+The CLI prints its message as a single line and exits non-zero; anything else is a bug and keeps
+its traceback.
+"""
+
+
+class BrainpipeError(Exception):
+    """A user-facing problem. The message names the file or key, the bad value and the fix."""
