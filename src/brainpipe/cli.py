@@ -1,0 +1,209 @@
+"""Command line: parse arguments, call one library function per stage, print.
+
+    brainpipe synth --layout tuab --out data/raw
+    brainpipe index --raw data/raw --index data/index.npz --config configs/smoke.yaml
+    brainpipe build-cache --index data/index.npz --cache data/cache.h5 --config configs/smoke.yaml
+    brainpipe train --cache data/cache.h5 --run-dir runs/smoke --config configs/smoke.yaml
+    brainpipe inspect data/index.npz --json
+
+Stage modules are imported inside their command so `brainpipe index` never pays for torch or mne.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from brainpipe import __version__
+from brainpipe.errors import BrainpipeError
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML config (see configs/)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a config value, e.g. --set preprocess.sfreq=128 (repeatable)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="brainpipe", description="EEG/MEG training stack: index -> build-cache -> train.")
+    ap.add_argument("--version", action="version", version=f"brainpipe {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write a synthetic TUH-like corpus (TUAB, TUSZ or MEG)")
+    p.add_argument("--layout", choices=["tuab", "tusz", "meg"], required=True)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--n-subjects", type=int, default=None, help="number of subjects (default: the generator's)")
+    p.add_argument("--n-recordings", type=int, default=None, help="exact number of recordings")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--duration", type=float, nargs=2, metavar=("MIN_S", "MAX_S"), default=None)
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
+
+    p = sub.add_parser("index", help="scan raw recordings (headers only) into one index file")
+    p.add_argument("--raw", required=True, metavar="DIR", help="root of the raw corpus")
+    p.add_argument("--index", required=True, metavar="PATH", help="index file to write (.npz)")
+    _add_config(p)
+    p.add_argument("--workers", type=int, default=None, help="concurrent header reads (default: index.workers)")
+    p.add_argument("--force", action="store_true", help="re-read every file (also BRAINPIPE_FORCE_REINDEX=1)")
+
+    p = sub.add_parser("build-cache", help="preprocess the indexed recordings into one HDF5 cache")
+    p.add_argument("--index", required=True, metavar="PATH")
+    p.add_argument("--cache", required=True, metavar="PATH", help="cache file to write (.h5)")
+    p.add_argument("--raw", metavar="DIR", help="raw root, when it moved since indexing (default: the index's)")
+    _add_config(p)
+    p.add_argument("--workers", type=int, default=None, help="preprocessing processes (default: cache.workers)")
+    p.add_argument("--force", action="store_true", help="rebuild from scratch")
+
+    p = sub.add_parser("train", help="train a model from the cache")
+    p.add_argument("--cache", required=True, metavar="PATH")
+    p.add_argument("--run-dir", required=True, metavar="DIR")
+    _add_config(p)
+    p.add_argument("--resume", action="store_true", help="continue from the run dir's last checkpoint")
+
+    p = sub.add_parser("inspect", help="summarize an index or a cache")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--verify", action="store_true", help="cache: also run `brainpipe verify`")
+
+    p = sub.add_parser("verify", help="check a cache: tables, finite values, windows vs raw files")
+    p.add_argument("path", metavar="CACHE")
+    p.add_argument("--n-windows", type=int, default=8, help="random windows re-preprocessed from raw")
+    p.add_argument("--raw", metavar="DIR", help="raw root, when it moved since indexing")
+    p.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def _load_cfg(args: argparse.Namespace):
+    from brainpipe.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def _kind(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(8)
+    except FileNotFoundError as e:
+        raise BrainpipeError(f"{path}: not found") from e
+    except OSError as e:
+        raise BrainpipeError(f"{path}: cannot read ({e.strerror})") from e
+    if magic.startswith(b"PK"):
+        return "index"
+    if magic == b"\x89HDF\r\n\x1a\n":
+        return "cache"
+    raise BrainpipeError(f"{path}: neither a brainpipe index (.npz) nor a cache (.h5)")
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from brainpipe.synthetic import make_corpus
+
+    kwargs = {"seed": args.seed, "overwrite": args.overwrite}
+    if args.n_subjects is not None:
+        kwargs["n_subjects"] = args.n_subjects
+    if args.n_recordings is not None:
+        kwargs["n_recordings"] = args.n_recordings
+    if args.duration is not None:
+        kwargs["duration_s"] = tuple(args.duration)
+    summary = make_corpus(args.out, args.layout, **kwargs)
+    print(summary.line() if hasattr(summary, "line") else summary)
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    cfg = _load_cfg(args)
+    if args.workers is not None and args.workers < 1:
+        raise BrainpipeError(f"--workers {args.workers}: must be >= 1")
+    from brainpipe.index import build_index
+
+    result = build_index(args.raw, args.index, cfg, force=args.force, workers=args.workers)
+    print(result.line())
+    print(f"wrote {args.index}")
+    return 0
+
+
+def cmd_build_cache(args: argparse.Namespace) -> int:
+    cfg = _load_cfg(args)
+    if args.workers is not None and args.workers < 1:
+        raise BrainpipeError(f"--workers {args.workers}: must be >= 1")
+    from brainpipe.cache import build_cache
+
+    result = build_cache(args.index, args.cache, cfg, workers=args.workers, force=args.force, raw_root=args.raw)
+    print(result.summary_text())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _load_cfg(args)
+    from brainpipe.train import train
+
+    summary = train(args.cache, args.run_dir, cfg, resume=args.resume)
+    ev = summary.get("eval", {})
+    print(
+        "eval: " + ", ".join(f"{k}={v:.4f}" for k, v in ev.items() if isinstance(v, float))
+        if ev
+        else "eval: (no eval split)"
+    )
+    print(f"wrote {Path(args.run_dir) / 'summary.json'}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if _kind(path) == "index":
+        from brainpipe.index import Index, format_table
+
+        summary = Index.load(path).summary()
+        print(json.dumps(summary) if args.json else format_table(summary))
+        return 0
+    from brainpipe.cachefile import CacheReader, format_cache_table
+
+    with CacheReader(path) as reader:
+        summary = reader.summary()
+    if args.verify:
+        from brainpipe.cache import verify_cache
+
+        summary["verify"] = verify_cache(path).as_dict()
+    print(json.dumps(summary) if args.json else format_cache_table(summary))
+    return 0 if summary.get("verify", {}).get("ok", True) else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from brainpipe.cache import verify_cache
+
+    report = verify_cache(args.path, n_windows=args.n_windows, raw_root=args.raw, seed=args.seed)
+    print(report.text())
+    return 0 if report.ok else 1
+
+
+COMMANDS = {
+    "synth": cmd_synth,
+    "index": cmd_index,
+    "build-cache": cmd_build_cache,
+    "train": cmd_train,
+    "inspect": cmd_inspect,
+    "verify": cmd_verify,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except BrainpipeError as e:
+        print(f"brainpipe {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"brainpipe {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,554 @@
+"""The `index` stage: scan a raw tree, read headers only, write one index file.
+
+Reads:  a tree of EDF/EDF+/BDF recordings (and FIF or other formats mne reads), plus TUSZ
+        `.csv_bi`/`.csv` annotations beside them.
+Writes: one index file (an uncompressed `.npz` of columnar arrays, see docs/index-format.md),
+        atomically.
+
+    brainpipe index --raw /data/tuab --index /data/work/index.npz --config configs/tuab.yaml
+
+Headers are read by our own parser (one open, two small reads) on a thread pool sized for
+network filesystems, where each open costs milliseconds of latency and no CPU. A re-run stats
+every file and re-reads only new or changed ones (size or mtime); `force=True` (or
+BRAINPIPE_FORCE_REINDEX=1) re-reads all. Bad files go to the error list with one-line reasons.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainpipe import __version__
+from brainpipe.config import Config
+from brainpipe.corpus import Event, Facts, layout_parser, merge_channel_events, parse_annotations
+from brainpipe.errors import BrainpipeError
+from brainpipe.fsutil import atomic_output
+
+INDEX_FORMAT_VERSION = 1
+EDF_SUFFIXES = (".edf", ".bdf")
+
+# Columns stored per recording, with their numpy dtypes ("U" = unicode, sized on save).
+_STR_COLUMNS = ("path", "format", "start", "split", "label", "subject", "session", "token", "montage")
+_NUM_COLUMNS = {
+    "size": np.int64,
+    "mtime_ns": np.int64,
+    "ann_mtime_ns": np.int64,
+    "n_samples": np.int64,
+    "sfreq": np.float64,
+    "duration_s": np.float64,
+    "chanset": np.int32,
+}
+
+
+@dataclass
+class Recording:
+    """One row of the index while it is being built (never on a dataset start-up path)."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    format: str
+    n_samples: int
+    sfreq: float
+    duration_s: float
+    start: str
+    channels: tuple[str, ...]
+    channel_sfreqs: tuple[float, ...]
+    channel_types: tuple[str, ...]
+    facts: Facts = field(default_factory=Facts)
+    events: tuple[Event, ...] = ()
+    ann_mtime_ns: int = 0
+
+
+class Index:
+    """A loaded index: columnar numpy arrays, one row per recording, loaded in milliseconds.
+
+    `index.path[i]`, `index.sfreq[i]`, ... ; `index.channels(i)` gives the labels of recording i.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]):
+        self.arrays = arrays
+        self.meta = meta
+
+    # -- columns --------------------------------------------------------------------------
+    def __getattr__(self, name: str) -> np.ndarray:
+        arrays = self.__dict__.get("arrays", {})
+        if name in arrays:
+            return arrays[name]
+        raise AttributeError(name)
+
+    def __len__(self) -> int:
+        return len(self.arrays["path"])
+
+    @property
+    def raw_root(self) -> str:
+        return self.meta.get("raw_root", "")
+
+    @property
+    def index_hash(self) -> str:
+        return self.meta["index_hash"]
+
+    @property
+    def errors(self) -> list[dict[str, str]]:
+        return [{"path": p, "reason": r} for p, r in zip(self.arrays["error_path"], self.arrays["error_reason"], strict=True)]
+
+    def _chanset_slice(self, i: int) -> slice:
+        s = int(self.arrays["chanset"][i])
+        off = self.arrays["chanset_offsets"]
+        return slice(int(off[s]), int(off[s + 1]))
+
+    def channels(self, i: int) -> tuple[str, ...]:
+        return tuple(self.arrays["chanset_labels"][self._chanset_slice(i)].tolist())
+
+    def channel_sfreqs(self, i: int) -> np.ndarray:
+        return self.arrays["chanset_sfreqs"][self._chanset_slice(i)]
+
+    def channel_types(self, i: int) -> tuple[str, ...]:
+        return tuple(self.arrays["chanset_types"][self._chanset_slice(i)].tolist())
+
+    def events(self, i: int) -> list[Event]:
+        rec = self.arrays["event_recording"]
+        lo, hi = np.searchsorted(rec, [i, i + 1])
+        a = self.arrays
+        return [Event(float(a["event_onset_s"][k]), float(a["event_offset_s"][k]), str(a["event_label"][k])) for k in range(lo, hi)]
+
+    def abspath(self, i: int, raw_root: str | os.PathLike | None = None) -> Path:
+        return Path(raw_root or self.raw_root) / str(self.arrays["path"][i])
+
+    # -- file I/O -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Index:
+        p = Path(path)
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except FileNotFoundError as e:
+            raise BrainpipeError(f"{p}: index not found; create it with `brainpipe index --raw DIR --index {p}`") from e
+        except (OSError, ValueError) as e:
+            raise BrainpipeError(f"{p}: not a brainpipe index ({e})") from e
+        if "meta" not in arrays:
+            raise BrainpipeError(f"{p}: not a brainpipe index (no 'meta' entry)")
+        meta = json.loads(str(arrays.pop("meta")))
+        version = meta.get("format_version")
+        if version != INDEX_FORMAT_VERSION:
+            raise BrainpipeError(
+                f"{p}: index format version {version}, this brainpipe reads version {INDEX_FORMAT_VERSION}; re-run `brainpipe index --force`"
+            )
+        return cls(arrays, meta)
+
+    def save(self, path: str | os.PathLike) -> None:
+        with atomic_output(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(self.meta)), **self.arrays)
+            f.flush()
+
+    # -- building ---------------------------------------------------------------------------
+    @classmethod
+    def from_recordings(cls, recordings: list[Recording], errors: list[tuple[str, str]], meta: dict[str, Any]) -> Index:
+        recordings = sorted(recordings, key=lambda r: r.path)
+        n = len(recordings)
+        chansets: dict[tuple, int] = {}
+        rec_chanset = np.empty(n, np.int32)
+        for i, r in enumerate(recordings):
+            key = (r.channels, r.channel_sfreqs, r.channel_types)
+            rec_chanset[i] = chansets.setdefault(key, len(chansets))
+        keys = list(chansets)
+        offsets = np.zeros(len(keys) + 1, np.int64)
+        offsets[1:] = np.cumsum([len(k[0]) for k in keys])
+        flat = lambda j, dtype: np.array([v for k in keys for v in k[j]], dtype=dtype)  # noqa: E731
+
+        def col(name: str) -> list:
+            if name in Facts.__slots__:
+                return [getattr(r.facts, name) for r in recordings]
+            return [getattr(r, name) for r in recordings]
+
+        arrays: dict[str, np.ndarray] = {name: np.array(col(name), dtype=str) for name in _STR_COLUMNS}
+        for name, dtype in _NUM_COLUMNS.items():
+            if name != "chanset":
+                arrays[name] = np.array(col(name), dtype=dtype)
+        arrays["chanset"] = rec_chanset
+        arrays["chanset_offsets"] = offsets
+        arrays["chanset_labels"] = flat(0, str)
+        arrays["chanset_sfreqs"] = flat(1, np.float64)
+        arrays["chanset_types"] = flat(2, str)
+        ev = [(i, e) for i, r in enumerate(recordings) for e in r.events]
+        arrays["event_recording"] = np.array([i for i, _ in ev], np.int64)
+        arrays["event_onset_s"] = np.array([e.onset_s for _, e in ev], np.float64)
+        arrays["event_offset_s"] = np.array([e.offset_s for _, e in ev], np.float64)
+        arrays["event_label"] = np.array([e.label for _, e in ev], dtype=str)
+        errors = sorted(errors)
+        arrays["error_path"] = np.array([p for p, _ in errors], dtype=str)
+        arrays["error_reason"] = np.array([r for _, r in errors], dtype=str)
+        for k, v in arrays.items():  # empty string columns must still be unicode, not float
+            if v.size == 0 and k in (*_STR_COLUMNS, "chanset_labels", "chanset_types", "event_label", "error_path", "error_reason"):
+                arrays[k] = np.zeros(0, dtype="U1")
+        meta = dict(meta)
+        meta["format_version"] = INDEX_FORMAT_VERSION
+        meta["index_hash"] = _content_hash(arrays)
+        return cls(arrays, meta)
+
+    def to_recordings(self) -> dict[str, Recording]:
+        """Rows as Recording objects keyed by path (for the incremental re-run only)."""
+        out = {}
+        a = self.arrays
+        for i in range(len(self)):
+            facts = Facts(**{k: str(a[k][i]) for k in Facts.__slots__})
+            out[str(a["path"][i])] = Recording(
+                path=str(a["path"][i]),
+                size=int(a["size"][i]),
+                mtime_ns=int(a["mtime_ns"][i]),
+                format=str(a["format"][i]),
+                n_samples=int(a["n_samples"][i]),
+                sfreq=float(a["sfreq"][i]),
+                duration_s=float(a["duration_s"][i]),
+                start=str(a["start"][i]),
+                channels=self.channels(i),
+                channel_sfreqs=tuple(self.channel_sfreqs(i).tolist()),
+                channel_types=self.channel_types(i),
+                facts=facts,
+                events=tuple(self.events(i)),
+                ann_mtime_ns=int(a["ann_mtime_ns"][i]),
+            )
+        return out
+
+    # -- summaries ------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """The JSON `brainpipe inspect INDEX --json` prints."""
+        a = self.arrays
+        recs = [
+            {
+                "path": str(a["path"][i]),
+                "subject": str(a["subject"][i]),
+                "session": str(a["session"][i]),
+                "split": str(a["split"][i]),
+                "label": str(a["label"][i]),
+                "sfreq": float(a["sfreq"][i]),
+                "n_samples": int(a["n_samples"][i]),
+                "duration_s": float(a["duration_s"][i]),
+                "channels": list(self.channels(i)),
+                "montage": str(a["montage"][i]),
+                "n_events": int(np.count_nonzero(a["event_recording"] == i)),
+            }
+            for i in range(len(self))
+        ]
+        return {
+            "kind": "index",
+            "format_version": self.meta["format_version"],
+            "index_hash": self.index_hash,
+            "raw_root": self.raw_root,
+            "layout": self.meta.get("layout", ""),
+            "n_recordings": len(self),
+            "n_subjects": len(set(a["subject"].tolist())),
+            "hours": float(a["duration_s"].sum() / 3600.0),
+            "n_events": int(len(a["event_recording"])),
+            "recordings": recs,
+            "errors": self.errors,
+        }
+
+
+def _content_hash(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        if k.startswith("error_"):
+            continue  # skipped files do not change what a cache built from the index holds
+        v = np.ascontiguousarray(arrays[k])
+        h.update(k.encode())
+        h.update(str(v.dtype).encode())
+        h.update(v.tobytes())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Scanning
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    index: Index
+    n_read: int
+    n_reused: int
+    n_removed: int
+    seconds: float
+
+    def line(self) -> str:
+        idx = self.index
+        errs = Counter(_reason_kind(e["reason"]) for e in idx.errors)
+        skipped = f", skipped {sum(errs.values())} ({', '.join(f'{n} {k}' for k, n in errs.most_common())})" if errs else ""
+        hours = float(idx.duration_s.sum()) / 3600 if len(idx) else 0.0
+        return (
+            f"indexed {len(idx)} recordings ({hours:.1f} h, {len(set(idx.subject.tolist()))} subjects) in "
+            f"{self.seconds:.2f} s: {self.n_read} read, {self.n_reused} unchanged, {self.n_removed} removed{skipped}"
+        )
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(":", 1)[0].strip() if ":" in reason else reason
+
+
+def _walk(root: Path, suffixes: tuple[str, ...], errors: list[tuple[str, str]]) -> tuple[list[str], set[str]]:
+    """Relative paths of candidate recordings, and the set of all relative file paths."""
+    found: list[str] = []
+    every: set[str] = set()
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = list(it)
+        except OSError as e:
+            errors.append((os.path.relpath(d, root), f"unreadable directory: {e.strerror}"))
+            continue
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not entry.name.startswith("."):
+                    stack.append(Path(entry.path))
+                continue
+            rel = os.path.relpath(entry.path, root).replace(os.sep, "/")
+            every.add(rel)
+            if entry.name.lower().endswith(suffixes) and not entry.name.startswith("."):
+                found.append(rel)
+    found.sort()
+    return found, every
+
+
+def _annotation_file(rel: str, every: set[str], suffixes: tuple[str, ...]) -> str | None:
+    stem = rel.rsplit(".", 1)[0]
+    for s in suffixes:
+        if stem + s in every:
+            return stem + s
+    return None
+
+
+def _read_edf(abspath: str) -> tuple[str, int, float, float, str, tuple, tuple, tuple]:
+    from brainpipe.edf import read_header
+
+    h = read_header(abspath)
+    picks = h.signal_indices
+    if not picks:
+        raise BrainpipeError(f"{abspath}: no signals: file holds only annotations")
+    rates = [h.sfreq(i) for i in picks]
+    # A recording's rate is its most common channel rate (TUH's EEG channels share one; odd
+    # channels such as PHOTIC may differ). Other channels are kept with their own rates.
+    sfreq = Counter(rates).most_common(1)[0][0]
+    n_samples = h.n_samples(picks[rates.index(sfreq)])
+    return (
+        h.format,
+        n_samples,
+        sfreq,
+        h.duration,
+        h.start.isoformat(),
+        tuple(h.labels[i] for i in picks),
+        tuple(rates),
+        ("eeg",) * len(picks),
+    )
+
+
+def _read_mne(abspath: str) -> tuple[str, int, float, float, str, tuple, tuple, tuple]:
+    import mne
+
+    try:
+        raw = mne.io.read_raw(abspath, preload=False, verbose="error")
+    except Exception as e:  # mne raises many types for bad files; all mean "unreadable"
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BrainpipeError(f"{abspath}: unreadable: {msg}") from e
+    info = raw.info
+    meas = info.get("meas_date")
+    return (
+        Path(abspath).suffix.lstrip(".").upper(),
+        int(raw.n_times),
+        float(info["sfreq"]),
+        float(raw.n_times / info["sfreq"]),
+        meas.replace(tzinfo=None).isoformat() if meas else "",
+        tuple(info["ch_names"]),
+        (float(info["sfreq"]),) * len(info["ch_names"]),
+        tuple(raw.get_channel_types()),
+    )
+
+
+def _one_line(e: BaseException, abspath: str, root: str) -> str:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    # Our messages start with the absolute path; the error list is keyed by the relative one.
+    for prefix in (abspath + ": ", abspath):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+            break
+    return msg.replace(root + os.sep, "")
+
+
+def scan(
+    raw: str | os.PathLike,
+    cfg: Config,
+    previous: Index | None = None,
+    force: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+    on_read: Callable[[str], None] | None = None,
+) -> ScanResult:
+    """Index the tree under `raw`, reusing unchanged rows of `previous`."""
+    t0 = time.perf_counter()
+    root = Path(raw)
+    if not root.is_dir():
+        raise BrainpipeError(f"{root}: raw directory not found (pass --raw with the corpus root)")
+    root = root.resolve()
+    c = cfg.corpus
+    suffixes = tuple(s.lower() for s in c.extensions)
+    errors: list[tuple[str, str]] = []
+    candidates, every = _walk(root, suffixes, errors)
+    facts_of = layout_parser(c.layout, c.filename_regex, c.manifest)
+
+    old = previous.to_recordings() if (previous is not None and not force) else {}
+    reused: list[Recording] = []
+    todo: list[tuple[str, os.stat_result, str | None]] = []
+    for rel in candidates:
+        ab = str(root / rel)
+        try:
+            st = os.stat(ab)
+        except OSError as e:
+            errors.append((rel, f"unreadable: {e.strerror}"))
+            continue
+        ann = _annotation_file(rel, every, c.annotation_suffixes) if c.layout == "tusz" else None
+        ann_mtime = 0
+        if ann is not None:
+            try:
+                ann_mtime = os.stat(root / ann).st_mtime_ns
+            except OSError:
+                ann_mtime = -1
+        prev = old.get(rel)
+        if prev is not None and prev.size == st.st_size and prev.mtime_ns == st.st_mtime_ns and prev.ann_mtime_ns == ann_mtime:
+            reused.append(prev)
+        else:
+            todo.append((rel, st, ann))
+
+    def read_one(item: tuple[str, os.stat_result, str | None]) -> Recording | tuple[str, str]:
+        rel, st, ann = item
+        ab = str(root / rel)
+        try:
+            if st.st_size == 0:
+                raise BrainpipeError("empty file: zero bytes")
+            reader = _read_edf if rel.lower().endswith(EDF_SUFFIXES) else _read_mne
+            fmt, n_samples, sfreq, duration, start, labels, rates, types = reader(ab)
+            facts = facts_of(rel)
+            events: tuple[Event, ...] = ()
+            ann_mtime = 0
+            if ann is not None:
+                ann_mtime = os.stat(root / ann).st_mtime_ns
+                evs = parse_annotations(root / ann)
+                if ann.endswith(".csv") and not ann.endswith(".csv_bi"):
+                    evs = merge_channel_events(evs)
+                events = tuple(evs)
+            if c.layout == "tusz" and not facts.label:
+                facts = Facts(**{**{k: getattr(facts, k) for k in Facts.__slots__}, "label": "seiz" if events else "bckg"})
+            if on_read is not None:
+                on_read(rel)
+            return Recording(rel, st.st_size, st.st_mtime_ns, fmt, n_samples, sfreq, duration, start, labels, rates, types, facts, events, ann_mtime)
+        except BrainpipeError as e:
+            return (rel, _one_line(e, ab, str(root)))
+        except OSError as e:
+            return (rel, f"unreadable: {e.strerror or e}")
+
+    n_workers = workers or cfg.index.workers
+    results: Iterable
+    if todo:
+        bar = None
+        if progress and len(todo) > 200:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), unit="file", desc="index", disable=None)
+        with ThreadPoolExecutor(max_workers=min(n_workers, len(todo))) as pool:
+            results = []
+            for r in pool.map(read_one, todo, chunksize=16):
+                results.append(r)
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+    else:
+        results = []
+    fresh: list[Recording] = []
+    for r in results:
+        if isinstance(r, Recording):
+            fresh.append(r)
+        else:
+            errors.append(r)
+    n_removed = len(set(old) - set(candidates)) if old else 0
+    meta = {
+        "brainpipe_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "raw_root": str(root),
+        "layout": c.layout,
+        "corpus_config": cfg.to_dict()["corpus"],
+    }
+    index = Index.from_recordings(reused + fresh, errors, meta)
+    return ScanResult(index, len(fresh) + sum(1 for r in results if not isinstance(r, Recording)), len(reused), n_removed, time.perf_counter() - t0)
+
+
+def build_index(
+    raw: str | os.PathLike,
+    index_path: str | os.PathLike,
+    cfg: Config,
+    force: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> ScanResult:
+    """The `index` stage: scan `raw` (incrementally against an existing index) and save."""
+    index_path = Path(index_path)
+    force = force or os.environ.get("BRAINPIPE_FORCE_REINDEX", "") not in ("", "0")
+    previous = None
+    if index_path.exists() and not force:
+        try:
+            previous = Index.load(index_path)
+        except BrainpipeError:
+            previous = None  # unreadable or older format: rebuild from scratch
+        if previous is not None and (
+            previous.raw_root != str(Path(raw).resolve()) or previous.meta.get("corpus_config") != cfg.to_dict()["corpus"]
+        ):
+            previous = None  # another tree or layout: nothing to reuse
+    result = scan(raw, cfg, previous=previous, force=force, workers=workers, progress=progress)
+    if len(result.index) == 0:
+        errs = result.index.errors
+        detail = f"; {len(errs)} unreadable, first: {errs[0]['path']}: {errs[0]['reason']}" if errs else ""
+        raise BrainpipeError(
+            f"{raw}: no usable recordings found (looked for {', '.join(cfg.corpus.extensions)}){detail}"
+        )
+    result.index.save(index_path)
+    return result
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The human summary `brainpipe inspect INDEX` prints."""
+    recs = summary["recordings"]
+    lines = [
+        f"index {summary['index_hash']}  layout={summary['layout'] or '-'}  root={summary['raw_root']}",
+        f"{summary['n_recordings']} recordings, {summary['n_subjects']} subjects, {summary['hours']:.2f} h, {summary['n_events']} events",
+        "",
+        f"{'split':<8} {'label':<10} {'recordings':>10} {'hours':>8}",
+    ]
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in recs:
+        groups.setdefault((r["split"] or "-", r["label"] or "-"), []).append(r["duration_s"])
+    for (split, label), durs in sorted(groups.items()):
+        lines.append(f"{split:<8} {label:<10} {len(durs):>10} {sum(durs) / 3600:>8.2f}")
+    rates = Counter(r["sfreq"] for r in recs)
+    lines.append("")
+    lines.append("sample rates: " + ", ".join(f"{s:g} Hz ({n})" for s, n in sorted(rates.items())))
+    errs = summary["errors"]
+    lines.append(f"errors: {len(errs)}")
+    for e in errs[:20]:
+        lines.append(f"  {e['path']}: {e['reason']}")
+    if len(errs) > 20:
+        lines.append(f"  ... and {len(errs) - 20} more (see --json)")
+    return "\n".join(lines)

@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import pytest
+
+from brainpipe.config import STANDARD_1020, Config, load_config
+from brainpipe.errors import BrainpipeError
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+def test_the_three_shipped_configs_exist():
+    assert {p.stem for p in CONFIGS} >= {"tuab", "tusz", "smoke"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_validates(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert cfg.corpus.layout in ("tuab", "tusz", "generic")
+
+
+def test_defaults_without_a_file():
+    cfg = load_config(None)
+    assert cfg.preprocess.channels == STANDARD_1020
+    assert cfg.cache.dtype == "float16"
+
+
+def test_set_overrides_are_parsed_as_yaml(tmp_path):
+    cfg = load_config(
+        CONFIGS[0],
+        ["preprocess.sfreq=128", "train.epochs=3", "preprocess.notch_freqs=[50, 100]", "preprocess.l_freq=null"],
+    )
+    assert cfg.preprocess.sfreq == 128.0
+    assert cfg.train.epochs == 3
+    assert cfg.preprocess.notch_freqs == (50.0, 100.0)
+    assert cfg.preprocess.l_freq is None
+
+
+def test_unknown_key_names_the_key_and_valid_choices():
+    with pytest.raises(BrainpipeError) as e:
+        load_config(None, ["preprocess.sfrq=100"])
+    msg = str(e.value)
+    assert "preprocess.sfrq" in msg and "sfreq" in msg and "\n" not in msg
+
+
+def test_unknown_section(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("prepocess:\n  sfreq: 100\n")
+    with pytest.raises(BrainpipeError, match="'prepocess'.*corpus, index, preprocess"):
+        load_config(p)
+
+
+def test_bad_choice_lists_the_valid_ones():
+    with pytest.raises(BrainpipeError, match=r"corpus.layout.*'tuab' \| 'tusz' \| 'generic'"):
+        load_config(None, ["corpus.layout=tuh"])
+
+
+def test_wrong_type_is_rejected():
+    with pytest.raises(BrainpipeError, match="train.epochs"):
+        load_config(None, ["train.epochs=many"])
+    with pytest.raises(BrainpipeError, match="train.amp"):
+        load_config(None, ["train.amp=3"])
+
+
+def test_semantic_checks():
+    with pytest.raises(BrainpipeError, match="Nyquist"):
+        load_config(None, ["preprocess.sfreq=50", "preprocess.h_freq=40"])
+    with pytest.raises(BrainpipeError, match="l_freq"):
+        load_config(None, ["preprocess.l_freq=30", "preprocess.h_freq=20"])
+
+
+def test_malformed_set_and_yaml(tmp_path):
+    with pytest.raises(BrainpipeError, match="KEY=VALUE"):
+        load_config(None, ["train.epochs"])
+    p = tmp_path / "bad.yaml"
+    p.write_text("train: [unclosed\n")
+    with pytest.raises(BrainpipeError, match="not valid YAML"):
+        load_config(p)
+    with pytest.raises(BrainpipeError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_hash_tracks_only_named_sections():
+    a = load_config(None)
+    b = load_config(None, ["train.epochs=99"])
+    c = load_config(None, ["preprocess.sfreq=100"])
+    assert a.section_hash("preprocess") == b.section_hash("preprocess")
+    assert a.section_hash("preprocess") != c.section_hash("preprocess")

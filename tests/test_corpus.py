@@ -1,0 +1,124 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from brainpipe.corpus import (
+    Facts,
+    GenericLayout,
+    merge_channel_events,
+    parse_annotations,
+    parse_tuab_path,
+    parse_tusz_path,
+    read_manifest,
+)
+from brainpipe.errors import BrainpipeError
+
+
+@pytest.mark.parametrize(
+    "path, facts",
+    [
+        (
+            "edf/train/normal/01_tcp_ar/aaaaaaav_s004_t000.edf",
+            Facts("train", "normal", "aaaaaaav", "s004", "t000", "01_tcp_ar"),
+        ),
+        (
+            "v3.0.1/edf/eval/abnormal/01_tcp_ar/aaaaamtb_s001_t002.edf",
+            Facts("eval", "abnormal", "aaaaamtb", "s001", "t002", "01_tcp_ar"),
+        ),
+        # older TUH releases used numeric subject ids
+        ("edf/train/abnormal/01_tcp_ar/00000016_s004_t000.edf", Facts("train", "abnormal", "00000016", "s004", "t000", "01_tcp_ar")),
+    ],
+)
+def test_tuab_paths(path, facts):
+    assert parse_tuab_path(path) == facts
+
+
+@pytest.mark.parametrize(
+    "path, facts",
+    [
+        (
+            "edf/train/aaaaaaac/s001_2002/02_tcp_le/aaaaaaac_s001_t000.edf",
+            Facts("train", "", "aaaaaaac", "s001", "t000", "02_tcp_le"),
+        ),
+        (
+            "edf/dev/aaaaaajy/s003_2003/03_tcp_ar_a/aaaaaajy_s003_t001.edf",
+            Facts("dev", "", "aaaaaajy", "s003", "t001", "03_tcp_ar_a"),
+        ),
+    ],
+)
+def test_tusz_paths(path, facts):
+    assert parse_tusz_path(path) == facts
+
+
+def test_generic_regex_and_fallback():
+    lay = GenericLayout(r"sub-(?P<subject>\d+)/.*_(?P<label>rest|task)\.fif")
+    assert lay("sub-07/ses-1/sub-07_ses-1_rest.fif") == Facts(subject="07", label="rest")
+    # no match: the file is its own subject and has no label
+    assert lay("other/x.edf") == Facts(subject="other/x")
+    assert GenericLayout()("a/b.edf").subject == "a/b"
+
+
+def test_manifest(tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_text("path,subject,label,split\nrec1.edf,s1,abnormal,train\nrec2.edf,s2,normal,eval\n")
+    lay = GenericLayout(manifest=read_manifest(m))
+    assert lay("rec1.edf") == Facts(split="train", label="abnormal", subject="s1")
+    assert lay("rec3.edf").subject == "rec3"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,subject\n")
+    with pytest.raises(BrainpipeError, match="'path' column"):
+        read_manifest(bad)
+
+
+CSV_BI = """# version = csv_v1.0.0
+# bname = aaaaaaac_s001_t000
+# duration = 301.00 secs
+# montage_file = $NEDC_NFC/lib/nedc_eas_default_montage.txt
+#
+channel,start_time,stop_time,label,confidence
+TERM,0.0000,42.2786,bckg,1.0000
+TERM,42.2786,81.7760,seiz,1.0000
+TERM,81.7760,301.0000,bckg,1.0000
+"""
+
+
+def test_csv_bi(tmp_path):
+    p = tmp_path / "a.csv_bi"
+    p.write_text(CSV_BI)
+    (ev,) = parse_annotations(p)
+    assert (ev.onset_s, ev.offset_s, ev.label, ev.channel) == (42.2786, 81.776, "seiz", "TERM")
+
+
+def test_columns_found_by_name_not_position(tmp_path):
+    # a file whose columns are reordered and whose header lines differ still parses right
+    p = tmp_path / "b.csv_bi"
+    p.write_text("#version=csv_v1.0.0\n# annotation_label_file = x\n\nlabel,confidence,channel,stop_time,start_time\nfnsz,1.0,TERM,20.5,10.0\n")
+    (ev,) = parse_annotations(p)
+    assert (ev.onset_s, ev.offset_s, ev.label) == (10.0, 20.5, "fnsz")
+
+
+def test_missing_columns_is_an_error_not_an_empty_list(tmp_path):
+    p = tmp_path / "c.csv_bi"
+    p.write_text("# header\nchannel,begin,end,label\nTERM,1,2,seiz\n")
+    with pytest.raises(BrainpipeError, match="start_time"):
+        parse_annotations(p)
+    q = tmp_path / "d.csv_bi"
+    q.write_text("channel,start_time,stop_time,label\nTERM,x,2,seiz\n")
+    with pytest.raises(BrainpipeError, match="row 2"):
+        parse_annotations(q)
+
+
+def test_per_channel_events_merge_to_terms(tmp_path):
+    p = tmp_path / "a.csv"
+    p.write_text(
+        "# v\nchannel,start_time,stop_time,label,confidence\n"
+        "FP1-F7,0,10,bckg,1\nFP1-F7,10,20,seiz,1\nF7-T3,15,25,seiz,1\nF7-T3,40,45,gnsz,1\n"
+    )
+    merged = merge_channel_events(parse_annotations(p))
+    assert [(e.onset_s, e.offset_s) for e in merged] == [(10, 25), (40, 45)]
+
+
+@given(st.text(max_size=80))
+def test_path_parsers_never_raise(path):
+    for parse in (parse_tuab_path, parse_tusz_path):
+        assert isinstance(parse(path), Facts)
