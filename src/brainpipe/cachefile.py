@@ -195,10 +195,9 @@ def finalize(
     window: int,
     stride: int,
     label_overlap: float,
-    compression: str,
     extra_attrs: dict[str, Any],
 ) -> None:
-    """Write the window/subject tables and, last, `complete`; optionally recompress /signals."""
+    """Write the window/subject tables and, last, `complete`."""
     import h5py
 
     with h5py.File(partial, "r+") as f:
@@ -266,36 +265,47 @@ def finalize(
         f.attrs["label_overlap"] = float(label_overlap)
         for key, v in extra_attrs.items():
             f.attrs[key] = v
-        if compression != "none":
-            _recompress(f, compression, window)
         f.attrs["complete"] = True
         f.flush()
 
 
-def _recompress(f, compression: str, window: int) -> None:
-    """Replace the contiguous /signals with a chunked, compressed copy (optional, slower reads)."""
-    src = f["signals"]
-    n, c = src.shape
-    chunk_rows = max(1, min(n, window))
-    kwargs: dict[str, Any]
-    if compression == "blosc":
-        try:
-            import hdf5plugin
-        except ImportError as e:
-            raise BrainpipeError(
-                "cache.compression=blosc needs hdf5plugin: pip install 'brainpipe[blosc]'"
-            ) from e
-        kwargs = dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE))
-    else:
-        kwargs = {"compression": COMPRESSION[compression]}
-    dst = f.create_dataset(
-        "signals_c", shape=(n, c), dtype=src.dtype, chunks=(chunk_rows, c), **kwargs
-    )
-    step = chunk_rows * max(1, 4_000_000 // max(1, chunk_rows * c))
-    for lo in range(0, n, step):
-        dst[lo : lo + step] = src[lo : lo + step]
-    del f["signals"]
-    f.move("signals_c", "signals")
+def repack(src: Path, dst: Path, compression: str) -> None:
+    """Copy a finished cache to `dst` with a chunked, compressed /signals (slower reads).
+
+    A new file, because HDF5 never gives back the space of a deleted dataset.
+    """
+    import h5py
+
+    with h5py.File(src, "r") as fin, h5py.File(dst, "w", libver="latest") as fout:
+        sig = fin["signals"]
+        n, c = sig.shape
+        chunk_rows = max(1, min(n, int(fin.attrs["window_samples"])))
+        if compression == "blosc":
+            try:
+                import hdf5plugin
+            except ImportError as e:
+                raise BrainpipeError(
+                    "cache.compression=blosc needs hdf5plugin: pip install 'brainpipe[blosc]'"
+                ) from e
+            kwargs: dict[str, Any] = dict(
+                hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE)
+            )
+        else:
+            kwargs = {"compression": COMPRESSION[compression]}
+        dst_sig = fout.create_dataset(
+            "signals", shape=(n, c), dtype=sig.dtype, chunks=(chunk_rows, c), **kwargs
+        )
+        step = chunk_rows * max(1, 8_000_000 // max(1, chunk_rows * c * sig.dtype.itemsize))
+        for lo in range(0, n, step):
+            dst_sig[lo : lo + step] = sig[lo : lo + step]
+        for name in fin:
+            if name != "signals":
+                fin.copy(fin[name], fout, name=name)
+        for k, v in fin.attrs.items():
+            if k != "complete":
+                fout.attrs[k] = v
+        fout.attrs["compression"] = compression
+        fout.attrs["complete"] = True  # last, as in finalize
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,14 +34,18 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="brainpipe", description="EEG/MEG training stack: index -> build-cache -> train.")
+    ap = argparse.ArgumentParser(
+        prog="brainpipe", description="EEG/MEG training stack: index -> build-cache -> train."
+    )
     ap.add_argument("--version", action="version", version=f"brainpipe {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("synth", help="write a synthetic TUH-like corpus (TUAB, TUSZ or MEG)")
     p.add_argument("--layout", choices=["tuab", "tusz", "meg"], required=True)
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--n-subjects", type=int, default=None, help="number of subjects (default: the generator's)")
+    p.add_argument(
+        "--n-subjects", type=int, default=None, help="number of subjects (default: the generator's)"
+    )
     p.add_argument("--n-recordings", type=int, default=None, help="exact number of recordings")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--duration", type=float, nargs=2, metavar=("MIN_S", "MAX_S"), default=None)
@@ -51,22 +55,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", required=True, metavar="DIR", help="root of the raw corpus")
     p.add_argument("--index", required=True, metavar="PATH", help="index file to write (.npz)")
     _add_config(p)
-    p.add_argument("--workers", type=int, default=None, help="concurrent header reads (default: index.workers)")
-    p.add_argument("--force", action="store_true", help="re-read every file (also BRAINPIPE_FORCE_REINDEX=1)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="concurrent header reads (default: index.workers)"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="re-read every file (also BRAINPIPE_FORCE_REINDEX=1)"
+    )
 
     p = sub.add_parser("build-cache", help="preprocess the indexed recordings into one HDF5 cache")
     p.add_argument("--index", required=True, metavar="PATH")
     p.add_argument("--cache", required=True, metavar="PATH", help="cache file to write (.h5)")
-    p.add_argument("--raw", metavar="DIR", help="raw root, when it moved since indexing (default: the index's)")
+    p.add_argument(
+        "--raw", metavar="DIR", help="raw root, when it moved since indexing (default: the index's)"
+    )
     _add_config(p)
-    p.add_argument("--workers", type=int, default=None, help="preprocessing processes (default: cache.workers)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="preprocessing processes (default: cache.workers)"
+    )
     p.add_argument("--force", action="store_true", help="rebuild from scratch")
 
     p = sub.add_parser("train", help="train a model from the cache")
     p.add_argument("--cache", required=True, metavar="PATH")
     p.add_argument("--run-dir", required=True, metavar="DIR")
     _add_config(p)
-    p.add_argument("--resume", action="store_true", help="continue from the run dir's last checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run dir's last checkpoint"
+    )
 
     p = sub.add_parser("inspect", help="summarize an index or a cache")
     p.add_argument("path", metavar="PATH")
@@ -75,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="check a cache: tables, finite values, windows vs raw files")
     p.add_argument("path", metavar="CACHE")
-    p.add_argument("--n-windows", type=int, default=8, help="random windows re-preprocessed from raw")
+    p.add_argument(
+        "--n-windows", type=int, default=8, help="random windows re-preprocessed from raw"
+    )
     p.add_argument("--raw", metavar="DIR", help="raw root, when it moved since indexing")
     p.add_argument("--seed", type=int, default=0)
     return ap
@@ -135,7 +151,9 @@ def cmd_build_cache(args: argparse.Namespace) -> int:
         raise BrainpipeError(f"--workers {args.workers}: must be >= 1")
     from brainpipe.cache import build_cache
 
-    result = build_cache(args.index, args.cache, cfg, workers=args.workers, force=args.force, raw_root=args.raw)
+    result = build_cache(
+        args.index, args.cache, cfg, workers=args.workers, force=args.force, raw_root=args.raw
+    )
     print(result.summary_text())
     return 0
 

@@ -240,7 +240,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
-                raise BrainpipeError(f"config key {dotted!r} must be a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}")
+                raise BrainpipeError(
+                    f"config key {dotted!r} must be a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}"
+                )
             kwargs[key] = _build(tp, value, f"{dotted}.")
         else:
             kwargs[key] = _coerce(dotted, value, tp)
@@ -272,7 +274,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
     """Defaults, then the YAML file, then `--set` overrides; validated as a whole."""
     data: dict[str, Any] = {}
     if path is not None:
@@ -290,7 +294,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise BrainpipeError(f"{p}: a config must be a mapping of sections, got {type(loaded).__name__}")
+            raise BrainpipeError(
+                f"{p}: a config must be a mapping of sections, got {type(loaded).__name__}"
+            )
         data = loaded
     for item in overrides:
         key, value = parse_override(item)
@@ -310,15 +316,29 @@ def _check_semantics(cfg: Config) -> None:
     need(cfg.cache.workers >= 1, "config key 'cache.workers' must be >= 1")
     need(p.sfreq > 0, "config key 'preprocess.sfreq' must be > 0")
     if p.l_freq is not None and p.h_freq is not None:
-        need(p.l_freq < p.h_freq, "config keys 'preprocess.l_freq' must be below 'preprocess.h_freq'")
+        need(
+            p.l_freq < p.h_freq, "config keys 'preprocess.l_freq' must be below 'preprocess.h_freq'"
+        )
     if p.h_freq is not None:
-        need(p.h_freq < p.sfreq / 2, f"config key 'preprocess.h_freq'={p.h_freq} must be below Nyquist ({p.sfreq / 2} Hz at preprocess.sfreq={p.sfreq})")
-    need(w.seconds > 0 and w.stride_seconds > 0, "config keys 'window.seconds' and 'window.stride_seconds' must be > 0")
+        need(
+            p.h_freq < p.sfreq / 2,
+            f"config key 'preprocess.h_freq'={p.h_freq} must be below Nyquist ({p.sfreq / 2} Hz at preprocess.sfreq={p.sfreq})",
+        )
+    need(
+        w.seconds > 0 and w.stride_seconds > 0,
+        "config keys 'window.seconds' and 'window.stride_seconds' must be > 0",
+    )
     need(0 < w.label_overlap <= 1, "config key 'window.label_overlap' must be in (0, 1]")
     need(0 <= t.val_fraction < 1, "config key 'train.val_fraction' must be in [0, 1)")
-    need(t.epochs >= 1 and t.batch_size >= 1, "config keys 'train.epochs' and 'train.batch_size' must be >= 1")
+    need(
+        t.epochs >= 1 and t.batch_size >= 1,
+        "config keys 'train.epochs' and 'train.batch_size' must be >= 1",
+    )
     need(t.num_workers >= 0, "config key 'train.num_workers' must be >= 0")
-    need(len(p.channels) > 0 or p.montage == "meg", "config key 'preprocess.channels' must not be empty")
+    need(
+        len(p.channels) > 0 or p.montage == "meg",
+        "config key 'preprocess.channels' must not be empty",
+    )
     if cfg.corpus.filename_regex is not None:
         import re
 
@@ -326,3 +346,10 @@ def _check_semantics(cfg: Config) -> None:
             re.compile(cfg.corpus.filename_regex)
         except re.error as e:
             raise BrainpipeError(f"config key 'corpus.filename_regex': invalid regex ({e})") from e
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """A Config from a plain dict (e.g. the one stored in a cache's attributes), validated."""
+    cfg = _build(Config, data, "")
+    _check_semantics(cfg)
+    return cfg

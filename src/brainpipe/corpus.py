@@ -25,7 +25,9 @@ TUAB_LABELS = ("normal", "abnormal")
 TUSZ_SPLITS = ("train", "dev", "eval")
 # TUSZ labels every non-background event with a seizure type (fnsz, gnsz, cpsz, absz, ...);
 # anything not in this set counts as a seizure.
-BACKGROUND_LABELS = frozenset({"bckg", "null", "artf", "eyem", "chew", "shiv", "musc", "elpp", "elec"})
+BACKGROUND_LABELS = frozenset(
+    {"bckg", "null", "artf", "eyem", "chew", "shiv", "musc", "elpp", "elec"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +87,9 @@ def parse_tusz_path(relpath: str) -> Facts:
 class GenericLayout:
     """Subject/label/split from a filename regex or a CSV manifest; else each file is a subject."""
 
-    def __init__(self, filename_regex: str | None = None, manifest: dict[str, dict[str, str]] | None = None):
+    def __init__(
+        self, filename_regex: str | None = None, manifest: dict[str, dict[str, str]] | None = None
+    ):
         self.regex = re.compile(filename_regex) if filename_regex else None
         self.manifest = manifest
 
@@ -111,8 +115,13 @@ def read_manifest(path: str | Path) -> dict[str, dict[str, str]]:
         with p.open(newline="") as f:
             reader = csv.DictReader(f)
             if reader.fieldnames is None or "path" not in reader.fieldnames:
-                raise BrainpipeError(f"{p}: manifest needs a 'path' column; found {reader.fieldnames}")
-            return {row["path"].strip(): {k: (v or "").strip() for k, v in row.items() if k != "path"} for row in reader}
+                raise BrainpipeError(
+                    f"{p}: manifest needs a 'path' column; found {reader.fieldnames}"
+                )
+            return {
+                row["path"].strip(): {k: (v or "").strip() for k, v in row.items() if k != "path"}
+                for row in reader
+            }
     except OSError as e:
         raise BrainpipeError(f"{p}: cannot read manifest ({e.strerror})") from e
 
@@ -135,7 +144,11 @@ def parse_annotations(path: str | Path) -> list[Event]:
     """
     p = Path(path)
     try:
-        lines = [ln for ln in p.read_text(errors="replace").splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        lines = [
+            ln
+            for ln in p.read_text(errors="replace").splitlines()
+            if ln.strip() and not ln.lstrip().startswith("#")
+        ]
     except OSError as e:
         raise BrainpipeError(f"{p}: cannot read annotations ({e.strerror})") from e
     if not lines:

@@ -38,7 +38,17 @@ INDEX_FORMAT_VERSION = 1
 EDF_SUFFIXES = (".edf", ".bdf")
 
 # Columns stored per recording, with their numpy dtypes ("U" = unicode, sized on save).
-_STR_COLUMNS = ("path", "format", "start", "split", "label", "subject", "session", "token", "montage")
+_STR_COLUMNS = (
+    "path",
+    "format",
+    "start",
+    "split",
+    "label",
+    "subject",
+    "session",
+    "token",
+    "montage",
+)
 _NUM_COLUMNS = {
     "size": np.int64,
     "mtime_ns": np.int64,
@@ -100,7 +110,10 @@ class Index:
 
     @property
     def errors(self) -> list[dict[str, str]]:
-        return [{"path": p, "reason": r} for p, r in zip(self.arrays["error_path"], self.arrays["error_reason"], strict=True)]
+        return [
+            {"path": p, "reason": r}
+            for p, r in zip(self.arrays["error_path"], self.arrays["error_reason"], strict=True)
+        ]
 
     def _chanset_slice(self, i: int) -> slice:
         s = int(self.arrays["chanset"][i])
@@ -120,7 +133,14 @@ class Index:
         rec = self.arrays["event_recording"]
         lo, hi = np.searchsorted(rec, [i, i + 1])
         a = self.arrays
-        return [Event(float(a["event_onset_s"][k]), float(a["event_offset_s"][k]), str(a["event_label"][k])) for k in range(lo, hi)]
+        return [
+            Event(
+                float(a["event_onset_s"][k]),
+                float(a["event_offset_s"][k]),
+                str(a["event_label"][k]),
+            )
+            for k in range(lo, hi)
+        ]
 
     def abspath(self, i: int, raw_root: str | os.PathLike | None = None) -> Path:
         return Path(raw_root or self.raw_root) / str(self.arrays["path"][i])
@@ -133,7 +153,9 @@ class Index:
             with np.load(p, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
         except FileNotFoundError as e:
-            raise BrainpipeError(f"{p}: index not found; create it with `brainpipe index --raw DIR --index {p}`") from e
+            raise BrainpipeError(
+                f"{p}: index not found; create it with `brainpipe index --raw DIR --index {p}`"
+            ) from e
         except (OSError, ValueError) as e:
             raise BrainpipeError(f"{p}: not a brainpipe index ({e})") from e
         if "meta" not in arrays:
@@ -153,7 +175,9 @@ class Index:
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
-    def from_recordings(cls, recordings: list[Recording], errors: list[tuple[str, str]], meta: dict[str, Any]) -> Index:
+    def from_recordings(
+        cls, recordings: list[Recording], errors: list[tuple[str, str]], meta: dict[str, Any]
+    ) -> Index:
         recordings = sorted(recordings, key=lambda r: r.path)
         n = len(recordings)
         chansets: dict[tuple, int] = {}
@@ -171,7 +195,9 @@ class Index:
                 return [getattr(r.facts, name) for r in recordings]
             return [getattr(r, name) for r in recordings]
 
-        arrays: dict[str, np.ndarray] = {name: np.array(col(name), dtype=str) for name in _STR_COLUMNS}
+        arrays: dict[str, np.ndarray] = {
+            name: np.array(col(name), dtype=str) for name in _STR_COLUMNS
+        }
         for name, dtype in _NUM_COLUMNS.items():
             if name != "chanset":
                 arrays[name] = np.array(col(name), dtype=dtype)
@@ -189,7 +215,14 @@ class Index:
         arrays["error_path"] = np.array([p for p, _ in errors], dtype=str)
         arrays["error_reason"] = np.array([r for _, r in errors], dtype=str)
         for k, v in arrays.items():  # empty string columns must still be unicode, not float
-            if v.size == 0 and k in (*_STR_COLUMNS, "chanset_labels", "chanset_types", "event_label", "error_path", "error_reason"):
+            if v.size == 0 and k in (
+                *_STR_COLUMNS,
+                "chanset_labels",
+                "chanset_types",
+                "event_label",
+                "error_path",
+                "error_reason",
+            ):
                 arrays[k] = np.zeros(0, dtype="U1")
         meta = dict(meta)
         meta["format_version"] = INDEX_FORMAT_VERSION
@@ -283,7 +316,11 @@ class ScanResult:
     def line(self) -> str:
         idx = self.index
         errs = Counter(_reason_kind(e["reason"]) for e in idx.errors)
-        skipped = f", skipped {sum(errs.values())} ({', '.join(f'{n} {k}' for k, n in errs.most_common())})" if errs else ""
+        skipped = (
+            f", skipped {sum(errs.values())} ({', '.join(f'{n} {k}' for k, n in errs.most_common())})"
+            if errs
+            else ""
+        )
         hours = float(idx.duration_s.sum()) / 3600 if len(idx) else 0.0
         return (
             f"indexed {len(idx)} recordings ({hours:.1f} h, {len(set(idx.subject.tolist()))} subjects) in "
@@ -295,7 +332,9 @@ def _reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0].strip() if ":" in reason else reason
 
 
-def _walk(root: Path, suffixes: tuple[str, ...], errors: list[tuple[str, str]]) -> tuple[list[str], set[str]]:
+def _walk(
+    root: Path, suffixes: tuple[str, ...], errors: list[tuple[str, str]]
+) -> tuple[list[str], set[str]]:
     """Relative paths of candidate recordings, and the set of all relative file paths."""
     found: list[str] = []
     every: set[str] = set()
@@ -428,7 +467,12 @@ def scan(
             except OSError:
                 ann_mtime = -1
         prev = old.get(rel)
-        if prev is not None and prev.size == st.st_size and prev.mtime_ns == st.st_mtime_ns and prev.ann_mtime_ns == ann_mtime:
+        if (
+            prev is not None
+            and prev.size == st.st_size
+            and prev.mtime_ns == st.st_mtime_ns
+            and prev.ann_mtime_ns == ann_mtime
+        ):
             reused.append(prev)
         else:
             todo.append((rel, st, ann))
@@ -451,10 +495,30 @@ def scan(
                     evs = merge_channel_events(evs)
                 events = tuple(evs)
             if c.layout == "tusz" and not facts.label:
-                facts = Facts(**{**{k: getattr(facts, k) for k in Facts.__slots__}, "label": "seiz" if events else "bckg"})
+                facts = Facts(
+                    **{
+                        **{k: getattr(facts, k) for k in Facts.__slots__},
+                        "label": "seiz" if events else "bckg",
+                    }
+                )
             if on_read is not None:
                 on_read(rel)
-            return Recording(rel, st.st_size, st.st_mtime_ns, fmt, n_samples, sfreq, duration, start, labels, rates, types, facts, events, ann_mtime)
+            return Recording(
+                rel,
+                st.st_size,
+                st.st_mtime_ns,
+                fmt,
+                n_samples,
+                sfreq,
+                duration,
+                start,
+                labels,
+                rates,
+                types,
+                facts,
+                events,
+                ann_mtime,
+            )
         except BrainpipeError as e:
             return (rel, _one_line(e, ab, str(root)))
         except OSError as e:
@@ -493,7 +557,13 @@ def scan(
         "corpus_config": cfg.to_dict()["corpus"],
     }
     index = Index.from_recordings(reused + fresh, errors, meta)
-    return ScanResult(index, len(fresh) + sum(1 for r in results if not isinstance(r, Recording)), len(reused), n_removed, time.perf_counter() - t0)
+    return ScanResult(
+        index,
+        len(fresh) + sum(1 for r in results if not isinstance(r, Recording)),
+        len(reused),
+        n_removed,
+        time.perf_counter() - t0,
+    )
 
 
 def build_index(
@@ -514,13 +584,18 @@ def build_index(
         except BrainpipeError:
             previous = None  # unreadable or older format: rebuild from scratch
         if previous is not None and (
-            previous.raw_root != str(Path(raw).resolve()) or previous.meta.get("corpus_config") != cfg.to_dict()["corpus"]
+            previous.raw_root != str(Path(raw).resolve())
+            or previous.meta.get("corpus_config") != cfg.to_dict()["corpus"]
         ):
             previous = None  # another tree or layout: nothing to reuse
     result = scan(raw, cfg, previous=previous, force=force, workers=workers, progress=progress)
     if len(result.index) == 0:
         errs = result.index.errors
-        detail = f"; {len(errs)} unreadable, first: {errs[0]['path']}: {errs[0]['reason']}" if errs else ""
+        detail = (
+            f"; {len(errs)} unreadable, first: {errs[0]['path']}: {errs[0]['reason']}"
+            if errs
+            else ""
+        )
         raise BrainpipeError(
             f"{raw}: no usable recordings found (looked for {', '.join(cfg.corpus.extensions)}){detail}"
         )
