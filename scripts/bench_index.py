@@ -1,0 +1,153 @@
+"""Benchmark the `index` stage against the mne header loop, in one run.
+
+    python scripts/bench_index.py [--n 2717] [--latency-ms 5] [--keep DIR]
+
+Generates a TUAB-sized synthetic tree (2,717 EDF files, short recordings: only headers are read),
+then prints one table:
+- mne `read_raw_edf(preload=False)` over every file (the loop a slow Dataset.__init__ runs)
+- our index, cold and re-run on the unchanged tree, in-process and as a whole `brainpipe index`
+  process (interpreter start and imports included)
+- both with a simulated per-open latency (a network filesystem: WSL2 /mnt, NFS, bucket mounts)
+- EdfWindowDataset init for ~14 k, ~140 k and ~1.4 M windows (must be flat)
+"""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def timed(fn, repeat: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+class Latency:
+    """Add `ms` of sleep to every open of an .edf file (sleep releases the GIL, as real I/O does)."""
+
+    def __init__(self, ms: float):
+        self.s = ms / 1000
+
+    def __enter__(self):
+        self._os_open, self._open = os.open, builtins.open
+        s, os_open, b_open = self.s, os.open, builtins.open
+
+        def slow_os_open(path, *a, **k):
+            if str(path).endswith(".edf"):
+                time.sleep(s)
+            return os_open(path, *a, **k)
+
+        def slow_open(path, *a, **k):
+            if str(path).endswith(".edf"):
+                time.sleep(s)
+            return b_open(path, *a, **k)
+
+        os.open, builtins.open = slow_os_open, slow_open
+        return self
+
+    def __exit__(self, *exc):
+        os.open, builtins.open = self._os_open, self._open
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=2717, help="recordings in the tree (TUAB train: 2,717)")
+    ap.add_argument("--latency-ms", type=float, default=5.0)
+    ap.add_argument("--keep", metavar="DIR", help="generate into DIR and keep it")
+    args = ap.parse_args()
+
+    from brainpipe.config import load_config
+    from brainpipe.data import EdfWindowDataset
+    from brainpipe.index import Index, build_index, scan
+    from brainpipe.synthetic import make_corpus
+
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_index_"))
+    raw = work / "raw"
+    t = time.perf_counter()
+    if not (raw / "edf").exists():
+        make_corpus(raw, "tuab", n_recordings=args.n, duration_s=(10.0, 30.0), seed=0)
+    files = sorted(str(p) for p in raw.rglob("*.edf"))
+    print(f"corpus: {len(files)} EDF files under {raw} (generated in {time.perf_counter() - t:.1f} s)")
+    cfg = load_config(None, ["corpus.layout=tuab"])
+    out = work / "index.npz"
+
+    import mne
+
+    def mne_loop():
+        for f in files:
+            mne.io.read_raw_edf(f, preload=False, verbose="error")
+
+    rows: list[tuple[str, float, str]] = []
+    t_mne = timed(mne_loop)
+    rows.append(("mne read_raw_edf(preload=False) loop", t_mne, "baseline"))
+
+    t_cold = timed(lambda: scan(raw, cfg, progress=False), repeat=3)
+    rows.append(("ours: cold index, in-process", t_cold, f"{t_mne / t_cold:.0f}x faster"))
+    build_index(raw, out, cfg, progress=False, force=True)
+    prev = Index.load(out)
+    t_re = timed(lambda: scan(raw, cfg, previous=prev, progress=False), repeat=3)
+    rows.append(("ours: re-index unchanged tree, in-process", t_re, f"{t_mne / t_re:.0f}x faster"))
+
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "brainpipe", "index", "--raw", str(raw), "--index", str(out), "--set", "corpus.layout=tuab"]
+    exe = shutil.which("brainpipe")
+    if exe:
+        cmd[:3] = [exe]
+    t_proc_cold = timed(lambda: subprocess.run([*cmd, "--force"], check=True, env=env, capture_output=True), repeat=3)
+    rows.append(("ours: whole `brainpipe index` process, cold", t_proc_cold, "target <= 1 s"))
+    t_proc_re = timed(lambda: subprocess.run(cmd, check=True, env=env, capture_output=True), repeat=3)
+    rows.append(("ours: whole `brainpipe index` process, re-index", t_proc_re, "target <= 0.3 s"))
+
+    lat = args.latency_ms
+    with Latency(lat):
+        sub = files[: min(len(files), 400)]  # the serial loops are slow by construction; scale them
+        t = timed(lambda: [mne.io.read_raw_edf(f, preload=False, verbose="error") for f in sub])
+        t_mne_lat = t * len(files) / len(sub)
+        from brainpipe.edf import read_header
+
+        t = timed(lambda: [read_header(f) for f in sub])
+        t_serial_lat = t * len(files) / len(sub)
+        t_ours_lat = timed(lambda: scan(raw, cfg, force=True, progress=False))
+    rows.append((f"mne loop, {lat:g} ms per open (extrapolated from {len(sub)})", t_mne_lat, "baseline"))
+    rows.append((f"our parser, serial loop, {lat:g} ms per open (extrapolated)", t_serial_lat, f"{t_mne_lat / t_serial_lat:.1f}x faster"))
+    rows.append(
+        (f"ours: cold index, {cfg.index.workers} threads, {lat:g} ms per open", t_ours_lat, f"{t_serial_lat / t_ours_lat:.0f}x our serial, {t_mne_lat / t_ours_lat:.0f}x mne")
+    )
+
+    idx = Index.load(out)
+    mean_n = float(idx.n_samples.mean())
+    sfreq = float(np.median(idx.sfreq))
+    for target in (14_000, 140_000, 1_400_000):
+        stride = max(1, int(mean_n * len(idx) / target))
+        t_init = timed(lambda s=stride: EdfWindowDataset(out, window_s=1.0, stride_s=s / sfreq, channels=["FP1", "FP2", "C3"]), repeat=5)
+        ds = EdfWindowDataset(out, window_s=1.0, stride_s=stride / sfreq, channels=["FP1", "FP2", "C3"])
+        rows.append((f"EdfWindowDataset init (index load included), {len(ds):,} windows", t_init, "target <= 50 ms, flat"))
+
+    t_load = timed(lambda: Index.load(out), repeat=5)
+    rows.append((f"Index.load, {len(idx)} recordings", t_load, ""))
+
+    w = max(len(r[0]) for r in rows)
+    print(f"\n{'measurement':<{w}}  {'seconds':>9}  {'ms/file':>8}  vs baseline")
+    for name, sec, note in rows:
+        per = sec / len(files) * 1000 if "init" not in name and "load" not in name else float("nan")
+        print(f"{name:<{w}}  {sec:>9.4f}  {per:>8.3f}  {note}")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
