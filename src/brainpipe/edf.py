@@ -1,0 +1,581 @@
+"""EDF, EDF+, BDF and BDF+ headers and signal windows, read without mne.
+
+Reads: the fixed 256-byte header, the ns*256-byte signal header and, for `read_signals`, only
+the data records that overlap the requested window.
+
+Why hand-written: the `index` stage reads thousands of headers, often on network mounts where
+every open and read costs milliseconds, and must finish in under a second. mne needs ~1 s to
+import and `mne.io.read_raw_edf(preload=False)` ~1.6-2.2 ms per header (it also reads the
+annotations); `read_header` takes ~55 us on the same 33-signal TUH-like file (pyedflib: ~105 us),
+with one open, one `fstat` and two small reads. numpy is imported only by `read_signals`.
+
+    h = read_header("aaaaaaaa_s001_t000.edf")
+    eeg = [i for i in h.signal_indices if h.sfreq(i) == 250.0]
+    x = read_signals(h, eeg, start=0, stop=2500)   # (len(eeg), 2500) float64, in volts
+
+Policies where files in the wild break the spec (each one a decision, not an accident):
+- Size: the file must hold at least `header_bytes + n_records * record_bytes` bytes; fewer is an
+  `EdfError` ("truncated"). Extra trailing bytes (a partial record left by a crashed recorder,
+  padding) are ignored and `n_records` is the header's. mne instead re-derives n_records from
+  the file size in both directions, with a warning.
+- `n_records == -1` (recording still in progress) is inferred as the number of whole records in
+  the file.
+- Dates: the 2-digit year maps 85-99 to 19xx and 00-84 to 20xx (the EDF+ clipping rule). For
+  EDF+/BDF+, the 4-digit year in the recording field's "Startdate dd-MMM-yyyy" wins when it
+  agrees with the 2-digit one, and replaces it when the field holds the literal "yy" (years after
+  2084). The sub-second start kept in EDF+ annotations is ignored. An invalid date is an error.
+- Text fields are UTF-8 (EDFbrowser writes it) with a fallback to latin-1, cut at the first NUL
+  and stripped. Numbers accept a decimal comma and NUL padding, as mne does.
+- Digital min must be below digital max for data signals (annotation signals are not checked,
+  they are never scaled). Physical min == max is kept as read; `read_signals` then uses a
+  physical range of 1, like mne.
+- A record duration of 0 is allowed only when every signal is an annotation signal.
+- EDF+D/BDF+D (discontinuous) records are read back to back; the gaps between them live in the
+  annotations, which this module does not parse.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import math
+import operator
+import os
+import stat
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from brainpipe.errors import BrainpipeError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+_FIXED_BYTES = 256
+_EDF_VERSION = b"0       "
+_BDF_VERSION = b"\xffBIOSEMI"
+_ANNOTATION_LABELS = frozenset({"EDF Annotations", "BDF Annotations"})
+# The ns field has 4 characters; 4096 signals covers high-density EEG, MEG and sEEG, and a larger
+# claim is far likelier a corrupt byte than a real recording.
+_MAX_SIGNALS = 4096
+
+# Unit -> factor to volts. mne (1.13) knows only the micro variants and "mV" and treats every other
+# unit, "nV" included, as volts; we scale nV too, so nV files read 1e9 times smaller than mne's
+# get_data(). "\x83\xcaV" is a Shift-JIS mu read as latin-1, which mne accepts too.
+_UNIT_SCALE = {
+    "uV": 1e-6,
+    "\u00b5V": 1e-6,
+    "\u03bcV": 1e-6,
+    "\x83\xcaV": 1e-6,
+    "mV": 1e-3,
+    "nV": 1e-9,
+    "V": 1.0,
+}
+
+_MONTHS = {
+    m: i + 1
+    for i, m in enumerate(
+        ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+    )
+}
+
+
+class EdfError(BrainpipeError):
+    """An EDF/BDF file that cannot be read; the one-line message names the file and the reason."""
+
+
+def is_annotation_label(label: str) -> bool:
+    """True for an EDF+/BDF+ annotation signal ("EDF Annotations", "BDF Annotations")."""
+    return label.strip() in _ANNOTATION_LABELS
+
+
+@dataclass(frozen=True, slots=True)
+class EdfHeader:
+    """Everything in an EDF/BDF header. Per-signal tuples cover ALL signals, annotations too."""
+
+    path: str
+    format: str  # "EDF", "EDF+C", "EDF+D", "BDF", "BDF+C", "BDF+D"
+    start: datetime.datetime  # naive, from the header fields
+    n_records: int
+    record_duration: float  # s
+    header_bytes: int
+    sample_bytes: int  # 2 (EDF) or 3 (BDF)
+    labels: tuple[str, ...]
+    units: tuple[str, ...]
+    samples_per_record: tuple[int, ...]
+    physical_min: tuple[float, ...]
+    physical_max: tuple[float, ...]
+    digital_min: tuple[int, ...]
+    digital_max: tuple[int, ...]
+    prefilter: tuple[str, ...]
+    transducer: tuple[str, ...]
+    patient_id: str
+    recording_id: str
+    file_size: int  # bytes
+
+    @property
+    def signal_indices(self) -> tuple[int, ...]:
+        """Indices of the data signals (everything but annotation signals)."""
+        return tuple(i for i, lab in enumerate(self.labels) if lab not in _ANNOTATION_LABELS)
+
+    def sfreq(self, i: int) -> float:
+        """Sample rate of signal i in Hz; 0.0 in annotation-only files (record duration 0)."""
+        if self.record_duration == 0:
+            return 0.0
+        return self.samples_per_record[i] / self.record_duration
+
+    def n_samples(self, i: int) -> int:
+        """Number of samples of signal i in the whole recording."""
+        return self.n_records * self.samples_per_record[i]
+
+    @property
+    def duration(self) -> float:
+        """Recording length in s (for EDF+D, the recorded time without the gaps)."""
+        return self.n_records * self.record_duration
+
+    @property
+    def record_bytes(self) -> int:
+        """Size of one data record in bytes."""
+        return sum(self.samples_per_record) * self.sample_bytes
+
+
+# ---------------------------------------------------------------------------------------------
+# header
+
+
+def read_header(path: str | os.PathLike) -> EdfHeader:
+    """Read and check the header of an EDF/EDF+/BDF/BDF+ file: one open, two reads, one fstat.
+
+    Raises EdfError (one line: the path and what is wrong) for anything that is not a readable
+    EDF/BDF file whose size agrees with its header.
+    """
+    spath = os.fspath(path)
+    try:
+        fd = os.open(spath, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        raise EdfError(f"{spath}: cannot open: {e.strerror or e}") from e
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise EdfError(f"{spath}: is a directory, not an EDF/BDF file")
+        size = st.st_size
+        if size == 0:
+            raise EdfError(f"{spath}: empty file (0 bytes), not an EDF/BDF recording")
+        if size < _FIXED_BYTES:
+            raise EdfError(
+                f"{spath}: too short for an EDF/BDF header: {size} bytes, need at least 256"
+            )
+        fixed = _read_exact(fd, _FIXED_BYTES, spath)
+        h = _parse_fixed(fixed, spath, size)
+        signal_header = _read_exact(fd, h["header_bytes"] - _FIXED_BYTES, spath)
+    except OSError as e:
+        raise EdfError(f"{spath}: cannot read: {e.strerror or e}") from e
+    finally:
+        os.close(fd)
+    return _parse_signals(signal_header, h, spath, size)
+
+
+def _read_exact(fd: int, n: int, path: str) -> bytes:
+    # A regular file returns short reads only at EOF, so this is one read unless the file shrank
+    # between fstat and read.
+    data = os.read(fd, n)
+    while len(data) < n:
+        more = os.read(fd, n - len(data))
+        if not more:
+            raise EdfError(
+                f"{path}: truncated header: wanted {n} bytes, file ended after {len(data)}"
+            )
+        data += more
+    return data
+
+
+def _parse_fixed(b: bytes, path: str, size: int) -> dict:
+    version = b[0:8]
+    # Some writers pad the EDF "0" with NULs instead of spaces; the digit is what identifies it.
+    if version == _EDF_VERSION or version.rstrip(b" \x00") == b"0":
+        sample_bytes, family = 2, "EDF"
+    elif version == _BDF_VERSION:
+        sample_bytes, family = 3, "BDF"
+    else:
+        raise EdfError(
+            f"{path}: not an EDF/BDF file: version field is {version!r}, "
+            f"expected b'0       ' (EDF) or b'\\xffBIOSEMI' (BDF)"
+        )
+    reserved = b[192:236]
+    if reserved[:5] in (b"EDF+C", b"BDF+C"):
+        fmt = family + "+C"
+    elif reserved[:5] in (b"EDF+D", b"BDF+D"):
+        fmt = family + "+D"
+    else:
+        fmt = family
+
+    ns = _int(b[252:256], "number of signals", path)
+    if not 1 <= ns <= _MAX_SIGNALS:
+        raise EdfError(f"{path}: number of signals is {ns}, expected 1 to {_MAX_SIGNALS}")
+    header_bytes = _int(b[184:192], "header size", path)
+    if header_bytes != _FIXED_BYTES * (ns + 1):
+        raise EdfError(
+            f"{path}: header size field says {header_bytes} bytes but {ns} signals need "
+            f"{_FIXED_BYTES * (ns + 1)}"
+        )
+    if size < header_bytes:
+        raise EdfError(
+            f"{path}: truncated header: {ns} signals need a {header_bytes}-byte header "
+            f"but the file has {size} bytes"
+        )
+    n_records = _int(b[236:244], "number of data records", path)
+    if n_records < -1:
+        raise EdfError(f"{path}: number of data records is {n_records}, expected >= -1")
+    record_duration = _float(b[244:252], "data record duration", path)
+    if record_duration < 0:
+        raise EdfError(f"{path}: data record duration is {record_duration} s, expected >= 0")
+
+    patient_id = _text(b[8:88])
+    recording_id = _text(b[88:168])
+    start = _start(b[168:176], b[176:184], recording_id, fmt != family, path)
+    return {
+        "format": fmt,
+        "ns": ns,
+        "header_bytes": header_bytes,
+        "sample_bytes": sample_bytes,
+        "n_records": n_records,
+        "record_duration": record_duration,
+        "patient_id": patient_id,
+        "recording_id": recording_id,
+        "start": start,
+    }
+
+
+# Signal-header fields in file order with their widths; every field holds one entry per signal.
+_SIGNAL_FIELDS = (16, 80, 8, 8, 8, 8, 8, 80, 8, 32)
+
+
+@functools.lru_cache(maxsize=64)
+def _signal_struct(ns: int) -> struct.Struct:
+    # One unpack splits all 10*ns fields in C; slicing them one by one in Python was 2x slower.
+    return struct.Struct("".join(f"{w}s" * ns for w in _SIGNAL_FIELDS))
+
+
+def _parse_signals(b: bytes, h: dict, path: str, size: int) -> EdfHeader:
+    ns = h["ns"]
+    u = _signal_struct(ns).unpack(b)
+    nul = b"\x00" in b
+    labels = _texts(u[0:ns], nul)
+    transducer = _texts(u[ns : 2 * ns], nul)
+    units = _texts(u[2 * ns : 3 * ns], nul)
+    physical_min = _floats(u[3 * ns : 4 * ns], "physical minimum", labels, path)
+    physical_max = _floats(u[4 * ns : 5 * ns], "physical maximum", labels, path)
+    digital_min = _ints(u[5 * ns : 6 * ns], "digital minimum", labels, path, integral_float=True)
+    digital_max = _ints(u[6 * ns : 7 * ns], "digital maximum", labels, path, integral_float=True)
+    prefilter = _texts(u[7 * ns : 8 * ns], nul)
+    samples = _ints(u[8 * ns : 9 * ns], "samples per record", labels, path)
+
+    # C-speed checks first; the loop runs only to name the offending signal.
+    if min(samples) < 0 or any(map(operator.ge, digital_min, digital_max)):
+        for i in range(ns):
+            if samples[i] < 0:
+                raise EdfError(
+                    f"{path}: signal {i} ({labels[i]!r}): samples per record is {samples[i]}, "
+                    f"expected >= 0"
+                )
+            # Annotation signals are never scaled, so their digital range does not matter.
+            if digital_min[i] >= digital_max[i] and labels[i] not in _ANNOTATION_LABELS:
+                raise EdfError(
+                    f"{path}: signal {i} ({labels[i]!r}): digital minimum {digital_min[i]} is "
+                    f"not below digital maximum {digital_max[i]}"
+                )
+    has_data = not _ANNOTATION_LABELS.issuperset(labels)
+    record_bytes = sum(samples) * h["sample_bytes"]
+    if record_bytes == 0:
+        raise EdfError(f"{path}: every signal has 0 samples per record")
+    if has_data and h["record_duration"] == 0:
+        raise EdfError(
+            f"{path}: data record duration is 0 s but the file has data signals "
+            f"(0 is allowed only in annotation-only files)"
+        )
+
+    header_bytes = h["header_bytes"]
+    n_records = h["n_records"]
+    available = (size - header_bytes) // record_bytes
+    if n_records == -1:
+        n_records = available
+    elif n_records > available:
+        need = header_bytes + n_records * record_bytes
+        raise EdfError(
+            f"{path}: truncated: header says {n_records} data records ({need} bytes with the "
+            f"header) but the file has {size} bytes ({available} whole records)"
+        )
+
+    return EdfHeader(
+        path=path,
+        format=h["format"],
+        start=h["start"],
+        n_records=n_records,
+        record_duration=h["record_duration"],
+        header_bytes=header_bytes,
+        sample_bytes=h["sample_bytes"],
+        labels=labels,
+        units=units,
+        samples_per_record=samples,
+        physical_min=physical_min,
+        physical_max=physical_max,
+        digital_min=digital_min,
+        digital_max=digital_max,
+        prefilter=prefilter,
+        transducer=transducer,
+        patient_id=h["patient_id"],
+        recording_id=h["recording_id"],
+        file_size=size,
+    )
+
+
+def _text(b: bytes) -> str:
+    b = b.split(b"\x00", 1)[0].strip()
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return b.decode("latin-1")
+
+
+def _texts(fields: Sequence[bytes], nul: bool) -> tuple[str, ...]:
+    if not nul:
+        try:
+            return tuple(map(bytes.decode, map(bytes.strip, fields)))  # UTF-8, strict
+        except UnicodeDecodeError:
+            pass
+    return tuple(map(_text, fields))
+
+
+def _num_str(b: bytes) -> str:
+    return b.split(b"\x00", 1)[0].decode("latin-1").strip()
+
+
+def _to_float(s: str) -> float:
+    """The number in s (a decimal comma allowed, as mne does), NaN when there is none."""
+    try:
+        return float(s.replace(",", "."))
+    except ValueError:
+        return math.nan
+
+
+def _int(b: bytes, what: str, path: str) -> int:
+    s = _num_str(b)
+    try:
+        return int(s)
+    except ValueError:
+        raise EdfError(f"{path}: {what} field is {s!r}, not an integer") from None
+
+
+def _float(b: bytes, what: str, path: str) -> float:
+    s = _num_str(b)
+    v = _to_float(s)
+    if not math.isfinite(v):
+        raise EdfError(f"{path}: {what} field is {s!r}, not a finite number")
+    return v
+
+
+def _num(b: bytes) -> str:
+    # mne's rule for numbers: cut at the first NUL, accept a decimal comma.
+    return b.split(b"\x00", 1)[0].decode("latin-1").strip().replace(",", ".")
+
+
+def _floats(
+    fields: Sequence[bytes], what: str, labels: tuple[str, ...], path: str
+) -> tuple[float, ...]:
+    # Fast path: float() parses space-padded bytes in C; the loop below runs only for files
+    # with NULs or decimal commas, or to name the bad field.
+    try:
+        values = tuple(map(float, fields))
+        if all(map(math.isfinite, values)):
+            return values
+    except ValueError:
+        pass
+    out = []
+    for i, f in enumerate(fields):
+        v = _to_float(_num(f))
+        if not math.isfinite(v):
+            raise EdfError(
+                f"{path}: signal {i} ({labels[i]!r}): {what} is {_num_str(f)!r}, "
+                f"not a finite number"
+            )
+        out.append(v)
+    return tuple(out)
+
+
+def _ints(
+    fields: Sequence[bytes],
+    what: str,
+    labels: tuple[str, ...],
+    path: str,
+    integral_float: bool = False,
+) -> tuple[int, ...]:
+    try:
+        return tuple(map(int, fields))
+    except ValueError:
+        pass
+    out = []
+    for i, f in enumerate(fields):
+        s = _num(f)
+        try:
+            out.append(int(s))
+            continue
+        except ValueError:
+            pass
+        # Some writers put "-32768.0" in the digital fields; mne parses them as floats.
+        v = _to_float(s) if integral_float else math.nan
+        if not (math.isfinite(v) and v == int(v)):
+            raise EdfError(
+                f"{path}: signal {i} ({labels[i]!r}): {what} is {_num_str(f)!r}, not an integer"
+            )
+        out.append(int(v))
+    return tuple(out)
+
+
+def _start(
+    date_b: bytes, time_b: bytes, recording_id: str, edf_plus: bool, path: str
+) -> datetime.datetime:
+    date_s = date_b.decode("latin-1")
+    time_s = time_b.decode("latin-1")
+    try:
+        day, month, yy = date_s.split(".")
+        day_i, month_i = int(day), int(month)
+        full_year = _recording_year(recording_id) if edf_plus else None
+        if yy.strip().lower() == "yy":
+            if full_year is None:
+                raise ValueError("year 'yy' without a Startdate in the recording field")
+            year = full_year
+        else:
+            yy_i = int(yy)
+            if not 0 <= yy_i <= 99:
+                raise ValueError("2-digit year out of range")
+            year = yy_i + (1900 if yy_i >= 85 else 2000)
+            if full_year is not None and full_year % 100 == yy_i:
+                year = full_year
+        # The spec says "hh.mm.ss"; some writers use colons.
+        hh, mm, ss = time_s.replace(":", ".").split(".")
+        return datetime.datetime(year, month_i, day_i, int(hh), int(mm), int(ss))
+    except (ValueError, OverflowError):
+        raise EdfError(
+            f"{path}: start date/time fields are {date_s!r} {time_s!r}, "
+            f"expected 'dd.mm.yy' 'hh.mm.ss'"
+        ) from None
+
+
+def _recording_year(recording_id: str) -> int | None:
+    # EDF+ recording field: "Startdate 02-MAR-2002 ..."; "Startdate X" when unknown.
+    parts = recording_id.split()
+    if len(parts) < 2 or parts[0] != "Startdate":
+        return None
+    d = parts[1].split("-")
+    if len(d) != 3 or d[1].upper() not in _MONTHS or len(d[2]) != 4 or not d[2].isdigit():
+        return None
+    return int(d[2])
+
+
+# ---------------------------------------------------------------------------------------------
+# signals
+
+
+def read_signals(header: EdfHeader, picks: Sequence[int], start: int, stop: int) -> np.ndarray:
+    """Samples [start, stop) of the signals `picks`, as float64 volts, shape (len(picks), n).
+
+    `picks` index `header.labels` and must share one samples_per_record (so one sample rate);
+    `start`/`stop` count samples at that rate. Only the data records overlapping the window are
+    read (one seek, one read). Scaling is mne's: (dig * cal + pmin - dmin * cal) * unit factor,
+    cal = (pmax - pmin) / (dmax - dmin), with a physical range of 0 taken as 1.
+    """
+    import numpy as np
+
+    picks = [int(p) for p in picks]
+    start, stop = int(start), int(stop)
+    if not picks:
+        if stop < start:
+            raise ValueError(f"stop {stop} < start {start}")
+        return np.empty((0, stop - start), dtype=np.float64)
+    ns = len(header.labels)
+    for p in picks:
+        if not 0 <= p < ns:
+            raise ValueError(f"pick {p} out of range for {ns} signals in {header.path}")
+        if header.labels[p] in _ANNOTATION_LABELS:
+            raise ValueError(f"pick {p} is an annotation signal in {header.path}")
+    spr_all = header.samples_per_record
+    spr = spr_all[picks[0]]
+    if any(spr_all[p] != spr for p in picks):
+        raise ValueError(
+            f"picks {picks} mix samples per record {sorted({spr_all[p] for p in picks})} "
+            f"in {header.path}; read each rate separately"
+        )
+    n_total = header.n_records * spr
+    if not 0 <= start <= stop <= n_total:
+        raise ValueError(
+            f"window [{start}, {stop}) outside [0, {n_total}] samples in {header.path}"
+        )
+    n_out = stop - start
+    if n_out == 0:
+        return np.empty((len(picks), 0), dtype=np.float64)
+
+    sb = header.sample_bytes
+    record_bytes = sum(spr_all) * sb
+    r0 = start // spr
+    r1 = -(-stop // spr)
+    n_rec = r1 - r0
+    # Like np.fromfile(offset=, count=) over the records as (n_records, record_bytes), minus the
+    # Python file object: one open, one seek, one read of just the overlapping records.
+    buf = np.empty((n_rec, record_bytes), dtype=np.uint8)
+    _read_into(header.path, header.header_bytes + r0 * record_bytes, buf, record_bytes, r0)
+
+    # Stage the picked signals as (picks, records, samples) integers, then view them as one
+    # continuous row per pick; a per-pick slice copy beats a fancy-index gather by ~5x.
+    first = [sum(spr_all[:p]) * sb for p in picks]
+    a, b = start - r0 * spr, stop - r0 * spr
+    if sb == 2:
+        stage = np.empty((len(picks), n_rec, spr * 2), dtype=np.uint8)
+        for j, o in enumerate(first):
+            stage[j] = buf[:, o : o + spr * 2]
+        dig = stage.view("<i2").reshape(len(picks), n_rec * spr)[:, a:b]
+    else:
+        # 24-bit little-endian two's complement: copy the 3 bytes into the low bytes of a 4-byte
+        # word, then shift left and (arithmetically) right to extend the sign.
+        stage = np.zeros((len(picks), n_rec, spr, 4), dtype=np.uint8)
+        for j, o in enumerate(first):
+            stage[j, :, :, :3] = buf[:, o : o + spr * 3].reshape(n_rec, spr, 3)
+        dig = stage.view("<i4").reshape(len(picks), n_rec * spr)[:, a:b]
+        dig <<= 8
+        dig >>= 8
+
+    pmin = np.array([header.physical_min[p] for p in picks])
+    pmax = np.array([header.physical_max[p] for p in picks])
+    dmin = np.array([header.digital_min[p] for p in picks], dtype=np.float64)
+    dmax = np.array([header.digital_max[p] for p in picks], dtype=np.float64)
+    prange = pmax - pmin
+    prange[prange == 0] = 1.0  # as mne: keep the digital values rather than divide by zero
+    cal = prange / (dmax - dmin)
+    offset = pmin - dmin * cal
+    gain = np.array([_UNIT_SCALE.get(header.units[p], 1.0) for p in picks])
+    # mne computes (dig * cal + offset) * gain; folding the gain in saves a pass over the data
+    # and differs by an ulp or two.
+    out = np.multiply(dig, (cal * gain)[:, None])
+    out += (offset * gain)[:, None]
+    return out
+
+
+def _read_into(path: str, offset: int, buf: np.ndarray, record_bytes: int, r0: int) -> None:
+    view = memoryview(buf).cast("B")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            os.lseek(fd, offset, os.SEEK_SET)
+            got = 0
+            while got < len(view):
+                n = os.readv(fd, [view[got:]])
+                if not n:
+                    raise EdfError(
+                        f"{path}: file ended inside data record {r0 + got // record_bytes}; "
+                        f"it changed after its header was read"
+                    )
+                got += n
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise EdfError(f"{path}: cannot read: {e.strerror or e}") from e
