@@ -498,8 +498,12 @@ def test_dockerignore_keeps_the_context_small_and_copies_working():
 
 # Modules each command needs (cli imports them lazily); a stage not written yet skips the run.
 STAGE_MODULES = {"synth": "synthetic", "index": "index", "build-cache": "cache", "train": "train"}
-DRY_RUN_SUBJECTS = "12"  # the demo's 40 subjects, shrunk: the point is the plumbing
+# The plumbing is the point, not the model: the demo's 40 subjects shrunk to 12, one epoch.
+DRY_RUN_SUBJECTS = "12"
+DRY_RUN_TRAIN = ["--set", "train.epochs=1"]
 STAGE_TIMEOUT_S = 900
+# The cpu image has no train extra: its services run here with these made unimportable.
+TRAIN_EXTRA_MODULES = ("torch", "braindecode", "tensorboard", "sklearn")
 
 
 def _chain(services: dict, last: str) -> list[str]:
@@ -544,13 +548,27 @@ def _snapshot(root: Path) -> list[tuple[str, int, int]]:
     )
 
 
+def _without_train_extra(root: Path) -> Path:
+    for module in TRAIN_EXTRA_MODULES:
+        (root / module).mkdir(parents=True, exist_ok=True)
+        (root / module / "__init__.py").write_text(
+            f"raise ModuleNotFoundError('{module} is not in the cpu image', name='{module}')\n"
+        )
+    return root
+
+
 def _run_service(name: str, service: dict, volumes_root: Path, app: Path) -> dict[str, Path]:
     mapping = _host_paths(service, volumes_root, app)
     command = [_rewrite(a, mapping) for a in service["command"]]
     if name == "synth" and "--n-subjects" in command:
         command[command.index("--n-subjects") + 1] = DRY_RUN_SUBJECTS
+    if command[0] == "train":
+        command += DRY_RUN_TRAIN
     env = _env(PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")  # the image's ENV; CPU
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    path = [str(REPO / "src"), env.get("PYTHONPATH")]
+    if service["build"]["target"] == "cpu":
+        path.insert(0, str(_without_train_extra(volumes_root.parent / "no-train-extra")))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
     for key, value in (service.get("environment") or {}).items():
         if value is not None:  # None: a pass-through the host did not set
             env[key] = _rewrite(value, mapping)
