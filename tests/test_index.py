@@ -19,12 +19,20 @@ from brainpipe.index import Index, build_index
 EEG = ["FP1", "FP2", "F3", "F4", "C3", "C4", "O1", "O2"]
 
 
-def write_edf(path: Path, sfreq: float, seconds: float, labels=None, seed=0, annotations=False) -> Path:
+def write_edf(
+    path: Path, sfreq: float, seconds: float, labels=None, seed=0, annotations=False
+) -> Path:
     rng = np.random.default_rng(seed)
     labels = labels or [f"EEG {c}-REF" for c in EEG] + ["EKG1-REF", "PHOTIC-REF"]
     n = int(sfreq * seconds)
     sigs = [
-        edfio.EdfSignal(rng.normal(0, 30, n), sampling_frequency=sfreq, label=lab, physical_dimension="uV", physical_range=(-500, 500))
+        edfio.EdfSignal(
+            rng.normal(0, 30, n),
+            sampling_frequency=sfreq,
+            label=lab,
+            physical_dimension="uV",
+            physical_range=(-500, 500),
+        )
         for lab in labels
     ]
     ann = [edfio.EdfAnnotation(1.0, None, "eyes closed")] if annotations else None
@@ -44,7 +52,13 @@ def tuab(tmp_path):
         ("eval", "normal", "aaaaaaae", 1, 400),
     ]
     for k, (split, label, subj, sess, rate) in enumerate(specs):
-        write_edf(root / f"edf/{split}/{label}/01_tcp_ar/{subj}_s{sess:03d}_t000.edf", rate, 20 + k, seed=k, annotations=k == 1)
+        write_edf(
+            root / f"edf/{split}/{label}/01_tcp_ar/{subj}_s{sess:03d}_t000.edf",
+            rate,
+            20 + k,
+            seed=k,
+            annotations=k == 1,
+        )
     return root
 
 
@@ -174,16 +188,28 @@ def test_full_disk_leaves_no_partial_file(tuab, tmp_path, monkeypatch):
 
 def test_tusz_events_and_fif_and_generic(tmp_path):
     root = tmp_path / "tusz"
-    edf = write_edf(root / "edf/dev/aaaaaajy/s003_2003/03_tcp_ar_a/aaaaaajy_s003_t001.edf", 256, 30, labels=[f"EEG {c}-REF" for c in EEG])
+    edf = write_edf(
+        root / "edf/dev/aaaaaajy/s003_2003/03_tcp_ar_a/aaaaaajy_s003_t001.edf",
+        256,
+        30,
+        labels=[f"EEG {c}-REF" for c in EEG],
+    )
     edf.with_suffix(".csv_bi").write_text(
         "# version = csv_v1.0.0\n# duration = 30.00 secs\n#\nchannel,start_time,stop_time,label,confidence\n"
         "TERM,0.0,10.0,bckg,1.0\nTERM,10.0,20.5,seiz,1.0\nTERM,20.5,30.0,bckg,1.0\n"
     )
-    write_edf(root / "edf/dev/aaaaaajz/s001_2004/02_tcp_le/aaaaaajz_s001_t000.edf", 250, 30, labels=[f"EEG {c}-LE" for c in EEG])
+    write_edf(
+        root / "edf/dev/aaaaaajz/s001_2004/02_tcp_le/aaaaaajz_s001_t000.edf",
+        250,
+        30,
+        labels=[f"EEG {c}-LE" for c in EEG],
+    )
     (root / "edf/dev/aaaaaajz/s001_2004/02_tcp_le/aaaaaajz_s001_t000.csv_bi").write_text(
         "channel,start_time,stop_time,label,confidence\nTERM,0.0,30.0,bckg,1.0\n"
     )
-    idx = build_index(root, tmp_path / "i.npz", load_config(None, ["corpus.layout=tusz"]), progress=False).index
+    idx = build_index(
+        root, tmp_path / "i.npz", load_config(None, ["corpus.layout=tusz"]), progress=False
+    ).index
     assert len(idx) == 2
     i = list(idx.subject).index("aaaaaajy")
     ev = idx.events(i)
@@ -194,9 +220,13 @@ def test_tusz_events_and_fif_and_generic(tmp_path):
     meg = tmp_path / "meg"
     info = mne.create_info([f"MEG {k:04d}" for k in range(6)], 200.0, ["mag", "grad", "grad"] * 2)
     (meg / "sub-01").mkdir(parents=True)
-    mne.io.RawArray(np.zeros((6, 400)), info, verbose="error").save(meg / "sub-01" / "sub-01_rest_meg.fif", verbose="error")
+    mne.io.RawArray(np.zeros((6, 400)), info, verbose="error").save(
+        meg / "sub-01" / "sub-01_rest_meg.fif", verbose="error"
+    )
     write_edf(meg / "sub-02" / "sub-02_rest.edf", 250, 4)
-    cfg = load_config(None, ["corpus.layout=generic", r"corpus.filename_regex=sub-(?P<subject>\d+)"])
+    cfg = load_config(
+        None, ["corpus.layout=generic", r"corpus.filename_regex=sub-(?P<subject>\d+)"]
+    )
     idx = build_index(meg, tmp_path / "m.npz", cfg, progress=False).index
     assert list(idx.subject) == ["01", "02"]
     assert idx.channel_types(0) == ("mag", "grad", "grad") * 2
@@ -205,13 +235,28 @@ def test_tusz_events_and_fif_and_generic(tmp_path):
 
 def test_cli_index_and_inspect(tuab, tmp_path, capsys):
     out = tmp_path / "index.npz"
-    assert main(["index", "--raw", str(tuab), "--index", str(out), "--set", "corpus.layout=tuab"]) == 0
+    assert (
+        main(["index", "--raw", str(tuab), "--index", str(out), "--set", "corpus.layout=tuab"]) == 0
+    )
     assert "indexed 5 recordings" in capsys.readouterr().out
     assert main(["inspect", str(out), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["n_recordings"] == 5 and data["hours"] == pytest.approx((20 + 21 + 22 + 23 + 24) / 3600)
+    assert data["n_recordings"] == 5 and data["hours"] == pytest.approx(
+        (20 + 21 + 22 + 23 + 24) / 3600
+    )
     rec = data["recordings"][0]
-    assert {"path", "subject", "session", "split", "label", "sfreq", "n_samples", "duration_s", "channels", "montage"} <= set(rec)
+    assert {
+        "path",
+        "subject",
+        "session",
+        "split",
+        "label",
+        "sfreq",
+        "n_samples",
+        "duration_s",
+        "channels",
+        "montage",
+    } <= set(rec)
     assert data["errors"] == []
     assert main(["inspect", str(out)]) == 0
     table = capsys.readouterr().out
@@ -222,7 +267,20 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["index", "--raw", str(tmp_path / "nope"), "--index", str(tmp_path / "i.npz")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "raw directory not found" in err
-    assert main(["index", "--raw", str(tmp_path), "--index", str(tmp_path / "i.npz"), "--set", "corpus.layot=tuab"]) == 1
+    assert (
+        main(
+            [
+                "index",
+                "--raw",
+                str(tmp_path),
+                "--index",
+                str(tmp_path / "i.npz"),
+                "--set",
+                "corpus.layot=tuab",
+            ]
+        )
+        == 1
+    )
     assert "corpus.layot" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["index", "--raw", str(tmp_path)])  # --index missing
@@ -235,11 +293,17 @@ def test_python_dash_m_entry_point(tuab, tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "brainpipe", "--version"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "brainpipe", "--version"], capture_output=True, text=True
+    )
     assert r.returncode == 0 and r.stdout.startswith("brainpipe ")
     exe = shutil.which("brainpipe")
     if exe:
-        r = subprocess.run([exe, "index", "--raw", str(tuab), "--index", str(tmp_path / "i.npz")], capture_output=True, text=True)
+        r = subprocess.run(
+            [exe, "index", "--raw", str(tuab), "--index", str(tmp_path / "i.npz")],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, r.stderr
 
 
@@ -250,7 +314,13 @@ def test_python_dash_m_entry_point(tuab, tmp_path):
 def index_250(tmp_path):
     root = tmp_path / "raw"
     for k in range(3):
-        write_edf(root / f"edf/train/normal/01_tcp_ar/aaaaaaa{k}_s001_t000.edf", 250, 11 + k, seed=k, annotations=k == 0)
+        write_edf(
+            root / f"edf/train/normal/01_tcp_ar/aaaaaaa{k}_s001_t000.edf",
+            250,
+            11 + k,
+            seed=k,
+            annotations=k == 0,
+        )
     write_edf(root / "edf/eval/abnormal/01_tcp_ar/bbbbbbbb_s001_t000.edf", 256, 12, seed=5)
     build_index(root, tmp_path / "i.npz", CFG, progress=False)
     return tmp_path / "i.npz"
@@ -266,8 +336,12 @@ def test_lazy_dataset_windows_match_mne(index_250):
     for i in [0, 1, 17, len(ds) - 1]:
         r, start = ds.locate(i)
         x, y = ds[i]
-        raw = mne.io.read_raw_edf(idx.abspath(int(ds.recordings[r])), preload=False, verbose="error")
-        ref = raw.get_data(picks=["EEG O2-REF", "EEG FP1-REF", "EEG C3-REF"], start=start, stop=start + 500)
+        raw = mne.io.read_raw_edf(
+            idx.abspath(int(ds.recordings[r])), preload=False, verbose="error"
+        )
+        ref = raw.get_data(
+            picks=["EEG O2-REF", "EEG FP1-REF", "EEG C3-REF"], start=start, stop=start + 500
+        )
         np.testing.assert_allclose(x, ref, rtol=1e-6, atol=1e-12)
         assert x.dtype == np.float32 and y == ds.label_names.index("normal")
 
