@@ -63,8 +63,12 @@ class Latency:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=2717, help="recordings in the tree (TUAB train: 2,717)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--n", type=int, default=2717, help="recordings in the tree (TUAB train: 2,717)"
+    )
     ap.add_argument("--latency-ms", type=float, default=5.0)
     ap.add_argument("--keep", metavar="DIR", help="generate into DIR and keep it")
     args = ap.parse_args()
@@ -80,7 +84,9 @@ def main() -> int:
     if not (raw / "edf").exists():
         make_corpus(raw, "tuab", n_recordings=args.n, duration_s=(10.0, 30.0), seed=0)
     files = sorted(str(p) for p in raw.rglob("*.edf"))
-    print(f"corpus: {len(files)} EDF files under {raw} (generated in {time.perf_counter() - t:.1f} s)")
+    print(
+        f"corpus: {len(files)} EDF files under {raw} (generated in {time.perf_counter() - t:.1f} s)"
+    )
     cfg = load_config(None, ["corpus.layout=tuab"])
     out = work / "index.npz"
 
@@ -102,13 +108,29 @@ def main() -> int:
     rows.append(("ours: re-index unchanged tree, in-process", t_re, f"{t_mne / t_re:.0f}x faster"))
 
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, "-m", "brainpipe", "index", "--raw", str(raw), "--index", str(out), "--set", "corpus.layout=tuab"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "brainpipe",
+        "index",
+        "--raw",
+        str(raw),
+        "--index",
+        str(out),
+        "--set",
+        "corpus.layout=tuab",
+    ]
     exe = shutil.which("brainpipe")
     if exe:
         cmd[:3] = [exe]
-    t_proc_cold = timed(lambda: subprocess.run([*cmd, "--force"], check=True, env=env, capture_output=True), repeat=3)
+    t_proc_cold = timed(
+        lambda: subprocess.run([*cmd, "--force"], check=True, env=env, capture_output=True),
+        repeat=3,
+    )
     rows.append(("ours: whole `brainpipe index` process, cold", t_proc_cold, "target <= 1 s"))
-    t_proc_re = timed(lambda: subprocess.run(cmd, check=True, env=env, capture_output=True), repeat=3)
+    t_proc_re = timed(
+        lambda: subprocess.run(cmd, check=True, env=env, capture_output=True), repeat=3
+    )
     rows.append(("ours: whole `brainpipe index` process, re-index", t_proc_re, "target <= 0.3 s"))
 
     lat = args.latency_ms
@@ -121,10 +143,22 @@ def main() -> int:
         t = timed(lambda: [read_header(f) for f in sub])
         t_serial_lat = t * len(files) / len(sub)
         t_ours_lat = timed(lambda: scan(raw, cfg, force=True, progress=False))
-    rows.append((f"mne loop, {lat:g} ms per open (extrapolated from {len(sub)})", t_mne_lat, "baseline"))
-    rows.append((f"our parser, serial loop, {lat:g} ms per open (extrapolated)", t_serial_lat, f"{t_mne_lat / t_serial_lat:.1f}x faster"))
     rows.append(
-        (f"ours: cold index, {cfg.index.workers} threads, {lat:g} ms per open", t_ours_lat, f"{t_serial_lat / t_ours_lat:.0f}x our serial, {t_mne_lat / t_ours_lat:.0f}x mne")
+        (f"mne loop, {lat:g} ms per open (extrapolated from {len(sub)})", t_mne_lat, "baseline")
+    )
+    rows.append(
+        (
+            f"our parser, serial loop, {lat:g} ms per open (extrapolated)",
+            t_serial_lat,
+            f"{t_mne_lat / t_serial_lat:.1f}x faster",
+        )
+    )
+    rows.append(
+        (
+            f"ours: cold index, {cfg.index.workers} threads, {lat:g} ms per open",
+            t_ours_lat,
+            f"{t_serial_lat / t_ours_lat:.0f}x our serial, {t_mne_lat / t_ours_lat:.0f}x mne",
+        )
     )
 
     idx = Index.load(out)
@@ -132,9 +166,22 @@ def main() -> int:
     sfreq = float(np.median(idx.sfreq))
     for target in (14_000, 140_000, 1_400_000):
         stride = max(1, int(mean_n * len(idx) / target))
-        t_init = timed(lambda s=stride: EdfWindowDataset(out, window_s=1.0, stride_s=s / sfreq, channels=["FP1", "FP2", "C3"]), repeat=5)
-        ds = EdfWindowDataset(out, window_s=1.0, stride_s=stride / sfreq, channels=["FP1", "FP2", "C3"])
-        rows.append((f"EdfWindowDataset init (index load included), {len(ds):,} windows", t_init, "target <= 50 ms, flat"))
+        t_init = timed(
+            lambda s=stride: EdfWindowDataset(
+                out, window_s=1.0, stride_s=s / sfreq, channels=["FP1", "FP2", "C3"]
+            ),
+            repeat=5,
+        )
+        ds = EdfWindowDataset(
+            out, window_s=1.0, stride_s=stride / sfreq, channels=["FP1", "FP2", "C3"]
+        )
+        rows.append(
+            (
+                f"EdfWindowDataset init (index load included), {len(ds):,} windows",
+                t_init,
+                "target <= 50 ms, flat",
+            )
+        )
 
     t_load = timed(lambda: Index.load(out), repeat=5)
     rows.append((f"Index.load, {len(idx)} recordings", t_load, ""))
