@@ -20,7 +20,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,29 +229,77 @@ class Index:
         meta["index_hash"] = _content_hash(arrays)
         return cls(arrays, meta)
 
-    def to_recordings(self) -> dict[str, Recording]:
-        """Rows as Recording objects keyed by path (for the incremental re-run only)."""
-        out = {}
+    def take(self, rows: np.ndarray) -> Index:
+        """The index restricted to `rows` (sorted), with its channel sets and events compacted."""
         a = self.arrays
-        for i in range(len(self)):
-            facts = Facts(**{k: str(a[k][i]) for k in Facts.__slots__})
-            out[str(a["path"][i])] = Recording(
-                path=str(a["path"][i]),
-                size=int(a["size"][i]),
-                mtime_ns=int(a["mtime_ns"][i]),
-                format=str(a["format"][i]),
-                n_samples=int(a["n_samples"][i]),
-                sfreq=float(a["sfreq"][i]),
-                duration_s=float(a["duration_s"][i]),
-                start=str(a["start"][i]),
-                channels=self.channels(i),
-                channel_sfreqs=tuple(self.channel_sfreqs(i).tolist()),
-                channel_types=self.channel_types(i),
-                facts=facts,
-                events=tuple(self.events(i)),
-                ann_mtime_ns=int(a["ann_mtime_ns"][i]),
-            )
-        return out
+        rows = np.asarray(rows, dtype=np.int64)
+        out = {k: a[k][rows] for k in (*_STR_COLUMNS, *_NUM_COLUMNS)}
+        used, inverse = np.unique(a["chanset"][rows], return_inverse=True)
+        out["chanset"] = inverse.astype(np.int32).reshape(-1)
+        off = a["chanset_offsets"]
+        sizes = off[used + 1] - off[used]
+        out["chanset_offsets"] = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        flat = (
+            np.concatenate([np.arange(off[s], off[s + 1]) for s in used])
+            if len(used)
+            else np.zeros(0, np.int64)
+        )
+        for k in ("chanset_labels", "chanset_sfreqs", "chanset_types"):
+            out[k] = a[k][flat]
+        pos = np.full(len(self), -1, np.int64)
+        pos[rows] = np.arange(len(rows))
+        ev = pos[a["event_recording"]] if len(a["event_recording"]) else np.zeros(0, np.int64)
+        keep = ev >= 0
+        out["event_recording"] = ev[keep]
+        for k in ("event_onset_s", "event_offset_s", "event_label"):
+            out[k] = a[k][keep]
+        out["error_path"], out["error_reason"] = np.zeros(0, "U1"), np.zeros(0, "U1")
+        return Index(out, dict(self.meta))
+
+    @classmethod
+    def concat(
+        cls, parts: list[Index], errors: list[tuple[str, str]], meta: dict[str, Any]
+    ) -> Index:
+        """Rows of several indexes as one, sorted by path (the incremental merge)."""
+        out: dict[str, np.ndarray] = {}
+        for k in (
+            *_STR_COLUMNS,
+            *_NUM_COLUMNS,
+            "chanset_labels",
+            "chanset_sfreqs",
+            "chanset_types",
+            "event_onset_s",
+            "event_offset_s",
+            "event_label",
+        ):
+            out[k] = np.concatenate([p.arrays[k] for p in parts])
+        n_sets = np.cumsum([0] + [len(p.arrays["chanset_offsets"]) - 1 for p in parts])
+        n_rows = np.cumsum([0] + [len(p) for p in parts])
+        n_flat = np.cumsum([0] + [p.arrays["chanset_offsets"][-1] for p in parts])
+        out["chanset"] = np.concatenate(
+            [p.arrays["chanset"] + n_sets[j] for j, p in enumerate(parts)]
+        ).astype(np.int32)
+        out["chanset_offsets"] = np.concatenate(
+            [[0]] + [p.arrays["chanset_offsets"][1:] + n_flat[j] for j, p in enumerate(parts)]
+        ).astype(np.int64)
+        out["event_recording"] = np.concatenate(
+            [p.arrays["event_recording"] + n_rows[j] for j, p in enumerate(parts)]
+        ).astype(np.int64)
+        order = np.argsort(out["path"], kind="stable")
+        merged = Index(out, {})
+        result = merged.take(order) if len(order) else merged
+        errors = sorted(errors)
+        result.arrays["error_path"] = (
+            np.array([p for p, _ in errors], dtype=str) if errors else np.zeros(0, "U1")
+        )
+        result.arrays["error_reason"] = (
+            np.array([r for _, r in errors], dtype=str) if errors else np.zeros(0, "U1")
+        )
+        meta = dict(meta)
+        meta["format_version"] = INDEX_FORMAT_VERSION
+        meta["index_hash"] = _content_hash(result.arrays)
+        result.meta = meta
+        return result
 
     # -- summaries ------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
@@ -338,7 +386,8 @@ def _walk(
     """Relative paths of candidate recordings, and the set of all relative file paths."""
     found: list[str] = []
     every: set[str] = set()
-    stack = [root]
+    prefix = len(str(root)) + 1
+    stack = [str(root)]
     while stack:
         d = stack.pop()
         try:
@@ -354,9 +403,9 @@ def _walk(
                 is_dir = False
             if is_dir:
                 if not entry.name.startswith("."):
-                    stack.append(Path(entry.path))
+                    stack.append(entry.path)
                 continue
-            rel = os.path.relpath(entry.path, root).replace(os.sep, "/")
+            rel = entry.path[prefix:].replace(os.sep, "/")
             every.add(rel)
             if entry.name.lower().endswith(suffixes) and not entry.name.startswith("."):
                 found.append(rel)
@@ -449,11 +498,17 @@ def scan(
     candidates, every = _walk(root, suffixes, errors)
     facts_of = layout_parser(c.layout, c.filename_regex, c.manifest)
 
-    old = previous.to_recordings() if (previous is not None and not force) else {}
-    reused: list[Recording] = []
+    # Unchanged files are matched against the previous index as arrays: a re-run builds no
+    # per-recording Python objects for them.
+    prev_rows: dict[str, int] = {}
+    if previous is not None and not force and len(previous):
+        prev_rows = dict(zip(previous.path.tolist(), range(len(previous)), strict=True))
+        p_size, p_mtime, p_ann = previous.size, previous.mtime_ns, previous.ann_mtime_ns
+    reused: list[int] = []
     todo: list[tuple[str, os.stat_result, str | None]] = []
+    root_s = str(root)
     for rel in candidates:
-        ab = str(root / rel)
+        ab = f"{root_s}/{rel}"
         try:
             st = os.stat(ab)
         except OSError as e:
@@ -463,23 +518,23 @@ def scan(
         ann_mtime = 0
         if ann is not None:
             try:
-                ann_mtime = os.stat(root / ann).st_mtime_ns
+                ann_mtime = os.stat(f"{root_s}/{ann}").st_mtime_ns
             except OSError:
                 ann_mtime = -1
-        prev = old.get(rel)
+        j = prev_rows.get(rel)
         if (
-            prev is not None
-            and prev.size == st.st_size
-            and prev.mtime_ns == st.st_mtime_ns
-            and prev.ann_mtime_ns == ann_mtime
+            j is not None
+            and p_size[j] == st.st_size
+            and p_mtime[j] == st.st_mtime_ns
+            and p_ann[j] == ann_mtime
         ):
-            reused.append(prev)
+            reused.append(j)
         else:
             todo.append((rel, st, ann))
 
     def read_one(item: tuple[str, os.stat_result, str | None]) -> Recording | tuple[str, str]:
         rel, st, ann = item
-        ab = str(root / rel)
+        ab = f"{root_s}/{rel}"
         try:
             if st.st_size == 0:
                 raise BrainpipeError("empty file: zero bytes")
@@ -489,8 +544,8 @@ def scan(
             events: tuple[Event, ...] = ()
             ann_mtime = 0
             if ann is not None:
-                ann_mtime = os.stat(root / ann).st_mtime_ns
-                evs = parse_annotations(root / ann)
+                ann_mtime = os.stat(f"{root_s}/{ann}").st_mtime_ns
+                evs = parse_annotations(f"{root_s}/{ann}")
                 if ann.endswith(".csv") and not ann.endswith(".csv_bi"):
                     evs = merge_channel_events(evs)
                 events = tuple(evs)
@@ -525,30 +580,35 @@ def scan(
             return (rel, f"unreadable: {e.strerror or e}")
 
     n_workers = workers or cfg.index.workers
-    results: Iterable
+    results: list[Recording | tuple[str, str]] = []
     if todo:
         bar = None
         if progress and len(todo) > 200:
             from tqdm import tqdm
 
             bar = tqdm(total=len(todo), unit="file", desc="index", disable=None)
-        with ThreadPoolExecutor(max_workers=min(n_workers, len(todo))) as pool:
-            results = []
-            for r in pool.map(read_one, todo, chunksize=16):
-                results.append(r)
+
+        def read_chunk(chunk: list) -> list:
+            return [read_one(item) for item in chunk]
+
+        # Chunks, not one future per file: the executor's per-task locking cost more than a
+        # header parse. Enough chunks remain to keep every thread busy on a slow mount.
+        n_chunks = min(len(todo), n_workers * 4)
+        chunks = [todo[k::n_chunks] for k in range(n_chunks)]
+        with ThreadPoolExecutor(max_workers=min(n_workers, n_chunks)) as pool:
+            for part in pool.map(read_chunk, chunks):
+                results.extend(part)
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(len(part))
         if bar is not None:
             bar.close()
-    else:
-        results = []
     fresh: list[Recording] = []
     for r in results:
         if isinstance(r, Recording):
             fresh.append(r)
         else:
             errors.append(r)
-    n_removed = len(set(old) - set(candidates)) if old else 0
+    n_removed = len(set(prev_rows) - set(candidates)) if prev_rows else 0
     meta = {
         "brainpipe_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -556,14 +616,12 @@ def scan(
         "layout": c.layout,
         "corpus_config": cfg.to_dict()["corpus"],
     }
-    index = Index.from_recordings(reused + fresh, errors, meta)
-    return ScanResult(
-        index,
-        len(fresh) + sum(1 for r in results if not isinstance(r, Recording)),
-        len(reused),
-        n_removed,
-        time.perf_counter() - t0,
-    )
+    if reused:
+        kept = previous.take(np.array(sorted(reused), dtype=np.int64))
+        index = Index.concat([kept, Index.from_recordings(fresh, [], meta)], errors, meta)
+    else:
+        index = Index.from_recordings(fresh, errors, meta)
+    return ScanResult(index, len(results), len(reused), n_removed, time.perf_counter() - t0)
 
 
 def build_index(
