@@ -11,6 +11,7 @@ TUSZ: edf/{train,dev,eval}/<subject>/s<session>_<year>/<montage>/<subject>_s<ses
 from __future__ import annotations
 
 import csv
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -28,6 +29,21 @@ TUSZ_SPLITS = ("train", "dev", "eval")
 BACKGROUND_LABELS = frozenset(
     {"bckg", "null", "artf", "eyem", "chew", "shiv", "musc", "elpp", "elec"}
 )
+
+
+_EEG_PREFIX = re.compile(r"^EEG\s+")
+_REF_SUFFIX = re.compile(r"-(REF|LE|AR)$")
+
+
+@functools.lru_cache(maxsize=4096)
+def canonical_name(label: str) -> str:
+    """TUH/EDF channel label to an electrode name: "EEG FP1-REF" -> "FP1", "EEG T3-LE" -> "T3".
+
+    Upper-cases, drops the "EEG " prefix and the -REF/-LE/-AR reference suffix; other labels
+    ("EKG1-REF" -> "EKG1", "PHOTIC-REF" -> "PHOTIC", "IBI") stay recognisable. Lives here, not
+    in preprocess, so datasets can use it without importing scipy.
+    """
+    return _REF_SUFFIX.sub("", _EEG_PREFIX.sub("", label.strip().upper()))
 
 
 @dataclass(frozen=True, slots=True)

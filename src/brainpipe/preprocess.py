@@ -58,7 +58,6 @@ give exactly 0 under zscore/robust; zero-filled channels are exactly 0 always.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -68,6 +67,7 @@ import numpy as np
 from scipy import signal
 
 from brainpipe.config import STANDARD_1020, PreprocessConfig
+from brainpipe.corpus import canonical_name
 from brainpipe.errors import BrainpipeError
 
 __all__ = [
@@ -112,20 +112,6 @@ _NOTCH_SKIP_DB = 50.0
 _ANTIALIAS_DB = 80.0
 # mne's notch_filter defaults (method="fir"): stop band freq/200 wide, 1 Hz transition.
 _NOTCH_TRANS_HZ = 1.0
-
-_PREFIX = re.compile(r"^EEG\s+")
-_SUFFIX = re.compile(r"-(REF|LE|AR)$")
-
-
-def canonical_name(label: str) -> str:
-    """TUH/EDF channel label to an electrode name: "EEG FP1-REF" -> "FP1", "EEG T3-LE" -> "T3".
-
-    Upper-cases, drops the "EEG " prefix and the -REF/-LE/-AR reference suffix; other labels
-    ("EKG1-REF" -> "EKG1", "PHOTIC-REF" -> "PHOTIC", "IBI") stay recognisable.
-    """
-    name = label.strip().upper()
-    name = _PREFIX.sub("", name)
-    return _SUFFIX.sub("", name)
 
 
 @dataclass(frozen=True)
