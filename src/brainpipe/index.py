@@ -455,19 +455,21 @@ def _read_edf(abspath: str) -> tuple[str, int, float, float, str, tuple, tuple, 
     picks = h.signal_indices
     if not picks:
         raise BrainpipeError(f"{abspath}: no signals: file holds only annotations")
-    rates = [h.sfreq(i) for i in picks]
+    spr = h.samples_per_record
+    all_signals = len(picks) == len(spr)
+    counts = spr if all_signals else tuple(spr[i] for i in picks)
     # A recording's rate is its most common channel rate (TUH's EEG channels share one; odd
     # channels such as PHOTIC may differ). Other channels are kept with their own rates.
-    sfreq = Counter(rates).most_common(1)[0][0]
-    n_samples = h.n_samples(picks[rates.index(sfreq)])
+    main = counts[0] if min(counts) == max(counts) else Counter(counts).most_common(1)[0][0]
+    d = h.record_duration
     return (
         h.format,
-        n_samples,
-        sfreq,
+        h.n_records * main,
+        main / d,
         h.duration,
         h.start.isoformat(),
-        tuple(h.labels[i] for i in picks),
-        tuple(rates),
+        h.labels if all_signals else tuple(h.labels[i] for i in picks),
+        tuple(c / d for c in counts),
         ("eeg",) * len(picks),
     )
 
