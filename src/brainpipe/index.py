@@ -686,7 +686,15 @@ def build_index(
         raise BrainpipeError(
             f"{raw}: no usable recordings found (looked for {', '.join(cfg.corpus.extensions)}){detail}"
         )
-    result.index.save(index_path)
+    unchanged = (
+        previous is not None
+        and result.n_read == 0
+        and result.n_removed == 0
+        and result.index.index_hash == previous.index_hash
+        and result.index.errors == previous.errors
+    )
+    if not unchanged:  # an unchanged tree leaves the file as it is: no rewrite, no fsync
+        result.index.save(index_path)
     return result
 
 
