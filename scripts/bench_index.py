@@ -163,7 +163,9 @@ def main() -> int:
 
     idx = Index.load(out)
     sfreq = float(np.median(idx.sfreq))
-    usable = float(np.clip(idx.n_samples - sfreq, 0, None).sum())  # samples that can start a 1 s window
+    usable = float(
+        np.clip(idx.n_samples - sfreq, 0, None).sum()
+    )  # samples that can start a 1 s window
     for target in (14_000, 140_000, 1_400_000):
         stride = max(1, int(usable / target))
         t_init = timed(
@@ -189,7 +191,11 @@ def main() -> int:
     w = max(len(r[0]) for r in rows)
     print(f"\n{'measurement':<{w}}  {'seconds':>9}  {'ms/file':>8}  vs baseline")
     for name, sec, note in rows:
-        per = sec / len(files) * 1000 if not name.startswith(("EdfWindowDataset", "Index.load")) else float("nan")
+        per = (
+            sec / len(files) * 1000
+            if not name.startswith(("EdfWindowDataset", "Index.load"))
+            else float("nan")
+        )
         print(f"{name:<{w}}  {sec:>9.4f}  {per:>8.3f}  {note}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

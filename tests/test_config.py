@@ -28,7 +28,12 @@ def test_defaults_without_a_file():
 def test_set_overrides_are_parsed_as_yaml(tmp_path):
     cfg = load_config(
         CONFIGS[0],
-        ["preprocess.sfreq=128", "train.epochs=3", "preprocess.notch_freqs=[50, 100]", "preprocess.l_freq=null"],
+        [
+            "preprocess.sfreq=128",
+            "train.epochs=3",
+            "preprocess.notch_freqs=[50, 100]",
+            "preprocess.l_freq=null",
+        ],
     )
     assert cfg.preprocess.sfreq == 128.0
     assert cfg.train.epochs == 3

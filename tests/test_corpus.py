@@ -26,7 +26,10 @@ from brainpipe.errors import BrainpipeError
             Facts("eval", "abnormal", "aaaaamtb", "s001", "t002", "01_tcp_ar"),
         ),
         # older TUH releases used numeric subject ids
-        ("edf/train/abnormal/01_tcp_ar/00000016_s004_t000.edf", Facts("train", "abnormal", "00000016", "s004", "t000", "01_tcp_ar")),
+        (
+            "edf/train/abnormal/01_tcp_ar/00000016_s004_t000.edf",
+            Facts("train", "abnormal", "00000016", "s004", "t000", "01_tcp_ar"),
+        ),
     ],
 )
 def test_tuab_paths(path, facts):
@@ -92,7 +95,9 @@ def test_csv_bi(tmp_path):
 def test_columns_found_by_name_not_position(tmp_path):
     # a file whose columns are reordered and whose header lines differ still parses right
     p = tmp_path / "b.csv_bi"
-    p.write_text("#version=csv_v1.0.0\n# annotation_label_file = x\n\nlabel,confidence,channel,stop_time,start_time\nfnsz,1.0,TERM,20.5,10.0\n")
+    p.write_text(
+        "#version=csv_v1.0.0\n# annotation_label_file = x\n\nlabel,confidence,channel,stop_time,start_time\nfnsz,1.0,TERM,20.5,10.0\n"
+    )
     (ev,) = parse_annotations(p)
     assert (ev.onset_s, ev.offset_s, ev.label) == (10.0, 20.5, "fnsz")
 

@@ -129,7 +129,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.duration is not None:
         kwargs["duration_s"] = tuple(args.duration)
     summary = make_corpus(args.out, args.layout, **kwargs)
-    counts = ", ".join(f"{'/'.join(k) if isinstance(k, tuple) else k}={v}" for k, v in sorted(summary.counts.items()))
+    counts = ", ".join(
+        f"{'/'.join(k) if isinstance(k, tuple) else k}={v}"
+        for k, v in sorted(summary.counts.items())
+    )
     print(
         f"wrote {len(summary.recordings)} {args.layout} recordings ({summary.total_seconds / 3600:.2f} h, "
         f"{summary.n_subjects} subjects) to {args.out}: {counts}"
