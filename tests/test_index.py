@@ -161,16 +161,37 @@ def test_index_written_atomically_and_read_only_output_fails(tuab, tmp_path):
     (tmp_path / "a_file").write_text("")
     with pytest.raises(BrainpipeError, match="cannot create output directory"):
         build_index(tuab, tmp_path / "a_file" / "index.npz", CFG, progress=False)
+
+
+def test_read_only_output_fails_with_one_line(tuab, tmp_path):
+    """Through the CLI. Permission bits do not stop root, and CI machines often run tests as
+    root: there the output directory is made a read-only bind mount in a private mount
+    namespace, which is also what a `:ro` docker volume looks like from inside."""
+    import subprocess
+    import sys
+
     ro = tmp_path / "ro"
     ro.mkdir()
-    ro.chmod(0o500)
+    cmd = [sys.executable, "-m", "brainpipe", "index", "--raw", str(tuab)]
+    cmd += ["--index", str(ro / "index.npz"), "--set", "corpus.layout=tuab"]
+    if os.getuid() != 0:
+        ro.chmod(0o500)
+    else:
+        if not shutil.which("unshare"):
+            pytest.skip("running as root without unshare(1): cannot make a read-only directory")
+        script = f'mount --bind -o ro "{ro}" "{ro}" && exec "$@"'
+        cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *cmd]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     try:
-        if os.access(ro, os.W_OK):
-            pytest.skip("running as root: permission bits do not stop writes")
-        with pytest.raises(BrainpipeError, match="not writable"):
-            build_index(tuab, ro / "index.npz", CFG, progress=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     finally:
         ro.chmod(0o700)
+    if os.getuid() == 0 and "mount" in proc.stderr and "brainpipe" not in proc.stderr:
+        pytest.skip(f"root without mount privileges here: {proc.stderr.strip()}")
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not writable" in lines[0] and str(ro) in lines[0], lines
+    assert list(ro.iterdir()) == []
 
 
 def test_full_disk_leaves_no_partial_file(tuab, tmp_path, monkeypatch):
