@@ -26,7 +26,10 @@ from brainpipe.cachefile import (
 )
 from brainpipe.config import STANDARD_1020, Config, load_config
 from brainpipe.data import (
+    BatchRing,
     CacheWindowDataset,
+    RingBatchSampler,
+    RingSlot,
     SubjectPairDataset,
     SubjectPairSampler,
     WindowBatchSampler,
@@ -458,3 +461,63 @@ def test_dataloader_with_plain_batch_size(cache):
     xs = [x for x, _ in loader]
     assert sum(len(x) for x in xs) == len(ds)
     assert xs[0].dtype == torch.float16
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_dataloader_through_a_batch_ring(cache, method):
+    pytest.importorskip("torch")
+    from torch.utils.data import DataLoader
+
+    ds = CacheWindowDataset(cache, "train", augment=Aug(), seed=2)
+    workers, prefetch = 2, 2
+    n_slots = BatchRing.slots_for(workers, prefetch)
+    ring = BatchRing(n_slots, (16, ds.window_samples, ds.n_channels), ds.reader.dtype)
+    ds.ring = ring
+    sampler = WindowBatchSampler(len(ds), 16, seed=0)
+    loader = DataLoader(
+        ds,
+        batch_sampler=RingBatchSampler(sampler, n_slots),
+        collate_fn=collate_batch,
+        num_workers=workers,
+        prefetch_factor=prefetch,
+        multiprocessing_context=method,
+        persistent_workers=True,
+    )
+    try:
+        # Epoch 0 stops early (as with train.max_steps_per_epoch); epoch 1 must not see its
+        # leftovers in the ring.
+        for epoch, stop in ((0, 3), (1, None)):
+            sampler.set_epoch(epoch)
+            expected = list(sampler)
+            seen = 0
+            for k, batch in enumerate(loader):
+                token, y, gain = batch
+                assert isinstance(token, RingSlot) and token.slot == k % n_slots
+                ref = ds.__getitems__(expected[k])
+                np.testing.assert_array_equal(token.array(), ref[0])
+                np.testing.assert_array_equal(y.numpy(), ref[1])
+                np.testing.assert_array_equal(gain.numpy(), ref[2])
+                seen += 1
+                if stop is not None and seen == stop:
+                    break
+            assert seen == (stop or len(sampler))
+    finally:
+        del loader
+        ring.close()
+    assert not Path("/dev/shm", ring.name).exists()
+
+
+def test_batch_ring_pickles_by_name():
+    ring = BatchRing(3, (2, 5, 4), np.float16)
+    ring.array[1] = 7
+    clone = pickle.loads(pickle.dumps(ring))
+    try:
+        assert clone.name == ring.name and clone.array.shape == (3, 2, 5, 4)
+        np.testing.assert_array_equal(clone.array[1], 7)
+        clone.array[2] = 3  # the same memory
+        np.testing.assert_array_equal(ring.array[2], 3)
+        assert RingSlot(ring.name, 2, 1).array().shape == (1, 5, 4)
+        assert len(pickle.dumps(ring)) < 500
+    finally:
+        clone.close()
+        ring.close()
