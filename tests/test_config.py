@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from brainpipe.config import STANDARD_1020, Config, load_config
+from brainpipe.config import STANDARD_1020, Config, load_config, parse_override
 from brainpipe.errors import BrainpipeError
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
@@ -39,6 +39,37 @@ def test_set_overrides_are_parsed_as_yaml(tmp_path):
     assert cfg.train.epochs == 3
     assert cfg.preprocess.notch_freqs == (50.0, 100.0)
     assert cfg.preprocess.l_freq is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "tuab",
+        "configs/x.yaml",
+        "a-b",
+        "_x",
+        "Y",
+        "n",
+        "True",
+        "yes",
+        "No",
+        "Off",
+        "null",
+        "~",
+        "0.5",
+        "-3",
+        "[1, 2]",
+        "[a, b]",
+        "foo bar",
+        "x: y",
+        "'quoted'",
+        "{a: 1}",
+    ],
+)
+def test_set_values_read_as_yaml_reads_them(text):
+    # The shortcuts that keep yaml's import off the start-up path must not change a value.
+    yaml = pytest.importorskip("yaml")
+    assert parse_override(f"k={text}") == ("k", yaml.safe_load(text))
 
 
 def test_unknown_key_names_the_key_and_valid_choices():

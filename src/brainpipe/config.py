@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -260,6 +261,11 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+# Words YAML 1.1 (PyYAML) reads as booleans or null rather than as strings.
+_YAML_WORDS = frozenset(["true", "false", "yes", "no", "on", "off", "y", "n", "null", "~"])
+_PLAIN_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*")
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """Parse `dotted.key=value`; the value is read as YAML (so 5, 0.5, true, null, [1, 2] work)."""
     key, sep, raw = item.partition("=")
@@ -274,6 +280,8 @@ def parse_override(item: str) -> tuple[str, Any]:
         return key.strip(), json.loads(text)
     except ValueError:
         pass
+    if _PLAIN_WORD.fullmatch(text) and text.lower() not in _YAML_WORDS:
+        return key.strip(), text  # what YAML would read too: a plain string such as `tuab`
     import yaml
 
     try:

@@ -66,8 +66,15 @@ class Event:
     channel: str = "TERM"
 
 
+def _parts(relpath: str) -> tuple[str, ...]:
+    # PurePosixPath(relpath).parts for the relative paths the index stores, without pathlib's
+    # per-call cost (it was a third of the index's per-file time beside the header parse).
+    return tuple(p for p in relpath.split("/") if p and p != ".")
+
+
 def _stem_facts(name: str) -> dict[str, str]:
-    m = _TUH_STEM.match(PurePosixPath(name).stem)
+    dot = name.rfind(".")
+    m = _TUH_STEM.match(name[:dot] if dot > 0 else name)
     if not m:
         return {}
     return {"subject": m["subject"], "session": f"s{m['session']}", "token": f"t{m['token']}"}
@@ -82,7 +89,7 @@ def _find_montage(parts: tuple[str, ...]) -> str:
 
 def parse_tuab_path(relpath: str) -> Facts:
     """Facts from a TUAB path; tolerant of extra leading directories (e.g. `v3.0.1/edf/...`)."""
-    parts = PurePosixPath(relpath).parts
+    parts = _parts(relpath)
     if not parts:
         return Facts()
     split = next((p for p in parts[:-1] if p in TUAB_SPLITS), "")
@@ -92,7 +99,7 @@ def parse_tuab_path(relpath: str) -> Facts:
 
 
 def parse_tusz_path(relpath: str) -> Facts:
-    parts = PurePosixPath(relpath).parts
+    parts = _parts(relpath)
     if not parts:
         return Facts()
     split = next((p for p in parts[:-1] if p in TUSZ_SPLITS), "")

@@ -117,6 +117,8 @@ class EdfHeader:
     @property
     def signal_indices(self) -> tuple[int, ...]:
         """Indices of the data signals (everything but annotation signals)."""
+        if _ANNOTATION_LABELS.isdisjoint(self.labels):  # plain EDF: no per-label loop
+            return tuple(range(len(self.labels)))
         return tuple(i for i, lab in enumerate(self.labels) if lab not in _ANNOTATION_LABELS)
 
     def sfreq(self, i: int) -> float:
@@ -387,7 +389,9 @@ def _floats(
     # with NULs or decimal commas, or to name the bad field.
     try:
         values = tuple(map(float, fields))
-        if all(map(math.isfinite, values)):
+        # A NaN or infinity anywhere makes the sum non-finite (so can an overflow of finite
+        # values, which the loop below then accepts): one C-level check instead of one per field.
+        if math.isfinite(sum(values)):
             return values
     except ValueError:
         pass
