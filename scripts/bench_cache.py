@@ -5,7 +5,7 @@
 On one generated TUAB-like corpus (250/256/400/512 Hz, ~30 channels):
 (a) the mne way: read_raw_edf(preload=True) -> pick 19 channels -> FIR band-pass -> notch ->
     resample -> one float32 `.pt` file per window (10 s windows, 5 s stride);
-(b) our build-cache, same preprocessing, with 1 and 2 worker processes.
+(b) our build-cache, same preprocessing, with 1 and 2 worker processes (best of 3 each).
 Prints MB/s of raw EDF per core, the ratios, and the sizes on disk.
 """
 
@@ -103,19 +103,21 @@ def main() -> int:
         )
     )
 
-    for workers in (1, 2):
-        cache = work / f"cache_{workers}.h5"
-        t = time.perf_counter()
-        res = build_cache(
-            work / "index.npz", cache, cfg, workers=workers, force=True, progress=False
-        )
-        rows.append(
-            (
-                f"(b) brainpipe build-cache --workers {workers}",
-                time.perf_counter() - t,
-                workers,
-                cache.stat().st_size,
+    # Best of three, the worker counts interleaved, so a noisy neighbour on a shared machine
+    # does not decide the 1-to-2-worker speed-up.
+    best = {1: float("inf"), 2: float("inf")}
+    for _ in range(3):
+        for workers in (1, 2):
+            cache = work / f"cache_{workers}.h5"
+            t = time.perf_counter()
+            res = build_cache(
+                work / "index.npz", cache, cfg, workers=workers, force=True, progress=False
             )
+            best[workers] = min(best[workers], time.perf_counter() - t)
+    for workers in (1, 2):
+        size = (work / f"cache_{workers}.h5").stat().st_size
+        rows.append(
+            (f"(b) brainpipe build-cache --workers {workers}", best[workers], workers, size)
         )
     n_win = res.n_windows
     float32_windows = n_win * 19 * 2000 * 4
