@@ -318,14 +318,19 @@ def test_python_dash_m_entry_point(tuab, tmp_path):
         [sys.executable, "-m", "brainpipe", "--version"], capture_output=True, text=True
     )
     assert r.returncode == 0 and r.stdout.startswith("brainpipe ")
-    exe = shutil.which("brainpipe")
-    if exe:
-        r = subprocess.run(
-            [exe, "index", "--raw", str(tuab), "--index", str(tmp_path / "i.npz")],
-            capture_output=True,
-            text=True,
-        )
-        assert r.returncode == 0, r.stderr
+    # The console script of the interpreter running the tests (not whichever is first on PATH).
+    import sysconfig
+
+    scripts = {Path(sysconfig.get_path("scripts")), Path(sys.executable).parent}
+    exes = [d / "brainpipe" for d in scripts if (d / "brainpipe").is_file()]
+    assert exes, f"no `brainpipe` console script in {sorted(map(str, scripts))}"
+    r = subprocess.run(
+        [str(exes[0]), "index", "--raw", str(tuab), "--index", str(tmp_path / "i.npz")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert Index.load(tmp_path / "i.npz").path.size == 5
 
 
 # -- lazy dataset ---------------------------------------------------------------------------------
