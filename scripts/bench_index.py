@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -126,9 +127,10 @@ def main() -> int:
         "--set",
         "corpus.layout=tuab",
     ]
-    exe = shutil.which("brainpipe")
-    if exe:
-        cmd[:3] = [exe]
+    # This interpreter's console script (what a user types), not whichever is first on PATH.
+    exe = Path(sysconfig.get_path("scripts")) / "brainpipe"
+    if exe.is_file():
+        cmd[:3] = [str(exe)]
     t_proc_cold = timed(
         lambda: subprocess.run([*cmd, "--force"], check=True, env=env, capture_output=True),
         repeat=3,
