@@ -43,9 +43,9 @@ import operator
 import os
 import stat
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from brainpipe.errors import BrainpipeError
 
@@ -340,13 +340,31 @@ def _text(b: bytes) -> str:
         return b.decode("latin-1")
 
 
+def _by_value(fn: Callable[[bytes], Any], fields: Sequence[bytes]) -> tuple:
+    """tuple(map(fn, fields)), converting each distinct field once.
+
+    Writers give all channels of one amplifier the same range, unit, filter and rate fields
+    (TUH files: one or two distinct values per block of ~30), and converting each field was
+    half the header parse. Exceptions from fn propagate as they would from the plain map.
+    """
+    distinct = set(fields)
+    if 2 * len(distinct) > len(fields):
+        return tuple(map(fn, fields))
+    table = {f: fn(f) for f in distinct}
+    return tuple(map(table.__getitem__, fields))
+
+
+def _strict_text(b: bytes) -> str:
+    return b.strip().decode()  # UTF-8, strict
+
+
 def _texts(fields: Sequence[bytes], nul: bool) -> tuple[str, ...]:
     if not nul:
         try:
-            return tuple(map(bytes.decode, map(bytes.strip, fields)))  # UTF-8, strict
+            return _by_value(_strict_text, fields)
         except UnicodeDecodeError:
             pass
-    return tuple(map(_text, fields))
+    return _by_value(_text, fields)
 
 
 def _num_str(b: bytes) -> str:
@@ -388,7 +406,7 @@ def _floats(
     # Fast path: float() parses space-padded bytes in C; the loop below runs only for files
     # with NULs or decimal commas, or to name the bad field.
     try:
-        values = tuple(map(float, fields))
+        values = _by_value(float, fields)
         # A NaN or infinity anywhere makes the sum non-finite (so can an overflow of finite
         # values, which the loop below then accepts): one C-level check instead of one per field.
         if math.isfinite(sum(values)):
@@ -415,7 +433,7 @@ def _ints(
     integral_float: bool = False,
 ) -> tuple[int, ...]:
     try:
-        return tuple(map(int, fields))
+        return _by_value(int, fields)
     except ValueError:
         pass
     out = []
