@@ -14,7 +14,7 @@ from brainpipe.cli import main
 from brainpipe.config import load_config
 from brainpipe.data import EdfWindowDataset
 from brainpipe.errors import BrainpipeError
-from brainpipe.index import Index, build_index
+from brainpipe.index import Index, build_index, scan
 
 EEG = ["FP1", "FP2", "F3", "F4", "C3", "C4", "O1", "O2"]
 
@@ -101,6 +101,41 @@ def test_incremental_rerun_reads_only_changes(tuab, tmp_path):
     assert not any("aaaaaaae" in p for p in idx.path.tolist())
 
     assert build_index(tuab, out, CFG, force=True, progress=False).n_read == 5
+
+
+def test_threads_only_where_opens_wait(tmp_path, monkeypatch):
+    """A slow mount (every open sleeps, releasing the GIL as real I/O does) is read by many
+    threads; `index.workers=1` keeps one; both give the same index."""
+    import threading
+    import time
+
+    import brainpipe.edf as edf_mod
+
+    root = tmp_path / "raw"
+    first = write_edf(root / "edf/train/normal/01_tcp_ar/aaaaaaaa_s001_t000.edf", 250, 4)
+    for k in range(1, 60):
+        dst = root / f"edf/train/normal/01_tcp_ar/aaaaa{k:03d}_s001_t000.edf"
+        shutil.copyfile(first, dst)
+    real_open = os.open
+
+    def slow_open(path, *a, **k):
+        if str(path).endswith(".edf"):
+            time.sleep(0.003)
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(edf_mod.os, "open", slow_open)
+    results = {}
+    for workers in (1, 8):
+        threads = set()
+        cfg = load_config(None, ["corpus.layout=tuab", f"index.workers={workers}"])
+        res = scan(
+            root, cfg, progress=False, on_read=lambda _, t=threads: t.add(threading.get_ident())
+        )
+        assert res.n_read == 60 and len(res.index) == 60
+        results[workers] = (res.index, threads)
+    assert len(results[1][1]) == 1
+    assert len(results[8][1]) > 1, "opens waited 3 ms each but the scan stayed on one thread"
+    assert results[1][0].index_hash == results[8][0].index_hash
 
 
 def test_env_var_forces_reindex(tuab, tmp_path, monkeypatch):

@@ -502,17 +502,11 @@ def _read_mne(abspath: str) -> tuple[str, int, float, float, str, tuple, tuple, 
 
 
 class _Reader:
-    """Reads one recording's header and facts; picklable, so process pools can run it."""
+    """Reads one recording's header and facts (a row of the index, or (path, reason))."""
 
     def __init__(self, root: str, corpus: Any, on_read: Callable[[str], None] | None = None):
         self.root, self.corpus, self.on_read = root, corpus, on_read
         self.facts_of = layout_parser(corpus.layout, corpus.filename_regex, corpus.manifest)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"root": self.root, "corpus": self.corpus}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["root"], state["corpus"])
 
     def many(self, items: list) -> list:
         return [self(item) for item in items]
