@@ -363,3 +363,20 @@ def test_verify_detects_corruption(tuab, tmp_path):
     assert not rep.ok
     assert any("non-finite" in p for p in rep.problems)
     assert any("differs from the raw file" in p for p in rep.problems)
+
+
+def test_short_writes_are_continued(tmp_path, monkeypatch):
+    # pwrite may write less than asked (Linux caps one call at ~2 GiB): the rest must follow.
+    import brainpipe.cache as cache_mod
+
+    real = os.pwrite
+    monkeypatch.setattr(cache_mod.os, "pwrite", lambda fd, b, off: real(fd, bytes(b[:7]), off))
+    path = tmp_path / "f"
+    path.write_bytes(b"\0" * 64)
+    data = bytes(range(50))
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        cache_mod._pwrite_all(fd, data, 10)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"\0" * 10 + data + b"\0" * 4

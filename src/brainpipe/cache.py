@@ -10,11 +10,10 @@ How it stays fast, bounded and safe:
 - Sizes are known from the index, so the plan (channels present, output length, labels) and the
   file's layout are fixed before any signal is read; recordings that cannot work (missing
   channels, too short) are skipped up front with their reason.
-- `--workers N` processes read, preprocess and write one recording each. At most 2N recordings
-  are in flight, so memory is bounded by a few recordings.
-- Signal bytes go straight into the pre-allocated dataset at their file offset (pwrite +
-  fdatasync, by the worker) and each finished recording is then appended to a journal (fsync)
-  by the main process, the only one that touches HDF5 or the journal. HDF5 metadata is written only at
+- `--workers N` processes read and preprocess one recording each; the main process is the one
+  writer. At most 2N recordings are in flight, so memory is bounded by a few recordings.
+- Signal bytes go straight into the pre-allocated dataset at its file offset (pwrite + fdatasync)
+  and each finished recording is appended to a journal (fsync). HDF5 metadata is written only at
   creation and at the end, so kill -9 at any moment leaves a partial file that reopens; the same
   command resumes from the journal. The cache is renamed into place only when complete.
 """
@@ -114,50 +113,25 @@ def process_recording(
     return np.ascontiguousarray(out.T), np.asarray(plan.mask, dtype=bool)
 
 
-# The partial cache file, opened once per process (workers keep theirs until they exit).
-_OUT_FDS: dict[str, int] = {}
-
-
-def _out_fd(partial: str) -> int:
-    fd = _OUT_FDS.get(partial)
-    if fd is None:
-        fd = _OUT_FDS[partial] = os.open(partial, os.O_WRONLY)
-    return fd
-
-
-def _close_out_fds() -> None:
-    while _OUT_FDS:
-        os.close(_OUT_FDS.popitem()[1])
-
-
-def _worker(job: tuple) -> tuple[int, bool, str, int, str]:
-    """Process one recording and write its samples at their offset in the partial file.
-
-    Each worker writes its own recording (regions never overlap), so no signal bytes cross a
-    process boundary: sending them to one writer process cost that process as much CPU as a
-    worker and capped 2 workers at 1.2x one. Returns (row, written, skip reason, raw bytes
-    read, fatal error); a fatal error (disk full, read-only) stops the build.
-    """
-    i, path, pcfg, length, dtype, partial, offset = job
+def _worker(job: tuple[int, str, dict, int, str]) -> tuple[int, bytes | None, str, int]:
+    """Process one recording; returns (row, signal bytes or None, error reason, raw bytes read)."""
+    i, path, pcfg, length, dtype = job
     cfg = PreprocessConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in pcfg.items()})
     try:
         x, _mask = process_recording(path, cfg, expected_length=length)
-        payload = x.astype(dtype)
-        nbytes = os.path.getsize(path)
+        return i, x.astype(dtype).tobytes(), "", os.path.getsize(path)
     except BrainpipeError as e:
-        return i, False, _strip_path(str(e), path), 0, ""
+        return i, None, _strip_path(str(e), path), 0
     except (OSError, ValueError, MemoryError) as e:
-        return i, False, f"unreadable: {e}", 0, ""
-    try:
-        fd = _out_fd(partial)
-        view = memoryview(payload).cast("B")
-        while view:  # Linux writes at most ~2 GiB per call (a long MEG recording is more)
-            n = os.pwrite(fd, view, offset)
-            view, offset = view[n:], offset + n
-        os.fdatasync(fd)  # durable before the main process journals the recording as done
-    except OSError as e:
-        return i, False, "", 0, f"{e.strerror or e}"
-    return i, True, "", nbytes, ""
+        return i, None, f"unreadable: {e}", 0
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    # Linux writes at most ~2 GiB per call, and a long MEG recording is more than that.
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def _strip_path(msg: str, path: str) -> str:
@@ -489,8 +463,6 @@ def build_cache(
             pcfg,
             int(layout.recordings["length"][r]),
             cfg.cache.dtype,
-            str(partial),
-            base + int(offsets[r]) * row_bytes,
         )
         for r in pending
     ]
@@ -502,13 +474,20 @@ def build_cache(
 
         bar = tqdm(total=n, initial=n - len(pending), unit="rec", desc="build-cache", disable=None)
     try:
+        fd = os.open(partial, os.O_WRONLY)
+    except OSError as e:
+        raise BrainpipeError(f"{partial}: cannot open for writing ({e.strerror})") from e
+    try:
         with open(journal, "a") as jf:
-            for row, written, reason, nbytes, fatal in _run_jobs(jobs, n_workers):
-                if fatal:
-                    raise BrainpipeError(
-                        f"{partial}: cannot write ({fatal}); free space or choose another --cache path, then re-run to resume"
-                    )
-                if written:
+            for row, payload, reason, nbytes in _run_jobs(jobs, n_workers):
+                if payload is not None:
+                    try:
+                        _pwrite_all(fd, payload, base + int(offsets[row]) * row_bytes)
+                        os.fdatasync(fd)
+                    except OSError as e:
+                        raise BrainpipeError(
+                            f"{partial}: cannot write ({e.strerror}); free space or choose another --cache path, then re-run to resume"
+                        ) from e
                     status[row] = STATUS_DONE
                     raw_bytes += nbytes
                     jf.write(f"{row}\t\n")
@@ -523,7 +502,7 @@ def build_cache(
                     el = time.perf_counter() - t0
                     bar.set_postfix_str(f"{raw_bytes / 1e6 / el:.1f} MB/s" if el > 0 else "")
     finally:
-        _close_out_fds()
+        os.close(fd)
         if bar is not None:
             bar.close()
 
