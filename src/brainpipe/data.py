@@ -607,7 +607,23 @@ def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
     return 1.0 / (present * counts[labels])
 
 
-class WindowBatchSampler:
+class _EpochSeeded:
+    """A sampler whose order is a function of (seed, epoch): resumable from its state_dict."""
+
+    seed: int
+    epoch: int
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+
+
+class WindowBatchSampler(_EpochSeeded):
     """Batches of window indices: shuffled per epoch, optionally class-balanced, sharded for DDP.
 
     Like torch's DistributedSampler + BatchSampler, without torch: every rank permutes the
@@ -650,15 +666,6 @@ class WindowBatchSampler:
         self.seed, self.rank, self.world_size = int(seed), rank, world_size
         self.weights, self.even = weights, even
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "epoch": self.epoch}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
 
     def num_indices(self) -> int:
         """Indices this rank sees per epoch."""
@@ -754,7 +761,7 @@ class SubjectPairDataset:
         return tuple(a[0] for a in self.__getitems__([pair]))
 
 
-class SubjectPairSampler:
+class SubjectPairSampler(_EpochSeeded):
     """Batches of window pairs with a target share of same-subject pairs, for DDP too.
 
     Subjects are drawn uniformly (not windows), so subjects with many windows do not dominate.
@@ -787,15 +794,6 @@ class SubjectPairSampler:
         self.same_fraction, self.seed, self.rank = same_fraction, int(seed), rank
         self.world_size = world_size
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "epoch": self.epoch}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
 
     def __len__(self) -> int:
         return self.n_batches
