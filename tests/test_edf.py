@@ -725,6 +725,36 @@ def test_corrupt_signal_fields(tuh, field, i, value, reason):
     _bad(tuh, reason)
 
 
+def test_memo_keeps_each_file_own_errors(files, tmp_path):
+    # Header blocks are converted once per process and reused by later files; a later file with
+    # a bad field must still fail, with its own name, and the same bytes must keep their meaning
+    # per field: "250.0" is a valid digital minimum but not a samples-per-record count.
+    good = tmp_path / "good.edf"
+    shutil.copyfile(files["edfio_tuh_250.edf"], good)
+    ns = read_header(good).header_bytes // 256 - 1
+    for i in range(ns):
+        _patch_signal(good, "dmin", i, "-250.0")
+    assert read_header(good).digital_min == (-250,) * ns
+    assert read_header(good) == read_header(good)  # from the memo, equal to the first read
+    bad = tmp_path / "bad.edf"
+    shutil.copyfile(files["edfio_tuh_250.edf"], bad)
+    for i in range(ns):
+        _patch(bad, _signal_field_offset(ns, "samples", i), "-250.0", 8)
+    _bad(bad, "signal 0 ('EEG FP1-REF'): samples per record is '-250.0', not an integer")
+    again = tmp_path / "again.edf"
+    shutil.copyfile(good, again)
+    _patch_signal(again, "pmin", 3, "abc")
+    _bad(again, "signal 3 ('EEG C4-REF'): physical minimum is 'abc', not a finite number")
+
+
+def test_memo_is_bounded():
+    memo = edf_module._Memo(max_bytes=40)
+    for k in range(10):
+        memo.put(b"%016d" % k, k)
+        assert memo.n_bytes <= 40 and len(memo) <= 2
+    assert memo == {b"%016d" % 8: 8, b"%016d" % 9: 9}
+
+
 def test_all_signals_empty(tuh):
     for i in range(10):
         _patch_signal(tuh, "samples", i, "0")

@@ -6,7 +6,8 @@ the data records that overlap the requested window.
 Why hand-written: the `index` stage reads thousands of headers, often on network mounts where
 every open and read costs milliseconds, and must finish in under a second. mne needs ~1 s to
 import and `mne.io.read_raw_edf(preload=False)` ~1.6-2.2 ms per header (it also reads the
-annotations); `read_header` takes ~55 us on the same 33-signal TUH-like file (pyedflib: ~105 us),
+annotations); `read_header` takes ~55 us on a 33-signal TUH-like file read alone (pyedflib: ~105
+us) and ~30 us per file over a corpus, whose repeated header blocks it converts once per process,
 with one open, one `fstat` and two small reads. numpy is imported only by `read_signals`.
 
     h = read_header("aaaaaaaa_s001_t000.edf")
@@ -253,25 +254,73 @@ def _parse_fixed(b: bytes, path: str, size: int) -> dict:
 _SIGNAL_FIELDS = (16, 80, 8, 8, 8, 8, 8, 80, 8, 32)
 
 
-@functools.lru_cache(maxsize=64)
-def _signal_struct(ns: int) -> struct.Struct:
-    # One unpack splits all 10*ns fields in C; slicing them one by one in Python was 2x slower.
-    return struct.Struct("".join(f"{w}s" * ns for w in _SIGNAL_FIELDS))
+@functools.lru_cache(maxsize=256)
+def _field_struct(width: int, ns: int) -> struct.Struct:
+    # One unpack splits a block's ns fields in C; slicing them one by one in Python was 2x slower.
+    return struct.Struct(f"{width}s" * ns)
+
+
+class _Memo(dict):
+    """Converted header pieces keyed by their raw bytes, shared by every header this process reads.
+
+    A corpus repeats its headers' per-signal blocks: one amplifier writes the same ranges, units,
+    filters and rates into thousands of files, and one montage the same labels (in a synthetic
+    2,717-file TUAB tree, 14 to 104 distinct blocks per field; labels repeat field by field).
+    Converting a block once per process instead of once per file took the signal-header parse
+    of that tree from ~70 us to ~13 us per file. Only successful conversions are stored, so a bad
+    field still raises with the message of the file that holds it. Bounded: cleared when full.
+    """
+
+    def __init__(self, max_bytes: int):
+        super().__init__()
+        self.max_bytes, self.n_bytes = max_bytes, 0
+
+    def put(self, key: bytes, value: Any) -> Any:
+        if self.n_bytes + len(key) > self.max_bytes:
+            self.clear()
+            self.n_bytes = 0
+        self.n_bytes += len(key)
+        self[key] = value
+        return value
+
+
+# One memo per block of the signal header after the labels (the same bytes in two blocks can
+# mean different things: "256.0" is a valid digital minimum but not a samples-per-record count),
+# and one for single labels.
+_BLOCK_MEMOS = tuple(_Memo(1 << 20) for _ in _SIGNAL_FIELDS[1:9])
+_LABEL_MEMO = _Memo(1 << 20)
+
+
+def _labels(block: bytes, ns: int) -> tuple[str, ...]:
+    fields = _field_struct(16, ns).unpack(block)
+    memo = _LABEL_MEMO
+    try:
+        return tuple(map(memo.__getitem__, fields))
+    except KeyError:
+        # Per label, _text gives exactly what the block-wise _texts gives. get(), not `in`
+        # then [], because another thread may clear the memo between the two.
+        out = []
+        for f in fields:
+            v = memo.get(f)
+            out.append(memo.put(f, _text(f)) if v is None else v)
+        return tuple(out)
 
 
 def _parse_signals(b: bytes, h: dict, path: str, size: int) -> EdfHeader:
     ns = h["ns"]
-    u = _signal_struct(ns).unpack(b)
-    nul = b"\x00" in b
-    labels = _texts(u[0:ns], nul)
-    transducer = _texts(u[ns : 2 * ns], nul)
-    units = _texts(u[2 * ns : 3 * ns], nul)
-    physical_min = _floats(u[3 * ns : 4 * ns], "physical minimum", labels, path)
-    physical_max = _floats(u[4 * ns : 5 * ns], "physical maximum", labels, path)
-    digital_min = _ints(u[5 * ns : 6 * ns], "digital minimum", labels, path, integral_float=True)
-    digital_max = _ints(u[6 * ns : 7 * ns], "digital maximum", labels, path, integral_float=True)
-    prefilter = _texts(u[7 * ns : 8 * ns], nul)
-    samples = _ints(u[8 * ns : 9 * ns], "samples per record", labels, path)
+    labels = _labels(b[: 16 * ns], ns)
+    blocks = []
+    o = 16 * ns
+    for k, w in enumerate(_SIGNAL_FIELDS[1:9]):
+        block = b[o : o + w * ns]
+        o += w * ns
+        v = _BLOCK_MEMOS[k].get(block)
+        if v is None:
+            v = _BLOCK_MEMOS[k].put(block, _convert_block(k, block, ns, labels, path))
+        blocks.append(v)
+    transducer, units, physical_min, physical_max, digital_min, digital_max, prefilter, samples = (
+        blocks
+    )
 
     # C-speed checks first; the loop runs only to name the offending signal.
     if min(samples) < 0 or any(map(operator.ge, digital_min, digital_max)):
@@ -330,6 +379,20 @@ def _parse_signals(b: bytes, h: dict, path: str, size: int) -> EdfHeader:
         recording_id=h["recording_id"],
         file_size=size,
     )
+
+
+def _convert_block(k: int, block: bytes, ns: int, labels: tuple[str, ...], path: str) -> tuple:
+    """Block k (0: transducer ... 7: samples per record) of the signal header as values."""
+    fields = _field_struct(_SIGNAL_FIELDS[k + 1], ns).unpack(block)
+    if k in (0, 1, 6):
+        return _texts(fields, b"\x00" in block)
+    if k in (2, 3):
+        what = "physical minimum" if k == 2 else "physical maximum"
+        return _floats(fields, what, labels, path)
+    if k in (4, 5):
+        what = "digital minimum" if k == 4 else "digital maximum"
+        return _ints(fields, what, labels, path, integral_float=True)
+    return _ints(fields, "samples per record", labels, path)
 
 
 def _text(b: bytes) -> str:
