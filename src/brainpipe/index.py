@@ -22,6 +22,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,11 @@ class Recording:
     facts: Facts = field(default_factory=Facts)
     events: tuple[Event, ...] = ()
     ann_mtime_ns: int = 0
+
+
+# Recording attributes stored as columns, and the corpus facts stored beside them.
+_ROW_FIELDS = tuple(c for c in (*_STR_COLUMNS, *_NUM_COLUMNS) if c in Recording.__annotations__)
+_FACT_FIELDS = tuple(c for c in _STR_COLUMNS if c in Facts.__slots__)
 
 
 class Index:
@@ -204,34 +211,55 @@ class Index:
     def from_recordings(
         cls, recordings: list[Recording], errors: list[tuple[str, str]], meta: dict[str, Any]
     ) -> Index:
-        recordings = sorted(recordings, key=lambda r: r.path)
-        n = len(recordings)
+        recordings = sorted(recordings, key=attrgetter("path"))
         chansets: dict[tuple, int] = {}
-        rec_chanset = np.empty(n, np.int32)
-        for i, r in enumerate(recordings):
-            key = (r.channels, r.channel_sfreqs, r.channel_types)
-            rec_chanset[i] = chansets.setdefault(key, len(chansets))
+        rec_chanset = np.array(
+            [
+                chansets.setdefault((r.channels, r.channel_sfreqs, r.channel_types), len(chansets))
+                for r in recordings
+            ],
+            np.int32,
+        )
         keys = list(chansets)
+        sizes = [len(k[0]) for k in keys]
         offsets = np.zeros(len(keys) + 1, np.int64)
-        offsets[1:] = np.cumsum([len(k[0]) for k in keys])
-        flat = lambda j, dtype: np.array([v for k in keys for v in k[j]], dtype=dtype)  # noqa: E731
-
-        def col(name: str) -> list:
-            if name in Facts.__slots__:
-                return [getattr(r.facts, name) for r in recordings]
-            return [getattr(r, name) for r in recordings]
-
+        offsets[1:] = np.cumsum(sizes)
+        # Columns by transposing the rows in C (getattr per row and column was 5% of a scan).
+        columns = dict(
+            zip(
+                _ROW_FIELDS,
+                zip(*map(attrgetter(*_ROW_FIELDS), recordings), strict=True)
+                if recordings
+                else [()] * len(_ROW_FIELDS),
+                strict=True,
+            )
+        )
+        facts = (
+            zip(*map(attrgetter(*_FACT_FIELDS), (r.facts for r in recordings)), strict=True)
+            if recordings
+            else [()] * len(_FACT_FIELDS)
+        )
+        columns.update(zip(_FACT_FIELDS, facts, strict=True))
         arrays: dict[str, np.ndarray] = {
-            name: np.array(col(name), dtype=str) for name in _STR_COLUMNS
+            name: np.array(columns[name], dtype=str) for name in _STR_COLUMNS
         }
         for name, dtype in _NUM_COLUMNS.items():
             if name != "chanset":
-                arrays[name] = np.array(col(name), dtype=dtype)
+                arrays[name] = np.array(columns[name], dtype=dtype)
         arrays["chanset"] = rec_chanset
         arrays["chanset_offsets"] = offsets
-        arrays["chanset_labels"] = flat(0, str)
-        arrays["chanset_sfreqs"] = flat(1, np.float64)
-        arrays["chanset_types"] = flat(2, str)
+        arrays["chanset_labels"] = np.array(list(chain.from_iterable(k[0] for k in keys)), str)
+        arrays["chanset_sfreqs"] = np.fromiter(
+            chain.from_iterable(k[1] for k in keys), np.float64, int(offsets[-1])
+        )
+        # Every channel of an EDF is "eeg": repeat each set's one type rather than convert tens
+        # of thousands of equal strings.
+        if all(k[2].count(k[2][0]) == len(k[2]) for k in keys if k[2]):
+            arrays["chanset_types"] = np.repeat(
+                np.array([k[2][0] if k[2] else "" for k in keys], str), sizes
+            )
+        else:
+            arrays["chanset_types"] = np.array(list(chain.from_iterable(k[2] for k in keys)), str)
         ev = [(i, e) for i, r in enumerate(recordings) for e in r.events]
         arrays["event_recording"] = np.array([i for i, _ in ev], np.int64)
         arrays["event_onset_s"] = np.array([e.onset_s for _, e in ev], np.float64)
