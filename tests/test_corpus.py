@@ -30,6 +30,14 @@ from brainpipe.errors import BrainpipeError
             "edf/train/abnormal/01_tcp_ar/00000016_s004_t000.edf",
             Facts("train", "abnormal", "00000016", "s004", "t000", "01_tcp_ar"),
         ),
+        # empty and "." segments are skipped; only directories give split, label and montage
+        (
+            "edf//eval/./normal/01_tcp_ar/aaaaaaav_s004_t000.edf",
+            Facts("eval", "normal", "aaaaaaav", "s004", "t000", "01_tcp_ar"),
+        ),
+        ("aaaaaaav_s004_t000.edf", Facts("", "", "aaaaaaav", "s004", "t000", "")),
+        ("train/normal/", Facts(split="train")),
+        ("train/01_tcp_ar/.", Facts(split="train")),
     ],
 )
 def test_tuab_paths(path, facts):

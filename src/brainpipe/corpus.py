@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -80,31 +81,51 @@ def _stem_facts(name: str) -> dict[str, str]:
     return {"subject": m["subject"], "session": f"s{m['session']}", "token": f"t{m['token']}"}
 
 
-def _find_montage(parts: tuple[str, ...]) -> str:
-    for p in reversed(parts[:-1]):
+def _find_montage(dirs: tuple[str, ...]) -> str:
+    for p in reversed(dirs):
         if _MONTAGE_DIR.match(p):
             return p
     return ""
 
 
+# A TUH tree has a few dozen directories per thousand files, so what a path's directories say
+# is worked out once per directory.
+@functools.lru_cache(maxsize=4096)
+def _tuab_dir(head: str) -> dict[str, str]:
+    dirs = _parts(head)
+    return {
+        "split": next((p for p in dirs if p in TUAB_SPLITS), ""),
+        "label": next((p for p in dirs if p in TUAB_LABELS), ""),
+        "montage": _find_montage(dirs),
+    }
+
+
+@functools.lru_cache(maxsize=4096)
+def _tusz_dir(head: str) -> dict[str, str]:
+    dirs = _parts(head)
+    return {
+        "split": next((p for p in dirs if p in TUSZ_SPLITS), ""),
+        "montage": _find_montage(dirs),
+    }
+
+
+def _path_facts(relpath: str, dir_facts: Callable[[str], dict[str, str]]) -> Facts:
+    head, _, name = relpath.rpartition("/")
+    if name in ("", "."):  # "", "a/", "a/.": split as _parts does
+        parts = _parts(relpath)
+        if not parts:
+            return Facts()
+        head, name = "/".join(parts[:-1]), parts[-1]
+    return Facts(**dir_facts(head), **_stem_facts(name))
+
+
 def parse_tuab_path(relpath: str) -> Facts:
     """Facts from a TUAB path; tolerant of extra leading directories (e.g. `v3.0.1/edf/...`)."""
-    parts = _parts(relpath)
-    if not parts:
-        return Facts()
-    split = next((p for p in parts[:-1] if p in TUAB_SPLITS), "")
-    label = next((p for p in parts[:-1] if p in TUAB_LABELS), "")
-    stem = _stem_facts(parts[-1])
-    return Facts(split=split, label=label, montage=_find_montage(parts), **stem)
+    return _path_facts(relpath, _tuab_dir)
 
 
 def parse_tusz_path(relpath: str) -> Facts:
-    parts = _parts(relpath)
-    if not parts:
-        return Facts()
-    split = next((p for p in parts[:-1] if p in TUSZ_SPLITS), "")
-    stem = _stem_facts(parts[-1])
-    return Facts(split=split, montage=_find_montage(parts), **stem)
+    return _path_facts(relpath, _tusz_dir)
 
 
 class GenericLayout:
