@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 _FIXED_BYTES = 256
 _EDF_VERSION = b"0       "
 _BDF_VERSION = b"\xffBIOSEMI"
-_ANNOTATION_LABELS = frozenset({"EDF Annotations", "BDF Annotations"})
+ANNOTATION_LABELS = frozenset({"EDF Annotations", "BDF Annotations"})
 # The ns field has 4 characters; 4096 signals covers high-density EEG, MEG and sEEG, and a larger
 # claim is far likelier a corrupt byte than a real recording.
 _MAX_SIGNALS = 4096
@@ -88,7 +88,7 @@ class EdfError(BrainpipeError):
 
 def is_annotation_label(label: str) -> bool:
     """True for an EDF+/BDF+ annotation signal ("EDF Annotations", "BDF Annotations")."""
-    return label.strip() in _ANNOTATION_LABELS
+    return label.strip() in ANNOTATION_LABELS
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +118,9 @@ class EdfHeader:
     @property
     def signal_indices(self) -> tuple[int, ...]:
         """Indices of the data signals (everything but annotation signals)."""
-        if _ANNOTATION_LABELS.isdisjoint(self.labels):  # plain EDF: no per-label loop
+        if ANNOTATION_LABELS.isdisjoint(self.labels):  # plain EDF: no per-label loop
             return tuple(range(len(self.labels)))
-        return tuple(i for i, lab in enumerate(self.labels) if lab not in _ANNOTATION_LABELS)
+        return tuple(i for i, lab in enumerate(self.labels) if lab not in ANNOTATION_LABELS)
 
     def sfreq(self, i: int) -> float:
         """Sample rate of signal i in Hz; 0.0 in annotation-only files (record duration 0)."""
@@ -331,12 +331,12 @@ def _parse_signals(b: bytes, h: dict, path: str, size: int) -> EdfHeader:
                     f"expected >= 0"
                 )
             # Annotation signals are never scaled, so their digital range does not matter.
-            if digital_min[i] >= digital_max[i] and labels[i] not in _ANNOTATION_LABELS:
+            if digital_min[i] >= digital_max[i] and labels[i] not in ANNOTATION_LABELS:
                 raise EdfError(
                     f"{path}: signal {i} ({labels[i]!r}): digital minimum {digital_min[i]} is "
                     f"not below digital maximum {digital_max[i]}"
                 )
-    has_data = not _ANNOTATION_LABELS.issuperset(labels)
+    has_data = not ANNOTATION_LABELS.issuperset(labels)
     record_bytes = sum(samples) * h["sample_bytes"]
     if record_bytes == 0:
         raise EdfError(f"{path}: every signal has 0 samples per record")
@@ -582,7 +582,7 @@ def read_signals(header: EdfHeader, picks: Sequence[int], start: int, stop: int)
     for p in picks:
         if not 0 <= p < ns:
             raise ValueError(f"pick {p} out of range for {ns} signals in {header.path}")
-        if header.labels[p] in _ANNOTATION_LABELS:
+        if header.labels[p] in ANNOTATION_LABELS:
             raise ValueError(f"pick {p} is an annotation signal in {header.path}")
     spr_all = header.samples_per_record
     spr = spr_all[picks[0]]

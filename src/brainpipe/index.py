@@ -15,6 +15,7 @@ BRAINPIPE_FORCE_REINDEX=1) re-reads all. Bad files go to the error list with one
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ import numpy as np
 from brainpipe import __version__
 from brainpipe.config import Config
 from brainpipe.corpus import Event, Facts, layout_parser, merge_channel_events, parse_annotations
+from brainpipe.edf import ANNOTATION_LABELS, read_header
 from brainpipe.errors import BrainpipeError
 from brainpipe.fsutil import atomic_output
 
@@ -482,29 +484,34 @@ def _annotation_file(rel: str, every: set[str], suffixes: tuple[str, ...]) -> st
 
 
 def _read_edf(abspath: str) -> tuple[str, int, float, float, str, tuple, tuple, tuple]:
-    from brainpipe.edf import read_header
-
     h = read_header(abspath)
-    picks = h.signal_indices
-    if not picks:
+    labels, spr = h.labels, h.samples_per_record
+    if not ANNOTATION_LABELS.isdisjoint(labels):  # EDF+: leave out the annotation signals
+        picks = h.signal_indices
+        labels, spr = tuple(labels[i] for i in picks), tuple(spr[i] for i in picks)
+    if not labels:
         raise BrainpipeError(f"{abspath}: no signals: file holds only annotations")
-    spr = h.samples_per_record
-    all_signals = len(picks) == len(spr)
-    counts = spr if all_signals else tuple(spr[i] for i in picks)
-    # A recording's rate is its most common channel rate (TUH's EEG channels share one; odd
-    # channels such as PHOTIC may differ). Other channels are kept with their own rates.
-    main = counts[0] if min(counts) == max(counts) else Counter(counts).most_common(1)[0][0]
-    d = h.record_duration
+    main, rates = _rates(spr, h.record_duration)
     return (
         h.format,
         h.n_records * main,
-        main / d,
+        main / h.record_duration,
         h.duration,
         h.start.isoformat(),
-        h.labels if all_signals else tuple(h.labels[i] for i in picks),
-        tuple(map(d.__rtruediv__, counts)) if d != 1 else tuple(map(float, counts)),
-        ("eeg",) * len(picks),
+        labels,
+        rates,
+        ("eeg",) * len(labels),
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _rates(samples_per_record: tuple[int, ...], record_duration: float) -> tuple[int, tuple]:
+    """The main samples-per-record count and every channel's rate; few distinct per corpus."""
+    counts = samples_per_record
+    # A recording's rate is its most common channel rate (TUH's EEG channels share one; odd
+    # channels such as PHOTIC may differ). Other channels are kept with their own rates.
+    main = counts[0] if min(counts) == max(counts) else Counter(counts).most_common(1)[0][0]
+    return main, tuple(c / record_duration for c in counts)
 
 
 def _read_mne(abspath: str) -> tuple[str, int, float, float, str, tuple, tuple, tuple]:
