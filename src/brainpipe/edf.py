@@ -443,6 +443,12 @@ def _to_float(s: str) -> float:
 
 
 def _int(b: bytes, what: str, path: str) -> int:
+    # int() parses space-padded ASCII bytes in C, the same way as their decoded text; NULs or
+    # non-ASCII spaces take the slow path.
+    try:
+        return int(b)
+    except ValueError:
+        pass
     s = _num_str(b)
     try:
         return int(s)
@@ -451,6 +457,12 @@ def _int(b: bytes, what: str, path: str) -> int:
 
 
 def _float(b: bytes, what: str, path: str) -> float:
+    try:
+        v = float(b)  # as in _int
+    except ValueError:
+        v = math.nan
+    if math.isfinite(v):
+        return v
     s = _num_str(b)
     v = _to_float(s)
     if not math.isfinite(v):
@@ -549,7 +561,7 @@ def _start(
 
 def _recording_year(recording_id: str) -> int | None:
     # EDF+ recording field: "Startdate 02-MAR-2002 ..."; "Startdate X" when unknown.
-    parts = recording_id.split()
+    parts = recording_id.split(None, 2)
     if len(parts) < 2 or parts[0] != "Startdate":
         return None
     d = parts[1].split("-")
