@@ -747,6 +747,20 @@ def test_memo_keeps_each_file_own_errors(files, tmp_path):
     _bad(again, "signal 3 ('EEG C4-REF'): physical minimum is 'abc', not a finite number")
 
 
+def test_memo_checks_labels_per_file(files, tmp_path):
+    # The checks on a header's numbers are kept with its blocks, but which signals they exempt
+    # (annotations) depends on each file's labels.
+    ann = tmp_path / "ann.edf"
+    shutil.copyfile(files["edfio_tuh_250.edf"], ann)
+    _patch_signal(ann, "label", 0, "EDF Annotations")
+    _patch_signal(ann, "dmax", 0, "-32768")  # equal to its digital minimum
+    assert read_header(ann).digital_max[0] == -32768
+    eeg = tmp_path / "eeg.edf"
+    shutil.copyfile(ann, eeg)
+    _patch(eeg, 256, "EEG FP1-REF", 16)
+    _bad(eeg, "signal 0 ('EEG FP1-REF'): digital minimum -32768 is not below digital maximum")
+
+
 def test_memo_is_bounded():
     memo = edf_module._Memo(max_bytes=40)
     for k in range(10):

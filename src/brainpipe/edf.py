@@ -286,9 +286,11 @@ class _Memo(dict):
 
 # One memo per block of the signal header after the labels (the same bytes in two blocks can
 # mean different things: "256.0" is a valid digital minimum but not a samples-per-record count),
-# and one for single labels.
+# one for single labels, and one for the eight blocks together with their checks (a corpus has
+# a few hundred such combinations: one lookup instead of eight, checks included).
 _BLOCK_MEMOS = tuple(_Memo(1 << 20) for _ in _SIGNAL_FIELDS[1:9])
 _LABEL_MEMO = _Memo(1 << 20)
+_BLOCKS_MEMO = _Memo(8 << 20)
 
 
 def _labels(block: bytes, ns: int) -> tuple[str, ...]:
@@ -306,11 +308,11 @@ def _labels(block: bytes, ns: int) -> tuple[str, ...]:
         return tuple(out)
 
 
-def _parse_signals(b: bytes, h: dict, path: str, size: int) -> EdfHeader:
-    ns = h["ns"]
-    labels = _labels(b[: 16 * ns], ns)
+def _blocks(b: bytes, ns: int, labels: tuple[str, ...], path: str) -> tuple:
+    """The eight blocks after the labels as values, then whether their numbers pass the
+    label-independent checks, then the samples in one data record."""
     blocks = []
-    o = 16 * ns
+    o = 0
     for k, w in enumerate(_SIGNAL_FIELDS[1:9]):
         block = b[o : o + w * ns]
         o += w * ns
@@ -318,12 +320,32 @@ def _parse_signals(b: bytes, h: dict, path: str, size: int) -> EdfHeader:
         if v is None:
             v = _BLOCK_MEMOS[k].put(block, _convert_block(k, block, ns, labels, path))
         blocks.append(v)
-    transducer, units, physical_min, physical_max, digital_min, digital_max, prefilter, samples = (
-        blocks
-    )
+    digital_min, digital_max, samples = blocks[4], blocks[5], blocks[7]
+    ok = min(samples) >= 0 and not any(map(operator.ge, digital_min, digital_max))
+    return (*blocks, ok, sum(samples))
 
-    # C-speed checks first; the loop runs only to name the offending signal.
-    if min(samples) < 0 or any(map(operator.ge, digital_min, digital_max)):
+
+def _parse_signals(b: bytes, h: dict, path: str, size: int) -> EdfHeader:
+    ns = h["ns"]
+    labels = _labels(b[: 16 * ns], ns)
+    rest = b[16 * ns : 224 * ns]  # up to the reserved fields, which nothing reads
+    v = _BLOCKS_MEMO.get(rest)
+    if v is None:
+        v = _BLOCKS_MEMO.put(rest, _blocks(rest, ns, labels, path))
+    (
+        transducer,
+        units,
+        physical_min,
+        physical_max,
+        digital_min,
+        digital_max,
+        prefilter,
+        samples,
+        ok,
+        record_samples,
+    ) = v
+
+    if not ok:  # name the offending signal (the digital range of annotations does not count)
         for i in range(ns):
             if samples[i] < 0:
                 raise EdfError(
@@ -337,7 +359,7 @@ def _parse_signals(b: bytes, h: dict, path: str, size: int) -> EdfHeader:
                     f"not below digital maximum {digital_max[i]}"
                 )
     has_data = not ANNOTATION_LABELS.issuperset(labels)
-    record_bytes = sum(samples) * h["sample_bytes"]
+    record_bytes = record_samples * h["sample_bytes"]
     if record_bytes == 0:
         raise EdfError(f"{path}: every signal has 0 samples per record")
     if has_data and h["record_duration"] == 0:
