@@ -654,7 +654,7 @@ def _bad(path: Path, match: str) -> EdfError:
 def test_zero_byte_file(tmp_path):
     p = tmp_path / "empty.edf"
     p.write_bytes(b"")
-    _bad(p, "empty file (0 bytes)")
+    _bad(p, "empty file: 0 bytes, not an EDF/BDF recording")
 
 
 def test_short_file(tmp_path):

@@ -160,7 +160,8 @@ def test_bad_files_are_listed_and_the_scan_goes_on(tuab, tmp_path):
     reasons = {Path(e["path"]).name: e["reason"] for e in idx.errors}
     assert set(reasons) == {f"zzzzzzz{k}_s001_t000.edf" for k in range(1, 5)}
     assert all("\n" not in r and r for r in reasons.values())
-    assert "zero bytes" in reasons["zzzzzzz1_s001_t000.edf"]
+    assert reasons["zzzzzzz1_s001_t000.edf"] == "empty file: 0 bytes, not an EDF/BDF recording"
+    assert "1 empty file" in res.line()
     assert "skipped 4" in res.line()
 
 
@@ -280,6 +281,8 @@ def test_tusz_events_and_fif_and_generic(tmp_path):
         meg / "sub-01" / "sub-01_rest_meg.fif", verbose="error"
     )
     write_edf(meg / "sub-02" / "sub-02_rest.edf", 250, 4)
+    (meg / "sub-03").mkdir()
+    (meg / "sub-03" / "sub-03_rest_meg.fif").write_bytes(b"")
     cfg = load_config(
         None, ["corpus.layout=generic", r"corpus.filename_regex=sub-(?P<subject>\d+)"]
     )
@@ -287,6 +290,9 @@ def test_tusz_events_and_fif_and_generic(tmp_path):
     assert list(idx.subject) == ["01", "02"]
     assert idx.channel_types(0) == ("mag", "grad", "grad") * 2
     assert (idx.n_samples[0], idx.sfreq[0], idx.format[0]) == (400, 200.0, "FIF")
+    fif = meg / "sub-01" / "sub-01_rest_meg.fif"
+    assert (idx.size[0], idx.mtime_ns[0]) == (fif.stat().st_size, fif.stat().st_mtime_ns)
+    assert idx.errors == [{"path": "sub-03/sub-03_rest_meg.fif", "reason": "empty file: 0 bytes"}]
 
 
 def test_cli_index_and_inspect(tuab, tmp_path, capsys):

@@ -114,6 +114,7 @@ class EdfHeader:
     patient_id: str
     recording_id: str
     file_size: int  # bytes
+    mtime_ns: int  # the file's modification time when the header was read (with the size: changed?)
 
     @property
     def signal_indices(self) -> tuple[int, ...]:
@@ -164,7 +165,7 @@ def read_header(path: str | os.PathLike) -> EdfHeader:
             raise EdfError(f"{spath}: is a directory, not an EDF/BDF file")
         size = st.st_size
         if size == 0:
-            raise EdfError(f"{spath}: empty file (0 bytes), not an EDF/BDF recording")
+            raise EdfError(f"{spath}: empty file: 0 bytes, not an EDF/BDF recording")
         if size < _FIXED_BYTES:
             raise EdfError(
                 f"{spath}: too short for an EDF/BDF header: {size} bytes, need at least 256"
@@ -176,6 +177,7 @@ def read_header(path: str | os.PathLike) -> EdfHeader:
         raise EdfError(f"{spath}: cannot read: {e.strerror or e}") from e
     finally:
         os.close(fd)
+    h["mtime_ns"] = st.st_mtime_ns
     return _parse_signals(signal_header, h, spath, size)
 
 
@@ -400,6 +402,7 @@ def _parse_signals(b: bytes, h: dict, path: str, size: int) -> EdfHeader:
         patient_id=h["patient_id"],
         recording_id=h["recording_id"],
         file_size=size,
+        mtime_ns=h["mtime_ns"],
     )
 
 

@@ -483,7 +483,12 @@ def _annotation_file(rel: str, every: set[str], suffixes: tuple[str, ...]) -> st
     return None
 
 
-def _read_edf(abspath: str) -> tuple[str, int, float, float, str, tuple, tuple, tuple]:
+# What a reader gives for one file: size, mtime_ns, format, n_samples, sfreq, duration_s, start,
+# channel labels, channel rates, channel types.
+_Read = tuple[int, int, str, int, float, float, str, tuple, tuple, tuple]
+
+
+def _read_edf(abspath: str) -> _Read:
     h = read_header(abspath)
     labels, spr = h.labels, h.samples_per_record
     if not ANNOTATION_LABELS.isdisjoint(labels):  # EDF+: leave out the annotation signals
@@ -493,6 +498,8 @@ def _read_edf(abspath: str) -> tuple[str, int, float, float, str, tuple, tuple, 
         raise BrainpipeError(f"{abspath}: no signals: file holds only annotations")
     main, rates = _rates(spr, h.record_duration)
     return (
+        h.file_size,
+        h.mtime_ns,
         h.format,
         h.n_records * main,
         main / h.record_duration,
@@ -514,9 +521,12 @@ def _rates(samples_per_record: tuple[int, ...], record_duration: float) -> tuple
     return main, tuple(c / record_duration for c in counts)
 
 
-def _read_mne(abspath: str) -> tuple[str, int, float, float, str, tuple, tuple, tuple]:
+def _read_mne(abspath: str) -> _Read:
     import mne
 
+    st = os.stat(abspath)
+    if st.st_size == 0:
+        raise BrainpipeError(f"{abspath}: empty file: 0 bytes")
     try:
         raw = mne.io.read_raw(abspath, preload=False, verbose="error")
     except Exception as e:  # mne raises many types for bad files; all mean "unreadable"
@@ -525,6 +535,8 @@ def _read_mne(abspath: str) -> tuple[str, int, float, float, str, tuple, tuple, 
     info = raw.info
     meas = info.get("meas_date")
     return (
+        st.st_size,
+        st.st_mtime_ns,
         Path(abspath).suffix.lstrip(".").upper(),
         int(raw.n_times),
         float(info["sfreq"]),
@@ -546,15 +558,14 @@ class _Reader:
     def many(self, items: list) -> list:
         return [self(item) for item in items]
 
-    def __call__(self, item: tuple[str, os.stat_result, str | None]) -> Recording | tuple[str, str]:
-        rel, st, ann = item
+    def __call__(self, item: tuple[str, str | None]) -> Recording | tuple[str, str]:
+        """item: the recording's path relative to the root, and its annotation file's (or None)."""
+        rel, ann = item
         root_s, c, facts_of, on_read = self.root, self.corpus, self.facts_of, self.on_read
         ab = f"{root_s}/{rel}"
         try:
-            if st.st_size == 0:
-                raise BrainpipeError("empty file: zero bytes")
             reader = _read_edf if rel.lower().endswith(EDF_SUFFIXES) else _read_mne
-            fmt, n_samples, sfreq, duration, start, labels, rates, types = reader(ab)
+            got = reader(ab)
             facts = facts_of(rel)
             events: tuple[Event, ...] = ()
             ann_mtime = 0
@@ -573,22 +584,7 @@ class _Reader:
                 )
             if on_read is not None:
                 on_read(rel)
-            return Recording(
-                rel,
-                st.st_size,
-                st.st_mtime_ns,
-                fmt,
-                n_samples,
-                sfreq,
-                duration,
-                start,
-                labels,
-                rates,
-                types,
-                facts,
-                events,
-                ann_mtime,
-            )
+            return Recording(rel, *got, facts, events, ann_mtime)
         except BrainpipeError as e:
             return (rel, _one_line(e, ab, root_s))
         except OSError as e:
@@ -632,32 +628,30 @@ def scan(
         prev_rows = dict(zip(previous.path.tolist(), range(len(previous)), strict=True))
         p_size, p_mtime, p_ann = previous.size, previous.mtime_ns, previous.ann_mtime_ns
     reused: list[int] = []
-    todo: list[tuple[str, os.stat_result, str | None]] = []
+    todo: list[tuple[str, str | None]] = []
     root_s = str(root)
+    tusz = c.layout == "tusz"
     for rel in candidates:
-        ab = f"{root_s}/{rel}"
+        ann = _annotation_file(rel, every, c.annotation_suffixes) if tusz else None
+        j = prev_rows.get(rel)
+        if j is None:  # new (or a cold scan): the read itself stats the file
+            todo.append((rel, ann))
+            continue
         try:
-            st = os.stat(ab)
+            st = os.stat(f"{root_s}/{rel}")
         except OSError as e:
             errors.append((rel, f"unreadable: {e.strerror}"))
             continue
-        ann = _annotation_file(rel, every, c.annotation_suffixes) if c.layout == "tusz" else None
         ann_mtime = 0
         if ann is not None:
             try:
                 ann_mtime = os.stat(f"{root_s}/{ann}").st_mtime_ns
             except OSError:
                 ann_mtime = -1
-        j = prev_rows.get(rel)
-        if (
-            j is not None
-            and p_size[j] == st.st_size
-            and p_mtime[j] == st.st_mtime_ns
-            and p_ann[j] == ann_mtime
-        ):
+        if p_size[j] == st.st_size and p_mtime[j] == st.st_mtime_ns and p_ann[j] == ann_mtime:
             reused.append(j)
         else:
-            todo.append((rel, st, ann))
+            todo.append((rel, ann))
 
     reader = _Reader(root_s, c, on_read)
     n_workers = workers or cfg.index.workers
