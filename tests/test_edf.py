@@ -761,6 +761,30 @@ def test_memo_checks_labels_per_file(files, tmp_path):
     _bad(eeg, "signal 0 ('EEG FP1-REF'): digital minimum -32768 is not below digital maximum")
 
 
+def _clear_memos() -> None:
+    for memo in (*edf_module._BLOCK_MEMOS, edf_module._LABEL_MEMO, edf_module._BLOCKS_MEMO):
+        memo.clear()
+
+
+def test_memo_changes_no_header(files, tmp_path):
+    # Every header read with warm memos equals the same header read with empty ones, over a
+    # synthetic TUH tree (varying channel sets, rates, EDF and EDF+) and the files above.
+    from brainpipe.synthetic import make_corpus
+
+    make_corpus(tmp_path / "raw", "tuab", n_subjects=12, seed=5, duration_s=(10.0, 20.0))
+    paths = sorted((tmp_path / "raw").rglob("*.edf")) + [
+        p for p in files.values() if p.suffix in (".edf", ".bdf")
+    ]
+    cold = []
+    for p in paths:
+        _clear_memos()
+        cold.append(read_header(p))
+    _clear_memos()
+    warm = [read_header(p) for p in reversed(paths)][::-1]
+    assert warm == cold
+    assert len(edf_module._BLOCKS_MEMO) < len(paths)  # the tree did repeat its blocks
+
+
 def test_memo_is_bounded():
     memo = edf_module._Memo(max_bytes=40)
     for k in range(10):
