@@ -269,7 +269,7 @@ class _Memo(dict):
     filters and rates into thousands of files, and one montage the same labels (in a synthetic
     2,717-file TUAB tree, 14 to 104 distinct blocks per field; labels repeat field by field).
     Converting a block once per process instead of once per file took the signal-header parse
-    of that tree from ~70 us to ~13 us per file. Only successful conversions are stored, so a bad
+    of that tree from ~70 us to ~10 us per file. Only successful conversions are stored, so a bad
     field still raises with the message of the file that holds it. Bounded: cleared when full.
     """
 
