@@ -335,3 +335,30 @@ def test_ddp_two_processes_on_cpu(cache, tmp_path):
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert len(ckpt["rng"]) == 2 and ckpt["world_size"] == 2
     assert proc.stdout.count("epoch 2/2") == 1  # rank 0 logs, rank 1 does not
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    # `docker compose up train` and redirected runs log to a pipe: one line per epoch, no bar.
+    import io
+
+    from tqdm import tqdm
+
+    from brainpipe.train import _tqdm_disabled
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert _tqdm_disabled(is_main=False) is True
+    pipe = io.StringIO()
+    for _ in tqdm(range(3), disable=_tqdm_disabled(is_main=True), file=pipe):
+        pass
+    assert pipe.getvalue() == ""
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    for _ in tqdm(range(3), disable=_tqdm_disabled(is_main=True), file=term):
+        pass
+    assert "3/3" in term.getvalue()
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert _tqdm_disabled(is_main=True) is True

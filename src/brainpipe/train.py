@@ -632,8 +632,13 @@ def _host_batch(batch: tuple[Any, ...]) -> tuple[Any, ...]:
     return batch
 
 
-def _tqdm_disabled(is_main: bool) -> bool:
-    return not is_main or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
+def _tqdm_disabled(is_main: bool) -> bool | None:
+    """tqdm's `disable`: off on other ranks and with TQDM_DISABLE; else None, which turns the
+    bar off when stdout is not a terminal (`docker compose up` logs, a redirected run), as the
+    other stages do; each epoch still prints its one summary line."""
+    if not is_main or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false"):
+        return True
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
