@@ -761,11 +761,6 @@ def test_memo_checks_labels_per_file(files, tmp_path):
     _bad(eeg, "signal 0 ('EEG FP1-REF'): digital minimum -32768 is not below digital maximum")
 
 
-def _clear_memos() -> None:
-    for memo in (*edf_module._BLOCK_MEMOS, edf_module._LABEL_MEMO, edf_module._BLOCKS_MEMO):
-        memo.clear()
-
-
 def test_memo_changes_no_header(files, tmp_path):
     # Every header read with warm memos equals the same header read with empty ones, over a
     # synthetic TUH tree (varying channel sets, rates, EDF and EDF+) and the files above.
@@ -777,9 +772,9 @@ def test_memo_changes_no_header(files, tmp_path):
     ]
     cold = []
     for p in paths:
-        _clear_memos()
+        edf_module.clear_memos()
         cold.append(read_header(p))
-    _clear_memos()
+    edf_module.clear_memos()
     warm = [read_header(p) for p in reversed(paths)][::-1]
     assert warm == cold
     assert len(edf_module._BLOCKS_MEMO) < len(paths)  # the tree did repeat its blocks

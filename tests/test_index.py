@@ -433,3 +433,14 @@ def test_lazy_dataset_pickles_for_every_start_method(index_250, method):
         got = pool.map(_read, [(ds, 0), (ds, len(ds) - 1)])
     np.testing.assert_array_equal(got[0], ds[0][0])
     np.testing.assert_array_equal(got[1], ds[len(ds) - 1][0])
+
+
+def test_clear_caches_gives_a_fresh_start(tuab):
+    import brainpipe.edf as edf_mod
+    from brainpipe.index import _rates, clear_caches
+
+    first = scan(tuab, CFG, progress=False).index
+    assert len(edf_mod._BLOCKS_MEMO) > 0 and _rates.cache_info().currsize > 0
+    clear_caches()
+    assert len(edf_mod._BLOCKS_MEMO) == 0 and _rates.cache_info().currsize == 0
+    assert scan(tuab, CFG, progress=False).index.index_hash == first.index_hash

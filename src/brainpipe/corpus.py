@@ -109,6 +109,12 @@ def _tusz_dir(head: str) -> dict[str, str]:
     }
 
 
+def clear_caches() -> None:
+    """Forget the directory facts worked out so far."""
+    _tuab_dir.cache_clear()
+    _tusz_dir.cache_clear()
+
+
 def _path_facts(relpath: str, dir_facts: Callable[[str], dict[str, str]]) -> Facts:
     head, _, name = relpath.rpartition("/")
     if name in ("", "."):  # "", "a/", "a/.": split as _parts does

@@ -490,6 +490,16 @@ def _annotation_file(rel: str, every: set[str], suffixes: tuple[str, ...]) -> st
 _Read = tuple[int, int, str, int, float, float, str, tuple, tuple, tuple]
 
 
+def clear_caches() -> None:
+    """Forget what scans in this process have memoized (header blocks, rates, directory facts),
+    so that the next scan starts as in a fresh process (benchmarks, tests)."""
+    from brainpipe import corpus, edf
+
+    edf.clear_memos()
+    _rates.cache_clear()
+    corpus.clear_caches()
+
+
 def _read_edf(abspath: str) -> _Read:
     h = read_header(abspath)
     labels, spr = h.labels, h.samples_per_record
