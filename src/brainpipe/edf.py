@@ -114,7 +114,7 @@ class EdfHeader:
     patient_id: str
     recording_id: str
     file_size: int  # bytes
-    mtime_ns: int  # the file's modification time when the header was read (with the size: changed?)
+    mtime_ns: int  # modification time at the read; with file_size, tells a changed file
 
     @property
     def signal_indices(self) -> tuple[int, ...]:
