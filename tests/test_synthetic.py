@@ -12,7 +12,8 @@ import scipy.signal
 
 from brainpipe.config import STANDARD_1020
 from brainpipe.errors import BrainpipeError
-from brainpipe.synthetic import MARKER, TCP_PAIRS, make_corpus
+from brainpipe.preprocess import TCP_PAIRS
+from brainpipe.synthetic import MARKER, make_corpus
 
 TUAB_PATH = re.compile(
     r"^edf/(train|eval)/(normal|abnormal)/01_tcp_ar/([a-z]{8})_s(\d{3})_t(\d{3})\.edf$"

@@ -44,11 +44,10 @@ from brainpipe.cachefile import (
     signals_offset,
 )
 from brainpipe.config import Config, PreprocessConfig, config_from_dict
-from brainpipe.errors import BrainpipeError
+from brainpipe.corpus import TASK_LABELS, TUAB_LABELS, TUSZ_LABELS
+from brainpipe.errors import BrainpipeError, reason_kind
 from brainpipe.fsutil import check_writable_dir, fsync_dir
 
-TUAB_LABELS = ("normal", "abnormal")
-TUSZ_LABELS = ("bckg", "seiz")
 CONFIG_SECTIONS = ("corpus", "preprocess", "window", "cache")
 
 
@@ -309,7 +308,7 @@ class BuildResult:
             + (f", resumed after {self.resumed} done" if self.resumed else ""),
             f"skipped {self.n_skipped} recordings" + (":" if self.skipped else ""),
         ]
-        reasons = Counter(_reason_kind(r) for _, r in self.skipped)
+        reasons = Counter(reason_kind(r) for _, r in self.skipped)
         for reason, n in reasons.most_common(10):
             lines.append(f"  {n:>5}  {reason}")
         lines.append(
@@ -320,13 +319,6 @@ class BuildResult:
             )
         )
         return "\n".join(lines)
-
-
-def _reason_kind(reason: str) -> str:
-    for sep in (" (", ":"):
-        if sep in reason:
-            reason = reason.split(sep, 1)[0]
-    return reason
 
 
 def _partial_paths(cache_path: Path) -> tuple[Path, Path]:
@@ -383,7 +375,7 @@ def build_cache(
     plan = make_plan(index, cfg)
     n = len(plan.index_rows)
     if n == 0:
-        reasons = Counter(_reason_kind(r) for _, r in plan.skipped).most_common(3)
+        reasons = Counter(reason_kind(r) for _, r in plan.skipped).most_common(3)
         raise BrainpipeError(
             f"{index_path}: no recording can be cached ({', '.join(f'{c} {r}' for r, c in reasons) or 'empty index'})"
         )
@@ -611,7 +603,7 @@ def _label_counts(path: Path) -> dict[str, dict[str, int]]:
 
 def _check_labels(counts: dict[str, dict[str, int]], cfg: Config, partial: Path) -> None:
     """Fail when the task's classes came out empty (e.g. misparsed TUSZ annotations)."""
-    need = {"abnormal": TUAB_LABELS, "seizure": TUSZ_LABELS}.get(cfg.cache.task)
+    need = TASK_LABELS.get(cfg.cache.task)
     if need is None:
         return
     total = Counter()

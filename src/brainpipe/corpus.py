@@ -25,6 +25,9 @@ _MONTAGE_DIR = re.compile(r"^\d\d_tcp_(ar|le|ar_a)$")
 TUAB_SPLITS = ("train", "eval")
 TUAB_LABELS = ("normal", "abnormal")
 TUSZ_SPLITS = ("train", "dev", "eval")
+TUSZ_LABELS = ("bckg", "seiz")
+# cache.task -> the label names a cache of that task stores, in class-index order.
+TASK_LABELS = {"abnormal": TUAB_LABELS, "seizure": TUSZ_LABELS}
 # TUSZ labels every non-background event with a seizure type (fnsz, gnsz, cpsz, absz, ...);
 # anything not in this set counts as a seizure.
 BACKGROUND_LABELS = frozenset(

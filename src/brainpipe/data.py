@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from brainpipe.cachefile import STATUS_DONE, CacheReader, compute_windows
+from brainpipe.corpus import TUSZ_LABELS
 from brainpipe.errors import BrainpipeError
 
 
@@ -182,8 +183,6 @@ class EdfWindowDataset:
 # ---------------------------------------------------------------------------------------------
 # Windows from the cache
 # ---------------------------------------------------------------------------------------------
-
-TUSZ_LABELS = ("bckg", "seiz")
 
 
 def _open(cache: str | os.PathLike | CacheReader) -> CacheReader:

@@ -36,7 +36,7 @@ from brainpipe import __version__
 from brainpipe.config import Config
 from brainpipe.corpus import Event, Facts, layout_parser, merge_channel_events, parse_annotations
 from brainpipe.edf import ANNOTATION_LABELS, read_header
-from brainpipe.errors import BrainpipeError
+from brainpipe.errors import BrainpipeError, reason_kind
 from brainpipe.fsutil import atomic_output
 
 INDEX_FORMAT_VERSION = 1
@@ -421,7 +421,7 @@ class ScanResult:
 
     def line(self) -> str:
         idx = self.index
-        errs = Counter(_reason_kind(e["reason"]) for e in idx.errors)
+        errs = Counter(reason_kind(e["reason"]) for e in idx.errors)
         skipped = (
             f", skipped {sum(errs.values())} ({', '.join(f'{n} {k}' for k, n in errs.most_common())})"
             if errs
@@ -432,10 +432,6 @@ class ScanResult:
             f"indexed {len(idx)} recordings ({hours:.1f} h, {len(set(idx.subject.tolist()))} subjects) in "
             f"{self.seconds:.2f} s: {self.n_read} read, {self.n_reused} unchanged, {self.n_removed} removed{skipped}"
         )
-
-
-def _reason_kind(reason: str) -> str:
-    return reason.split(":", 1)[0].strip() if ":" in reason else reason
 
 
 # Files read serially before scan() decides whether threads would help, and the mean time a

@@ -56,6 +56,7 @@ import scipy.fft
 
 from brainpipe.errors import BrainpipeError
 from brainpipe.fsutil import atomic_output
+from brainpipe.preprocess import TCP_PAIRS
 
 MARKER = "synthetic_corpus.json"
 _MARKER_FORMAT = 1
@@ -131,13 +132,6 @@ _FOCI = (
     "O2",
 )
 
-# The 22-channel TCP montage, as named in TUSZ's per-channel `.csv` files.
-TCP_PAIRS = (
-    ("FP1", "F7"), ("F7", "T3"), ("T3", "T5"), ("T5", "O1"), ("FP2", "F8"), ("F8", "T4"),
-    ("T4", "T6"), ("T6", "O2"), ("A1", "T3"), ("T3", "C3"), ("C3", "CZ"), ("CZ", "C4"),
-    ("C4", "T4"), ("T4", "A2"), ("FP1", "F3"), ("F3", "C3"), ("C3", "P3"), ("P3", "O1"),
-    ("FP2", "F4"), ("F4", "C4"), ("C4", "P4"), ("P4", "O2"),
-)  # fmt: skip
 
 _SFREQS = (250, 256, 400, 512)
 _SFREQ_P = (0.5, 0.3, 0.1, 0.1)

@@ -52,8 +52,8 @@ import torch.nn.functional as F
 from brainpipe import __version__
 from brainpipe.cachefile import CacheReader
 from brainpipe.config import Config
+from brainpipe.corpus import TUSZ_LABELS
 from brainpipe.data import (
-    TUSZ_LABELS,
     BatchRing,
     CacheWindowDataset,
     RingBatchSampler,
