@@ -131,6 +131,20 @@ class Layout:
     attrs: dict[str, Any]
 
 
+def task_of(attrs: dict[str, Any], label_names: tuple[str, ...]) -> str:
+    """The task a cache serves ("abnormal", "seizure", or "" for an unlabelled/custom cache).
+
+    Caches record it in the `task` attribute; caches written before that attribute existed are
+    read by the one rule they were built under: the label names of a task.
+    """
+    task = str(attrs.get("task", ""))
+    if task:
+        return task
+    from brainpipe.corpus import TASK_LABELS
+
+    return next((t for t, names in TASK_LABELS.items() if tuple(label_names) == names), "")
+
+
 def create_layout(path: Path, layout: Layout) -> None:
     """Create the partial file: tables of the plan and a contiguous, pre-allocated /signals."""
     import h5py
@@ -346,6 +360,7 @@ class CacheReader:
             self.attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in a.items()}
             self.channels = tuple(json.loads(a["channels"]))
             self.label_names = tuple(json.loads(a["label_names"]))
+            self.task = task_of(self.attrs, self.label_names)
             self.sfreq = float(a["sfreq"])
             self.window_samples = int(a["window_samples"])
             self.stride_samples = int(a["stride_samples"])
