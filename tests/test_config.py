@@ -122,3 +122,37 @@ def test_hash_tracks_only_named_sections():
     c = load_config(None, ["preprocess.sfreq=100"])
     assert a.section_hash("preprocess") == b.section_hash("preprocess")
     assert a.section_hash("preprocess") != c.section_hash("preprocess")
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("preprocess.clip=0", "preprocess.clip"),  # would write an all-zero cache
+        ("preprocess.clip=-1", "preprocess.clip"),  # would write a constant cache
+        ("preprocess.crop_start_s=-5", "preprocess.crop_start_s"),
+        ("preprocess.l_freq=-0.5", "preprocess.l_freq"),
+        ("preprocess.max_duration_s=0", "preprocess.max_duration_s"),
+        ("preprocess.notch_freqs=[50, -60]", "preprocess.notch_freqs"),
+        ("train.lr=-1", "train.lr"),
+        ("train.lr=0", "train.lr"),
+        ("train.prefetch_factor=-1", "train.prefetch_factor"),
+        ("train.weight_decay=-0.1", "train.weight_decay"),
+        ("train.grad_clip=0", "train.grad_clip"),
+        ("train.max_steps_per_epoch=0", "train.max_steps_per_epoch"),
+        ("train.augment.channel_dropout=1.5", "train.augment.channel_dropout"),
+        ("window.label_overlap=0", "window.label_overlap"),
+        ("train.lr=NaN", "train.lr"),
+        ("preprocess.sfreq=Infinity", "preprocess.sfreq"),
+    ],
+)
+def test_every_numeric_key_is_range_checked_at_load_time(override, key):
+    with pytest.raises(BrainpipeError, match=f"'{key}'") as e:
+        load_config(None, [override])
+    assert "\n" not in str(e.value)
+
+
+def test_range_errors_say_the_allowed_range():
+    with pytest.raises(BrainpipeError, match=r"'train\.lr': -1\.0 .* must be > 0"):
+        load_config(None, ["train.lr=-1"])
+    with pytest.raises(BrainpipeError, match=r"must be in \[0, 1\)"):
+        load_config(None, ["train.val_fraction=1"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -217,7 +218,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise bad
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        # NaN compares false with every bound and inf passes "> 0": neither is a setting.
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
             raise bad
         return float(value)
     if tp is str:
@@ -323,15 +329,68 @@ def load_config(
     return cfg
 
 
+# Numeric keys and the range each must lie in: (low, high, low_inclusive, high_inclusive); None
+# means unbounded. Checked for every config before any work, so a bad value fails with the key's
+# name instead of an all-zero cache or a torch traceback hours later.
+_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "index.workers": (1, None, True, False),
+    "cache.workers": (1, None, True, False),
+    "preprocess.sfreq": (0, None, False, False),
+    "preprocess.l_freq": (0, None, False, False),
+    "preprocess.h_freq": (0, None, False, False),
+    "preprocess.notch_freqs": (0, None, False, False),
+    # clip=0 would write an all-zero cache and a negative clip a constant one.
+    "preprocess.clip": (0, None, False, False),
+    "preprocess.crop_start_s": (0, None, True, False),
+    "preprocess.max_duration_s": (0, None, False, False),
+    "window.seconds": (0, None, False, False),
+    "window.stride_seconds": (0, None, False, False),
+    "window.label_overlap": (0, 1, False, True),
+    "train.epochs": (1, None, True, False),
+    "train.batch_size": (1, None, True, False),
+    "train.lr": (0, None, False, False),
+    "train.weight_decay": (0, None, True, False),
+    "train.warmup_epochs": (0, None, True, False),
+    "train.grad_clip": (0, None, False, False),
+    "train.num_workers": (0, None, True, False),
+    "train.prefetch_factor": (1, None, True, False),
+    "train.val_fraction": (0, 1, True, False),
+    "train.max_steps_per_epoch": (1, None, True, False),
+    "train.augment.amplitude_scale": (0, 1, True, False),
+    "train.augment.channel_dropout": (0, 1, True, False),
+}
+
+
+def _range_text(lo: float | None, hi: float | None, lo_in: bool, hi_in: bool) -> str:
+    if hi is None:
+        return f"{'>=' if lo_in else '>'} {lo:g}"
+    return f"in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+
+
+def _check_ranges(cfg: Config) -> None:
+    for key, (lo, hi, lo_in, hi_in) in _RANGES.items():
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        for v in value if isinstance(value, tuple) else (value,):
+            if v is None:
+                continue
+            ok = (lo is None or (v >= lo if lo_in else v > lo)) and (
+                hi is None or (v <= hi if hi_in else v < hi)
+            )
+            if not ok:
+                raise BrainpipeError(
+                    f"config key {key!r}: {v!r} is not valid; it must be {_range_text(lo, hi, lo_in, hi_in)}"
+                )
+
+
 def _check_semantics(cfg: Config) -> None:
     def need(cond: bool, msg: str) -> None:
         if not cond:
             raise BrainpipeError(msg)
 
-    p, w, t = cfg.preprocess, cfg.window, cfg.train
-    need(cfg.index.workers >= 1, "config key 'index.workers' must be >= 1")
-    need(cfg.cache.workers >= 1, "config key 'cache.workers' must be >= 1")
-    need(p.sfreq > 0, "config key 'preprocess.sfreq' must be > 0")
+    _check_ranges(cfg)
+    p = cfg.preprocess
     if p.l_freq is not None and p.h_freq is not None:
         need(
             p.l_freq < p.h_freq, "config keys 'preprocess.l_freq' must be below 'preprocess.h_freq'"
@@ -342,23 +401,10 @@ def _check_semantics(cfg: Config) -> None:
             f"config key 'preprocess.h_freq'={p.h_freq} must be below Nyquist ({p.sfreq / 2} Hz at preprocess.sfreq={p.sfreq})",
         )
     need(
-        w.seconds > 0 and w.stride_seconds > 0,
-        "config keys 'window.seconds' and 'window.stride_seconds' must be > 0",
-    )
-    need(0 < w.label_overlap <= 1, "config key 'window.label_overlap' must be in (0, 1]")
-    need(0 <= t.val_fraction < 1, "config key 'train.val_fraction' must be in [0, 1)")
-    need(
-        t.epochs >= 1 and t.batch_size >= 1,
-        "config keys 'train.epochs' and 'train.batch_size' must be >= 1",
-    )
-    need(t.num_workers >= 0, "config key 'train.num_workers' must be >= 0")
-    need(
         len(p.channels) > 0 or p.montage == "meg",
         "config key 'preprocess.channels' must not be empty",
     )
     if cfg.corpus.filename_regex is not None:
-        import re
-
         try:
             re.compile(cfg.corpus.filename_regex)
         except re.error as e:
