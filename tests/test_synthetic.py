@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import mne
@@ -10,10 +11,12 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from brainpipe.config import STANDARD_1020
+from brainpipe.cli import main
+from brainpipe.config import STANDARD_1020, load_config
 from brainpipe.errors import BrainpipeError
+from brainpipe.index import Index, build_index
 from brainpipe.preprocess import TCP_PAIRS
-from brainpipe.synthetic import MARKER, make_corpus
+from brainpipe.synthetic import MARKER, CorpusSpec, make_corpus
 
 TUAB_PATH = re.compile(
     r"^edf/(train|eval)/(normal|abnormal)/01_tcp_ar/([a-z]{8})_s(\d{3})_t(\d{3})\.edf$"
@@ -257,21 +260,110 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
         make_corpus(tmp_path, "tuab", duration_s=(10, 5))
 
 
-def test_script_main(tmp_path, capsys):
-    path = Path(__file__).parents[1] / "scripts" / "make_synthetic_corpus.py"
-    spec = importlib.util.spec_from_file_location("make_synthetic_corpus", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_cli_synth(tmp_path, capsys):
     out = tmp_path / "c"
-    assert (
-        module.main(
-            ["--layout", "tuab", "--out", str(out), "--n-subjects", "4", "--duration", "2", "3"]
-        )
-        == 0
-    )
-    assert "wrote" in capsys.readouterr().out
+    argv = ["synth", "--layout", "tuab", "--out", str(out), "--n-subjects", "4"]
+    assert main([*argv, "--duration", "2", "3", "--sessions", "1", "1", "--sfreq", "128"]) == 0
+    assert "wrote 4 tuab recordings" in capsys.readouterr().out
+    for edf in out.rglob("*.edf"):
+        assert mne.io.read_raw_edf(edf, verbose="error").info["sfreq"] == 128
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x").write_text("")
-    assert module.main(["--layout", "tuab", "--out", str(tmp_path / "d")]) == 2
+    assert main(["synth", "--layout", "tuab", "--out", str(tmp_path / "d")]) != 0
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "error: " in err and "overwrite" in err and err.count("\n") == 1
+
+
+def test_script_is_the_cli(tmp_path):
+    script = Path(__file__).parents[1] / "scripts" / "make_synthetic_corpus.py"
+    argv = ["--layout", "tuab", "--out", str(tmp_path), "--n-subjects", "2", "--duration", "2", "2"]
+    done = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert len(list(tmp_path.rglob("*.edf"))) == 2
+
+
+# --- the spec ---------------------------------------------------------------------------------
+
+
+def test_a_spec_and_its_keywords_write_the_same_corpus(tmp_path):
+    kwargs = dict(n_subjects=3, seed=4, duration_s=(2, 3), sessions_per_subject=(1, 2))
+    a = make_corpus(tmp_path / "a", CorpusSpec("tusz", **kwargs))
+    b = make_corpus(tmp_path / "b", "tusz", **kwargs)
+    assert a.spec == b.spec and tree_bytes(a.root) == tree_bytes(b.root)
+    with pytest.raises(BrainpipeError, match="sfreq"):
+        CorpusSpec("meg", sfreq=0)
+    with pytest.raises(BrainpipeError, match="sessions_per_subject"):
+        CorpusSpec("tuab", sessions_per_subject=(2, 1))
+    assert CorpusSpec("meg").duration_s == (10.0, 30.0)
+    assert CorpusSpec("tuab").duration_s == (60.0, 180.0)
+
+
+# --- MEG subjects -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def meg(tmp_path_factory):
+    spec = CorpusSpec(
+        "meg", n_subjects=4, seed=11, duration_s=(20, 20), sessions_per_subject=(2, 2)
+    )
+    return make_corpus(tmp_path_factory.mktemp("meg"), spec)
+
+
+def alpha_signature(path: Path) -> np.ndarray:
+    """Per-sensor log of the 7-14 Hz share of 1-40 Hz power, after per-channel z-scoring."""
+    raw = mne.io.read_raw_fif(path, preload=True, verbose="error")
+    x = raw.get_data(picks="meg")
+    x = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
+    f, psd = scipy.signal.welch(x, fs=raw.info["sfreq"], nperseg=int(4 * raw.info["sfreq"]))
+    band = psd[:, (f >= 7) & (f < 14)].sum(1) / psd[:, (f >= 1) & (f < 40)].sum(1)
+    return np.log(band)
+
+
+def test_meg_sessions_of_one_subject_are_closer_than_other_subjects(meg):
+    features = {rec.path: alpha_signature(meg.root / rec.path) for rec in meg.recordings}
+    same, other = [], []
+    for a in meg.recordings:
+        for b in meg.recordings:
+            if a.path < b.path:
+                d = float(np.linalg.norm(features[a.path] - features[b.path]))
+                (same if a.subject == b.subject else other).append(d)
+    assert len(same) == 4 and len(other) == 24
+    assert max(same) < min(other)
+
+
+def test_meg_subjects_come_from_the_layout_in_the_index(meg, tmp_path):
+    expected = {rec.path: (rec.subject, f"ses-{rec.session:02d}") for rec in meg.recordings}
+    by_manifest = ["corpus.layout=generic", f"corpus.manifest={meg.root / 'manifest.csv'}"]
+    by_regex = [
+        "corpus.layout=generic",
+        r"corpus.filename_regex=(?P<subject>sub-\d+)_(?P<session>ses-\d+)_",
+    ]
+    for name, overrides in (("manifest", by_manifest), ("regex", by_regex)):
+        build_index(
+            meg.root, tmp_path / f"{name}.npz", load_config(None, overrides), progress=False
+        )
+        ix = Index.load(tmp_path / f"{name}.npz")
+        found = {
+            str(p): (str(s), str(ses))
+            for p, s, ses in zip(ix.path, ix.subject, ix.session, strict=True)
+        }
+        assert found == expected, name
+
+
+@pytest.mark.slow
+def test_a_long_meg_recording_is_written_without_holding_it_in_memory(tmp_path):
+    # 5 minutes of 313 channels at 1 kHz are 751 MB as one float64 array (how it was once written).
+    code = (
+        "import resource, sys; from brainpipe.synthetic import CorpusSpec, make_corpus; "
+        "make_corpus(sys.argv[1], CorpusSpec('meg', n_subjects=1, duration_s=(300, 300), "
+        "sessions_per_subject=(1, 1), sfreq=1000)); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    peak_mb = int(done.stdout.split()[-1]) / 1024
+    (fif,) = tmp_path.rglob("*.fif")
+    raw = mne.io.read_raw_fif(fif, verbose="error")
+    assert raw.n_times == 300_000 and len(raw.ch_names) == 313
+    assert peak_mb < 450, peak_mb

@@ -49,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-recordings", type=int, default=None, help="exact number of recordings")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--duration", type=float, nargs=2, metavar=("MIN_S", "MAX_S"), default=None)
+    p.add_argument(
+        "--sessions", type=int, nargs=2, metavar=("MIN", "MAX"), default=None,
+        help="sessions per subject (default 1 2)",
+    )  # fmt: skip
+    p.add_argument(
+        "--sfreq", type=float, default=None,
+        help="Hz of every recording (default: TUH's mix for EEG, 250 for MEG)",
+    )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
 
     p = sub.add_parser("index", help="scan raw recordings (headers only) into one index file")
@@ -119,16 +127,19 @@ def _kind(path: Path) -> str:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from brainpipe.synthetic import make_corpus
+    from brainpipe.synthetic import CorpusSpec, make_corpus
 
-    kwargs = {"seed": args.seed, "overwrite": args.overwrite}
-    if args.n_subjects is not None:
-        kwargs["n_subjects"] = args.n_subjects
-    if args.n_recordings is not None:
-        kwargs["n_recordings"] = args.n_recordings
-    if args.duration is not None:
-        kwargs["duration_s"] = tuple(args.duration)
-    summary = make_corpus(args.out, args.layout, **kwargs)
+    given = {
+        "n_subjects": args.n_subjects,
+        "n_recordings": args.n_recordings,
+        "duration_s": tuple(args.duration) if args.duration else None,
+        "sessions_per_subject": tuple(args.sessions) if args.sessions else None,
+        "sfreq": args.sfreq,
+    }
+    spec = CorpusSpec(
+        args.layout, seed=args.seed, **{k: v for k, v in given.items() if v is not None}
+    )
+    summary = make_corpus(args.out, spec, overwrite=args.overwrite)
     counts = ", ".join(
         f"{'/'.join(k) if isinstance(k, tuple) else k}={v}"
         for k, v in sorted(summary.counts.items())
