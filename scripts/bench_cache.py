@@ -74,7 +74,8 @@ def main() -> int:
 
     from brainpipe.cache import build_cache
     from brainpipe.config import STANDARD_1020, load_config
-    from brainpipe.index import Index, build_index
+    from brainpipe.index import build_index
+    from brainpipe.indexfile import Index
     from brainpipe.synthetic import make_corpus
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_cache_"))

@@ -16,7 +16,8 @@ from brainpipe.cachefile import FORMAT_VERSION, CacheReader, compute_windows
 from brainpipe.cli import main
 from brainpipe.config import load_config
 from brainpipe.errors import BrainpipeError
-from brainpipe.index import Index, build_index
+from brainpipe.index import build_index
+from brainpipe.indexfile import Index
 from brainpipe.synthetic import make_corpus
 
 SMOKE = Path(__file__).parents[1] / "configs" / "smoke.yaml"

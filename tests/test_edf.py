@@ -640,9 +640,9 @@ def test_import_is_light():
 # bad files: EdfError, one line, naming the file and the reason
 
 
-def _bad(path: Path, match: str) -> EdfError:
+def _bad(path: Path, match: str, memo: dict | None = None) -> EdfError:
     with pytest.raises(EdfError) as info:
-        read_header(path)
+        read_header(path, memo)
     msg = str(info.value)
     assert str(path) in msg, msg
     assert "\n" not in msg
@@ -726,66 +726,63 @@ def test_corrupt_signal_fields(tuh, field, i, value, reason):
 
 
 def test_memo_keeps_each_file_own_errors(files, tmp_path):
-    # Header blocks are converted once per process and reused by later files; a later file with
-    # a bad field must still fail, with its own name, and the same bytes must keep their meaning
-    # per field: "250.0" is a valid digital minimum but not a samples-per-record count.
+    # A scan shares one memo between its reads; a later file with a bad field must still fail,
+    # with its own name, and the same bytes must keep their meaning per field: "-250.0" is a
+    # valid digital minimum but not a samples-per-record count.
+    memo: dict = {}
     good = tmp_path / "good.edf"
     shutil.copyfile(files["edfio_tuh_250.edf"], good)
     ns = read_header(good).header_bytes // 256 - 1
     for i in range(ns):
         _patch_signal(good, "dmin", i, "-250.0")
-    assert read_header(good).digital_min == (-250,) * ns
-    assert read_header(good) == read_header(good)  # from the memo, equal to the first read
+    assert read_header(good, memo).digital_min == (-250,) * ns
+    assert read_header(good, memo) == read_header(good)  # memo hit, equal to a plain read
     bad = tmp_path / "bad.edf"
     shutil.copyfile(files["edfio_tuh_250.edf"], bad)
     for i in range(ns):
         _patch(bad, _signal_field_offset(ns, "samples", i), "-250.0", 8)
-    _bad(bad, "signal 0 ('EEG FP1-REF'): samples per record is '-250.0', not an integer")
+    _bad(bad, "signal 0 ('EEG FP1-REF'): samples per record is '-250.0', not an integer", memo)
     again = tmp_path / "again.edf"
     shutil.copyfile(good, again)
     _patch_signal(again, "pmin", 3, "abc")
-    _bad(again, "signal 3 ('EEG C4-REF'): physical minimum is 'abc', not a finite number")
+    _bad(again, "signal 3 ('EEG C4-REF'): physical minimum is 'abc', not a finite number", memo)
+    assert read_header(good, memo).digital_min == (-250,) * ns
 
 
 def test_memo_checks_labels_per_file(files, tmp_path):
-    # The checks on a header's numbers are kept with its blocks, but which signals they exempt
-    # (annotations) depends on each file's labels.
+    # Which signals the checks exempt (annotations) depends on each file's labels, also when
+    # the numbers were read before from another file with the same memo.
+    memo: dict = {}
     ann = tmp_path / "ann.edf"
     shutil.copyfile(files["edfio_tuh_250.edf"], ann)
     _patch_signal(ann, "label", 0, "EDF Annotations")
     _patch_signal(ann, "dmax", 0, "-32768")  # equal to its digital minimum
-    assert read_header(ann).digital_max[0] == -32768
+    assert read_header(ann, memo).digital_max[0] == -32768
     eeg = tmp_path / "eeg.edf"
     shutil.copyfile(ann, eeg)
     _patch(eeg, 256, "EEG FP1-REF", 16)
-    _bad(eeg, "signal 0 ('EEG FP1-REF'): digital minimum -32768 is not below digital maximum")
+    _bad(eeg, "signal 0 ('EEG FP1-REF'): digital minimum -32768 is not below digital maximum", memo)
 
 
 def test_memo_changes_no_header(files, tmp_path):
-    # Every header read with warm memos equals the same header read with empty ones, over a
-    # synthetic TUH tree (varying channel sets, rates, EDF and EDF+) and the files above.
+    # Every header read with one shared memo (in either order, and from threads) equals the same
+    # header read without one, over a synthetic TUH tree (varying channel sets, rates, EDF and
+    # EDF+) and the files above.
+    from concurrent.futures import ThreadPoolExecutor
+
     from brainpipe.synthetic import make_corpus
 
     make_corpus(tmp_path / "raw", "tuab", n_subjects=12, seed=5, duration_s=(10.0, 20.0))
     paths = sorted((tmp_path / "raw").rglob("*.edf")) + [
         p for p in files.values() if p.suffix in (".edf", ".bdf")
     ]
-    cold = []
-    for p in paths:
-        edf_module.clear_memos()
-        cold.append(read_header(p))
-    edf_module.clear_memos()
-    warm = [read_header(p) for p in reversed(paths)][::-1]
-    assert warm == cold
-    assert len(edf_module._BLOCKS_MEMO) < len(paths)  # the tree did repeat its blocks
-
-
-def test_memo_is_bounded():
-    memo = edf_module._Memo(max_bytes=40)
-    for k in range(10):
-        memo.put(b"%016d" % k, k)
-        assert memo.n_bytes <= 40 and len(memo) <= 2
-    assert memo == {b"%016d" % 8: 8, b"%016d" % 9: 9}
+    plain = [read_header(p) for p in paths]
+    memo: dict = {}
+    assert [read_header(p, memo) for p in paths] == plain
+    assert [read_header(p, memo) for p in reversed(paths)][::-1] == plain
+    shared: dict = {}
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(lambda p: read_header(p, shared), paths * 4)) == plain * 4
 
 
 def test_all_signals_empty(tuh):

@@ -14,7 +14,9 @@ from brainpipe.cli import main
 from brainpipe.config import load_config
 from brainpipe.data import EdfWindowDataset
 from brainpipe.errors import BrainpipeError
-from brainpipe.index import Index, build_index, scan
+from brainpipe.index import build_index, scan
+from brainpipe.indexfile import Index
+from brainpipe.reporting import scan_line
 
 EEG = ["FP1", "FP2", "F3", "F4", "C3", "C4", "O1", "O2"]
 
@@ -161,8 +163,8 @@ def test_bad_files_are_listed_and_the_scan_goes_on(tuab, tmp_path):
     assert set(reasons) == {f"zzzzzzz{k}_s001_t000.edf" for k in range(1, 5)}
     assert all("\n" not in r and r for r in reasons.values())
     assert reasons["zzzzzzz1_s001_t000.edf"] == "empty file: 0 bytes, not an EDF/BDF recording"
-    assert "1 empty file" in res.line()
-    assert "skipped 4" in res.line()
+    assert "1 empty file" in scan_line(res)
+    assert "skipped 4" in scan_line(res)
 
 
 def test_unreadable_directory_is_reported(tuab, tmp_path, monkeypatch):
@@ -435,12 +437,81 @@ def test_lazy_dataset_pickles_for_every_start_method(index_250, method):
     np.testing.assert_array_equal(got[1], ds[len(ds) - 1][0])
 
 
-def test_clear_caches_gives_a_fresh_start(tuab):
-    import brainpipe.edf as edf_mod
-    from brainpipe.index import _rates, clear_caches
-
+def test_scans_in_one_process_are_independent(tuab, tmp_path):
+    # Each scan owns its header memo: a file rewritten between two scans in one process is read
+    # afresh, with a bad field failing on its own reason.
     first = scan(tuab, CFG, progress=False).index
-    assert len(edf_mod._BLOCKS_MEMO) > 0 and _rates.cache_info().currsize > 0
-    clear_caches()
-    assert len(edf_mod._BLOCKS_MEMO) == 0 and _rates.cache_info().currsize == 0
     assert scan(tuab, CFG, progress=False).index.index_hash == first.index_hash
+    victim = next(tuab.rglob("aaaaaaaa*.edf"))
+    data = bytearray(victim.read_bytes())
+    ns = int(data[252:256])
+    o = 256 + (16 + 80 + 8 + 8 + 8 + 8 + 8 + 80) * ns  # samples per record of signal 0
+    data[o : o + 8] = b"-250.0  "
+    victim.write_bytes(bytes(data))
+    idx = scan(tuab, CFG, progress=False).index
+    assert len(idx) == 4
+    assert idx.errors == [
+        {
+            "path": str(victim.relative_to(tuab)),
+            "reason": "signal 0 ('EEG FP1-REF'): samples per record is '-250.0', not an integer",
+        }
+    ]
+
+
+OLD_INDEX = Path(__file__).parent / "data" / "index_v1.npz"
+
+
+def test_index_written_before_the_split_loads():
+    # tests/data/index_v1.npz was written by brainpipe before the format moved to indexfile.py
+    # (a TUSZ tree: two recordings, one seizure event, one empty file).
+    idx = Index.load(OLD_INDEX)
+    assert idx.meta["format_version"] == 1 and idx.index_hash == "8d19d94b0fe445d4"
+    assert idx.path.tolist() == [
+        "edf/dev/aaaaaajy/s003_2003/03_tcp_ar_a/aaaaaajy_s003_t001.edf",
+        "edf/train/aaaaaajz/s001_2004/02_tcp_le/aaaaaajz_s001_t000.edf",
+    ]
+    assert idx.sfreq.tolist() == [256.0, 250.0] and idx.n_samples.tolist() == [1024, 500]
+    assert idx.channels(0) == ("EEG FP1-REF", "EEG FP2-REF", "EEG C3-REF")
+    assert idx.channels(1) == ("EEG FP1-LE", "EEG O2-LE")
+    assert [(e.onset_s, e.offset_s, e.label) for e in idx.events(0)] == [(1.0, 2.5, "seiz")]
+    assert idx.events(1) == [] and idx.label.tolist() == ["seiz", "bckg"]
+    assert idx.errors == [
+        {
+            "path": "edf/train/aaaaaajz/s001_2004/02_tcp_le/aaaaaakz_s001_t000.edf",
+            "reason": "empty file: 0 bytes, not an EDF/BDF recording",
+        }
+    ]
+    # Its rows hash as they did when written (a cache built from it stays valid), also after an
+    # incremental merge re-derives the hash.
+    errors = [(e["path"], e["reason"]) for e in idx.errors]
+    assert Index.concat([idx], errors, idx.meta).index_hash == idx.index_hash
+    assert idx.take(np.array([1])).channels(0) == ("EEG FP1-LE", "EEG O2-LE")
+    assert idx.summary()["n_events"] == 1
+
+
+def test_cli_says_when_the_index_is_unchanged(tuab, tmp_path, capsys):
+    out = tmp_path / "index.npz"
+    argv = ["index", "--raw", str(tuab), "--index", str(out), "--set", "corpus.layout=tuab"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {out}"
+    before = out.stat().st_mtime_ns
+    os.utime(out, ns=(1, 1))  # any rewrite would change it
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == f"index unchanged: {out}" and "5 unchanged" in lines[0]
+    assert out.stat().st_mtime_ns == 1 and before != 1
+    next(tuab.rglob("aaaaaaaa*.edf")).unlink()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {out}"
+    assert len(Index.load(out)) == 4
+
+
+def test_cli_unwritable_output_fails_with_one_line(tuab, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    out = tmp_path / "a_file" / "index.npz"
+    argv = ["index", "--raw", str(tuab), "--index", str(out), "--set", "corpus.layout=tuab"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "cannot create output directory" in lines[0], lines
+    assert "wrote" not in captured.out and "unchanged" not in captured.out

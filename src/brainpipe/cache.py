@@ -361,7 +361,7 @@ def build_cache(
     progress: bool = True,
 ) -> BuildResult:
     """The `build-cache` stage; resumable, see the module docstring."""
-    from brainpipe.index import Index
+    from brainpipe.indexfile import Index
 
     t0 = time.perf_counter()
     cache_path = Path(cache_path)

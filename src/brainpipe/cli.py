@@ -156,10 +156,11 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise BrainpipeError(f"--workers {args.workers}: must be >= 1")
     from brainpipe.index import build_index
+    from brainpipe.reporting import index_output_line, scan_line
 
     result = build_index(args.raw, args.index, cfg, force=args.force, workers=args.workers)
-    print(result.line())
-    print(f"wrote {args.index}")
+    print(scan_line(result))
+    print(index_output_line(result, args.index))
     return 0
 
 
@@ -194,10 +195,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if _kind(path) == "index":
-        from brainpipe.index import Index, format_table
+        from brainpipe.indexfile import Index
+        from brainpipe.reporting import index_table
 
         summary = Index.load(path).summary()
-        print(json.dumps(summary) if args.json else format_table(summary))
+        print(json.dumps(summary) if args.json else index_table(summary))
         return 0
     from brainpipe.cachefile import CacheReader, format_cache_table
 

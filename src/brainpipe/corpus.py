@@ -92,7 +92,7 @@ def _find_montage(dirs: tuple[str, ...]) -> str:
 
 
 # A TUH tree has a few dozen directories per thousand files, so what a path's directories say
-# is worked out once per directory.
+# is worked out once per directory. Pure functions of the path: a bounded cache never goes stale.
 @functools.lru_cache(maxsize=4096)
 def _tuab_dir(head: str) -> dict[str, str]:
     dirs = _parts(head)
@@ -110,12 +110,6 @@ def _tusz_dir(head: str) -> dict[str, str]:
         "split": next((p for p in dirs if p in TUSZ_SPLITS), ""),
         "montage": _find_montage(dirs),
     }
-
-
-def clear_caches() -> None:
-    """Forget the directory facts worked out so far."""
-    _tuab_dir.cache_clear()
-    _tusz_dir.cache_clear()
 
 
 def _path_facts(relpath: str, dir_facts: Callable[[str], dict[str, str]]) -> Facts:

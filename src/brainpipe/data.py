@@ -75,7 +75,7 @@ class EdfWindowDataset:
         raw_root: str | os.PathLike | None = None,
         label_names: Sequence[str] | None = None,
     ):
-        from brainpipe.index import Index
+        from brainpipe.indexfile import Index
 
         if not isinstance(index, Index):
             index = Index.load(index)

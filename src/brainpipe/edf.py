@@ -7,7 +7,7 @@ Why hand-written: the `index` stage reads thousands of headers, often on network
 every open and read costs milliseconds, and must finish in under a second. mne needs ~1 s to
 import and `mne.io.read_raw_edf(preload=False)` ~1.6-2.2 ms per header (it also reads the
 annotations); `read_header` takes ~55 us on a 33-signal TUH-like file read alone (pyedflib: ~105
-us) and ~30 us per file over a corpus, whose repeated header blocks it converts once per process,
+us) and ~30 us per file over a corpus, whose repeated header blocks it converts once per scan,
 with one open, one `fstat` and two small reads. numpy is imported only by `read_signals`.
 
     h = read_header("aaaaaaaa_s001_t000.edf")
@@ -33,6 +33,10 @@ Policies where files in the wild break the spec (each one a decision, not an acc
 - A record duration of 0 is allowed only when every signal is an annotation signal.
 - EDF+D/BDF+D (discontinuous) records are read back to back; the gaps between them live in the
   annotations, which this module does not parse.
+
+Owns reading the EDF/BDF file format (headers and signal windows; nothing here writes EDF).
+Over 500 lines for a reason: the policies above, each with its one-line error, and the
+header memo are one parser that reads best in one place.
 """
 
 from __future__ import annotations
@@ -148,8 +152,12 @@ class EdfHeader:
 # header
 
 
-def read_header(path: str | os.PathLike) -> EdfHeader:
+def read_header(path: str | os.PathLike, memo: dict | None = None) -> EdfHeader:
     """Read and check the header of an EDF/EDF+/BDF/BDF+ file: one open, two reads, one fstat.
+
+    `memo`: a dict (start it empty) shared by the reads of one scan, threads included, so
+    header blocks that repeat across files are converted once; the headers are the same with
+    or without it.
 
     Raises EdfError (one line: the path and what is wrong) for anything that is not a readable
     EDF/BDF file whose size agrees with its header.
@@ -178,7 +186,7 @@ def read_header(path: str | os.PathLike) -> EdfHeader:
     finally:
         os.close(fd)
     h["mtime_ns"] = st.st_mtime_ns
-    return _parse_signals(signal_header, h, spath, size)
+    return _parse_signals(signal_header, h, spath, size, memo)
 
 
 def _read_exact(fd: int, n: int, path: str) -> bytes:
@@ -262,62 +270,63 @@ def _field_struct(width: int, ns: int) -> struct.Struct:
     return struct.Struct(f"{width}s" * ns)
 
 
-class _Memo(dict):
-    """Converted header pieces keyed by their raw bytes, shared by every header this process reads.
-
-    A corpus repeats its headers' per-signal blocks: one amplifier writes the same ranges, units,
-    filters and rates into thousands of files, and one montage the same labels (in a synthetic
-    2,717-file TUAB tree, 14 to 104 distinct blocks per field; labels repeat field by field).
-    Converting a block once per process instead of once per file took the signal-header parse
-    of that tree from ~70 us to ~10 us per file. Only successful conversions are stored, so a bad
-    field still raises with the message of the file that holds it. Bounded: cleared when full.
-    """
-
-    def __init__(self, max_bytes: int):
-        super().__init__()
-        self.max_bytes, self.n_bytes = max_bytes, 0
-
-    def put(self, key: bytes, value: Any) -> Any:
-        if self.n_bytes + len(key) > self.max_bytes:
-            self.clear()
-            self.n_bytes = 0
-        self.n_bytes += len(key)
-        self[key] = value
-        return value
+# Header memos: a plain dict a caller passes to every `read_header` of one scan.
+#
+# A corpus repeats its headers' per-signal blocks: one amplifier writes the same ranges, units,
+# filters and rates into thousands of files, and one montage the same labels (in a synthetic
+# 2,717-file TUAB tree, 14 to 104 distinct blocks per field; labels repeat label by label).
+# Converting a block once per scan instead of once per file took the signal-header parse of that
+# tree from ~70 us to ~10 us per file. The memo holds one dict per field, keyed by raw bytes: the
+# same bytes in two fields keep their own meaning ("256.0" is a valid digital minimum but not a
+# samples-per-record count). Only successful conversions are stored, so a bad field still
+# raises with the message of the file that holds it. Values are immutable and dict get/set are
+# atomic under the GIL, so the threads of one scan share one memo. Bounded: a field's dict is
+# emptied when its keys pass _MEMO_FIELD_BYTES.
+_MEMO_FIELD_BYTES = 8 << 20
+_LABELS, _ALL = -1, -2  # memo fields beside the eight blocks 0..7
 
 
-# One memo per block of the signal header after the labels (the same bytes in two blocks can
-# mean different things: "256.0" is a valid digital minimum but not a samples-per-record count),
-# one for single labels, and one for the eight blocks together with their checks (a corpus has
-# a few hundred such combinations: one lookup instead of eight, checks included).
-_BLOCK_MEMOS = tuple(_Memo(1 << 20) for _ in _SIGNAL_FIELDS[1:9])
-_LABEL_MEMO = _Memo(1 << 20)
-_BLOCKS_MEMO = _Memo(8 << 20)
+def _field_memo(memo: dict, field: int, key_bytes: int) -> dict:
+    d = memo.get(field)
+    if d is None:
+        d = memo.setdefault(field, {})
+    elif len(d) * key_bytes > _MEMO_FIELD_BYTES:  # a field's keys all have about this size
+        d.clear()
+    return d
 
 
-def clear_memos() -> None:
-    """Forget every header block converted so far (benchmarks and tests of a cold start)."""
-    for memo in (*_BLOCK_MEMOS, _LABEL_MEMO, _BLOCKS_MEMO):
-        memo.clear()
-        memo.n_bytes = 0
+def _memoized(memo: dict | None, field: int, raw: bytes, convert: Callable, *args: Any) -> Any:
+    """convert(*args), the value of `raw` in `field`, looked up in or stored into `memo`."""
+    if memo is None or len(raw) > _MEMO_FIELD_BYTES:
+        return convert(*args)
+    d = _field_memo(memo, field, len(raw))
+    v = d.get(raw)
+    if v is None:
+        v = d[raw] = convert(*args)
+    return v
 
 
-def _labels(block: bytes, ns: int) -> tuple[str, ...]:
+def _labels(block: bytes, ns: int, memo: dict | None) -> tuple[str, ...]:
     fields = _field_struct(16, ns).unpack(block)
-    memo = _LABEL_MEMO
+    if memo is None:
+        return _texts(fields, b"\x00" in block)
+    # Label by label: a corpus reorders and varies its channels far more than it varies the
+    # labels themselves (849 distinct label blocks in the tree above, of a few dozen labels).
+    d = _field_memo(memo, _LABELS, 16)
     try:
-        return tuple(map(memo.__getitem__, fields))
+        return tuple(map(d.__getitem__, fields))
     except KeyError:
-        # Per label, _text gives exactly what the block-wise _texts gives. get(), not `in`
-        # then [], because another thread may clear the memo between the two.
+        # Per label, _text gives exactly what the block-wise _texts gives.
         out = []
         for f in fields:
-            v = memo.get(f)
-            out.append(memo.put(f, _text(f)) if v is None else v)
+            v = d.get(f)
+            if v is None:
+                v = d[f] = _text(f)
+            out.append(v)
         return tuple(out)
 
 
-def _blocks(b: bytes, ns: int, labels: tuple[str, ...], path: str) -> tuple:
+def _blocks(b: bytes, ns: int, labels: tuple[str, ...], path: str, memo: dict | None) -> tuple:
     """The eight blocks after the labels as values, then whether their numbers pass the
     label-independent checks, then the samples in one data record."""
     blocks = []
@@ -325,22 +334,19 @@ def _blocks(b: bytes, ns: int, labels: tuple[str, ...], path: str) -> tuple:
     for k, w in enumerate(_SIGNAL_FIELDS[1:9]):
         block = b[o : o + w * ns]
         o += w * ns
-        v = _BLOCK_MEMOS[k].get(block)
-        if v is None:
-            v = _BLOCK_MEMOS[k].put(block, _convert_block(k, block, ns, labels, path))
-        blocks.append(v)
+        blocks.append(_memoized(memo, k, block, _convert_block, k, block, ns, labels, path))
     digital_min, digital_max, samples = blocks[4], blocks[5], blocks[7]
     ok = min(samples) >= 0 and not any(map(operator.ge, digital_min, digital_max))
     return (*blocks, ok, sum(samples))
 
 
-def _parse_signals(b: bytes, h: dict, path: str, size: int) -> EdfHeader:
+def _parse_signals(b: bytes, h: dict, path: str, size: int, memo: dict | None) -> EdfHeader:
     ns = h["ns"]
-    labels = _labels(b[: 16 * ns], ns)
-    rest = b[16 * ns : 224 * ns]  # up to the reserved fields, which nothing reads
-    v = _BLOCKS_MEMO.get(rest)
-    if v is None:
-        v = _BLOCKS_MEMO.put(rest, _blocks(rest, ns, labels, path))
+    labels = _labels(b[: 16 * ns], ns, memo)
+    # The eight blocks together with their checks: a corpus has a few hundred such combinations,
+    # so one lookup instead of eight. Up to the reserved fields, which nothing reads.
+    rest = b[16 * ns : 224 * ns]
+    v = _memoized(memo, _ALL, rest, _blocks, rest, ns, labels, path, memo)
     (
         transducer,
         units,
