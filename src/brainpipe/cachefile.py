@@ -240,7 +240,11 @@ class CacheWriter:
             self._fd = os.open(self.partial, os.O_WRONLY)
         except OSError as e:
             raise BrainpipeError(f"{self.partial}: cannot open for writing ({e.strerror})") from e
-        self._jf = open(self.journal, "a")  # noqa: SIM115 -- closed by __exit__ / finish
+        try:
+            self._jf = open(self.journal, "a")  # noqa: SIM115 -- closed by __exit__ / finish
+        except OSError as e:
+            self._close()
+            raise BrainpipeError(f"{self.journal}: cannot open for writing ({e.strerror})") from e
         return self
 
     def _resumable_rows(self) -> dict[int, str]:
