@@ -31,14 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainpipe.cachefile import (
-    STATUS_DONE,
-    CacheReader,
-    Layout,
-    create_layout,
-    finalize,
-    signals_offset,
-)
+from brainpipe.cachefile import CacheReader, CacheWriter, Layout
 from brainpipe.config import STANDARD_1020, Config
 
 BATCH = 256
@@ -80,28 +73,24 @@ def write_bench_cache(
         "offset_s": np.zeros(0),
         "label": np.zeros(0, str),
     }
-    layout = Layout(
-        tuple(channels), sfreq, "float16", recordings, events, ("normal", "abnormal"), {}
-    )
-    create_layout(path, layout)
-    offset, shape, dtype = signals_offset(path)
-    signals = np.memmap(path, dtype=dtype, mode="r+", offset=offset, shape=shape)
-    half = block.astype(np.float16)
-    for r in range(n_recordings):
-        signals[r * n_samples : (r + 1) * n_samples] = half
-    signals.flush()
-    del signals
     sections = ("preprocess", "window", "cache")
     config = {k: v for k, v in (cfg or Config()).to_dict().items() if k in sections}
-    finalize(
-        path,
-        np.full(n_recordings, STATUS_DONE, np.uint8),
-        [],
-        window,
-        window,
-        0.5,
-        {"config": json.dumps(config), "config_hash": "bench", "index_hash": "bench"},
+    attrs = {"config": json.dumps(config), "config_hash": "bench", "index_hash": "bench"}
+    layout = Layout(
+        tuple(channels),
+        sfreq,
+        "float16",
+        recordings,
+        events,
+        ("normal", "abnormal"),
+        attrs,
+        task="abnormal",
     )
+    half = block.astype(np.float16).tobytes()
+    with CacheWriter(path, layout, overwrite=True) as writer:
+        for r in range(n_recordings):
+            writer.write(r, half)
+        writer.finish(window, window, 0.5)
     return block
 
 

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from brainpipe.cache import build_cache, process_recording, verify_cache
-from brainpipe.cachefile import FORMAT_VERSION, CacheReader, compute_windows
+from brainpipe.cachefile import FORMAT_VERSION, CacheReader, CacheWriter, Layout, compute_windows
 from brainpipe.cli import main
 from brainpipe.config import load_config
 from brainpipe.errors import BrainpipeError
 from brainpipe.index import build_index
 from brainpipe.indexfile import Index
+from brainpipe.reporting import verify_text
 from brainpipe.synthetic import make_corpus
 
 SMOKE = Path(__file__).parents[1] / "configs" / "smoke.yaml"
@@ -84,7 +85,7 @@ def test_build_inspect_verify(tuab, tmp_path, capsys):
         assert attrs["index_hash"] == idx.index_hash and attrs["config_hash"]
         assert attrs["brainpipe_version"] and attrs["created"]
     rep = verify_cache(cache, n_windows=6)
-    assert rep.ok, rep.text()
+    assert rep.ok, verify_text(rep)
     assert rep.checked_windows == 6
     assert main(["inspect", str(cache), "--json"]) == 0
     js = json.loads(capsys.readouterr().out)
@@ -292,7 +293,7 @@ def test_tusz_window_labels_from_events(tmp_path):
     build_index(raw, tmp_path / "i.npz", cfg, progress=False)
     build_cache(tmp_path / "i.npz", tmp_path / "c.h5", cfg, progress=False)
     with CacheReader(tmp_path / "c.h5") as r:
-        assert r.label_names == ("bckg", "seiz")
+        assert r.label_names == ("bckg", "seiz") and r.attrs["task"] == r.task == "seizure"
         assert len(r.channels) == 22 and r.channels[0] == "FP1-F7"
         w, ev, rec = r.windows, r.events, r.recordings
         assert (w["label"] == 1).sum() > 0 and (w["label"] == 0).sum() > 0
@@ -366,18 +367,101 @@ def test_verify_detects_corruption(tuab, tmp_path):
     assert any("differs from the raw file" in p for p in rep.problems)
 
 
+def small_layout(lengths=(30, 50, 40), n_channels=3):
+    n = len(lengths)
+    recordings = {
+        "path": np.array([f"r{i}.edf" for i in range(n)]),
+        "subject": np.array([f"s{i // 2}" for i in range(n)]),
+        "session": np.array(["s001"] * n),
+        "split": np.array(["train"] * n),
+        "label": (np.arange(n) % 2).astype(np.int8),
+        "sfreq_orig": np.full(n, 100.0),
+        "length": np.array(lengths, np.int64),
+        "t0_s": np.zeros(n),
+        "mask": np.ones((n, n_channels), bool),
+    }
+    events = {
+        "recording": np.zeros(0, np.int64),
+        "onset_s": np.zeros(0),
+        "offset_s": np.zeros(0),
+        "label": np.zeros(0, str),
+    }
+    attrs = {"config_hash": "c", "index_hash": "i"}
+    channels = ("FP1", "FP2", "CZ")[:n_channels]
+    return Layout(
+        channels, 10.0, "float16", recordings, events, ("normal", "abnormal"), attrs, "abnormal"
+    )
+
+
+def signal_of(layout, row):
+    n, c = int(layout.recordings["length"][row]), len(layout.channels)
+    return np.arange(n * c, dtype=np.float32).reshape(n, c) / 100 + row
+
+
+def test_writer_crash_leaves_a_partial_that_resumes_to_the_same_file(tmp_path):
+    layout = small_layout()
+    with CacheWriter(tmp_path / "ref.h5", layout) as w:
+        w.write(0, signal_of(layout, 0))
+        w.skip(1, "unreadable: bad header")
+        w.write(2, signal_of(layout, 2))
+        done = w.finish(window=10, stride=5, label_overlap=0.5)
+    assert done.n_windows == 5 + 7 and done.counts == {"train": {"normal": 12}}
+    path = tmp_path / "c.h5"
+    with pytest.raises(RuntimeError), CacheWriter(path, layout) as w:
+        w.write(0, signal_of(layout, 0))
+        w.skip(1, "unreadable: bad header")
+        raise RuntimeError("killed")
+    assert not path.exists() and (tmp_path / "c.h5.partial").exists()
+    with CacheWriter(path, layout) as w:
+        assert w.done_rows == {0: "", 1: "unreadable: bad header"} and w.pending_rows() == [2]
+        w.write(2, signal_of(layout, 2))
+        w.finish(window=10, stride=5, label_overlap=0.5)
+    assert_same_cache(tmp_path / "ref.h5", path)
+    assert not (tmp_path / "c.h5.partial").exists() and not (tmp_path / "c.h5.journal").exists()
+    with CacheReader(path) as r:
+        assert r.task == "abnormal" and r.skipped == [
+            {"path": "r1.edf", "reason": "unreadable: bad header"}
+        ]
+        np.testing.assert_array_equal(r.read(30 + 50, 40), signal_of(layout, 2).astype(np.float16))
+    # a partial file of another plan is never resumed
+    with pytest.raises(RuntimeError), CacheWriter(path, layout) as w:
+        raise RuntimeError("killed")
+    with pytest.raises(BrainpipeError, match="unfinished build with a different config"):
+        CacheWriter(path, small_layout(lengths=(30, 50, 41))).__enter__()
+
+
 def test_short_writes_are_continued(tmp_path, monkeypatch):
     # pwrite may write less than asked (Linux caps one call at ~2 GiB): the rest must follow.
-    import brainpipe.cache as cache_mod
-
     real = os.pwrite
-    monkeypatch.setattr(cache_mod.os, "pwrite", lambda fd, b, off: real(fd, bytes(b[:7]), off))
-    path = tmp_path / "f"
-    path.write_bytes(b"\0" * 64)
-    data = bytes(range(50))
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        cache_mod._pwrite_all(fd, data, 10)
-    finally:
-        os.close(fd)
-    assert path.read_bytes() == b"\0" * 10 + data + b"\0" * 4
+    monkeypatch.setattr(os, "pwrite", lambda fd, b, off: real(fd, bytes(b[:7]), off))
+    layout = small_layout()
+    with CacheWriter(tmp_path / "c.h5", layout) as w:
+        for row in w.pending_rows():
+            w.write(row, signal_of(layout, row))
+        w.finish(window=10, stride=5, label_overlap=0.5)
+    monkeypatch.undo()
+    with CacheReader(tmp_path / "c.h5") as r:
+        for row, off in enumerate(r.recordings["offset"].tolist()):
+            n = int(r.recordings["length"][row])
+            np.testing.assert_array_equal(r.read(off, n), signal_of(layout, row).astype(np.float16))
+
+
+def test_cache_records_its_task_and_caches_without_it_still_read(tuab, tmp_path):
+    cache = tmp_path / "c.h5"
+    build_cache(tuab / "index.npz", cache, smoke(), workers=1, progress=False)
+    with h5py.File(cache, "r") as f:
+        assert f.attrs["task"] == "abnormal"
+    with CacheReader(cache) as r:
+        windows = r.windows["label"].copy()
+    # a cache written before the attribute existed: the task comes from its label names
+    with h5py.File(cache, "r+") as f:
+        del f.attrs["task"]
+    with CacheReader(cache) as r:
+        assert r.task == "abnormal"
+        np.testing.assert_array_equal(r.windows["label"], windows)
+    assert verify_cache(cache, n_windows=2).ok
+    none = build_cache(
+        tuab / "index.npz", tmp_path / "n.h5", smoke("cache.task=none"), workers=1, progress=False
+    )
+    with h5py.File(none.cache_path, "r") as f:
+        assert f.attrs["task"] == ""

@@ -15,15 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brainpipe.cachefile import (
-    STATUS_DONE,
-    STATUS_SKIPPED,
-    CacheReader,
-    Layout,
-    create_layout,
-    finalize,
-    signals_offset,
-)
+from brainpipe.cachefile import STATUS_DONE, STATUS_SKIPPED, CacheReader, CacheWriter, Layout
 from brainpipe.config import STANDARD_1020, Config, load_config
 from brainpipe.data import (
     BatchRing,
@@ -100,6 +92,11 @@ def make_cache(
         "offset_s": np.zeros(0),
         "label": np.zeros(0, str),
     }
+    from brainpipe.corpus import TASK_LABELS
+
+    config = {k: v for k, v in cfg.to_dict().items() if k in ("preprocess", "window", "cache")}
+    # The fixture's label names say which task it stands for; the writer records that task.
+    task = next((t for t, names in TASK_LABELS.items() if names == tuple(label_names)), "")
     layout = Layout(
         channels=tuple(STANDARD_1020[:n_channels]),
         sfreq=SFREQ,
@@ -107,31 +104,27 @@ def make_cache(
         recordings=recordings,
         events=events or no_events,
         label_names=label_names,
-        attrs={},
+        attrs={"config": json.dumps(config), "config_hash": "test", "index_hash": "test"},
+        task=task,
     )
-    create_layout(path, layout)
-    offset, shape, dtype = signals_offset(path)
-    signals = np.memmap(path, dtype=dtype, mode="r+", offset=offset, shape=shape)
-    t = np.arange(shape[0]) / SFREQ
+    status = np.full(n_rec, STATUS_DONE, np.uint8) if status is None else status
+    t = np.arange(int(lengths.sum())) / SFREQ
     pos = 0
-    for (_, _, lab, _), n in zip(rows, lengths.tolist(), strict=True):
-        x = rng.standard_normal((n, n_channels)).astype(np.float32)
-        if lab == 1:
-            x += 1.5 * np.sin(2 * np.pi * 6.0 * t[pos : pos + n])[:, None]
-        signals[pos : pos + n] = x
-        pos += n
-    signals.flush()
-    del signals
-    config = {k: v for k, v in cfg.to_dict().items() if k in ("preprocess", "window", "cache")}
-    finalize(
-        path,
-        np.full(n_rec, STATUS_DONE, np.uint8) if status is None else status,
-        [],
-        int(round(cfg.window.seconds * SFREQ)),
-        int(round(cfg.window.stride_seconds * SFREQ)),
-        cfg.window.label_overlap,
-        {"config": json.dumps(config), "config_hash": "test", "index_hash": "test"},
-    )
+    with CacheWriter(path, layout, overwrite=True) as writer:
+        for row, ((_, _, lab, _), n) in enumerate(zip(rows, lengths.tolist(), strict=True)):
+            x = rng.standard_normal((n, n_channels)).astype(np.float32)
+            if lab == 1:
+                x += 1.5 * np.sin(2 * np.pi * 6.0 * t[pos : pos + n])[:, None]
+            pos += n
+            if status[row] == STATUS_DONE:
+                writer.write(row, x)
+            else:
+                writer.skip(row, "unreadable: test")
+        writer.finish(
+            int(round(cfg.window.seconds * SFREQ)),
+            int(round(cfg.window.stride_seconds * SFREQ)),
+            cfg.window.label_overlap,
+        )
     return path
 
 

@@ -14,7 +14,8 @@ import scipy.signal
 from brainpipe.cli import main
 from brainpipe.config import STANDARD_1020, load_config
 from brainpipe.errors import BrainpipeError
-from brainpipe.index import Index, build_index
+from brainpipe.index import build_index
+from brainpipe.indexfile import Index
 from brainpipe.preprocess import TCP_PAIRS
 from brainpipe.synthetic import MARKER, CorpusSpec, make_corpus
 

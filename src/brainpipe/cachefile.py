@@ -13,15 +13,29 @@ See docs/cache-format.md for the layout with a literal example. In short:
     /skipped/*          path, reason
     attrs               format_version, complete, config (JSON), config_hash, index_hash, ...
 
-The build writes signal bytes straight into the dataset's reserved, contiguous storage and keeps
-HDF5's own metadata untouched until the end, so a killed build leaves a file that reopens. The
-`complete` attribute is written last; a reader refuses a file without it.
+Owns writing and reading: `CacheWriter` (the whole crash-safe write sequence: `<cache>.partial`,
+its journal, pwrite + fdatasync, finalize, repack, fsync, rename), `CacheReader`, the window table
+(`compute_windows`) both use, and the task rule (`task_of`). The build stage (cache.py) only plans,
+schedules workers and hands their results to the writer.
+
+The writer puts signal bytes straight into the dataset's reserved, contiguous storage and keeps
+HDF5's own metadata untouched until the end, so a killed build leaves a file that reopens and a
+journal saying which rows are written. The `complete` attribute is written last; a reader refuses
+a file without it. The `task` attribute records cache.task ("abnormal", "seizure", "" for none);
+`task_of` is the one rule that reads it (label names only for caches written before it).
+
+About 750 lines, over the ~500 guideline on purpose: writer and reader of one format side by side,
+sharing the constants and private helpers (string tables, the window table); splitting them
+would put the format's contract in two places again. Later crash-safety work (a lock on the
+partial file, a crash-safe finalize, disk full while finalizing, SIGTERM) belongs in CacheWriter.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from brainpipe.errors import BrainpipeError
+from brainpipe.fsutil import fsync_dir
 
 FORMAT_VERSION = 1
 STATUS_PENDING, STATUS_DONE, STATUS_SKIPPED = 0, 1, 2
@@ -129,6 +144,7 @@ class Layout:
     events: dict[str, np.ndarray]  # recording, onset_s, offset_s, label
     label_names: tuple[str, ...]
     attrs: dict[str, Any]
+    task: str = ""  # "abnormal", "seizure" or "" (cache.task none): the `task` attribute
 
 
 def task_of(attrs: dict[str, Any], label_names: tuple[str, ...]) -> str:
@@ -145,7 +161,232 @@ def task_of(attrs: dict[str, Any], label_names: tuple[str, ...]) -> str:
     return next((t for t, names in TASK_LABELS.items() if tuple(label_names) == names), "")
 
 
-def create_layout(path: Path, layout: Layout) -> None:
+def plan_hash(layout: Layout) -> str:
+    """Identifies the planned rows of a layout: a partial file resumes only under the same one."""
+    h = hashlib.sha256()
+    for k in ("path", "length"):
+        h.update(np.ascontiguousarray(layout.recordings[k]).tobytes())
+    h.update(json.dumps(list(layout.channels)).encode())
+    return h.hexdigest()[:16]
+
+
+# A partial file is resumed only when these attributes match the new build's.
+RESUME_KEYS = ("config_hash", "index_hash", "plan_hash")
+
+
+@dataclass(frozen=True)
+class Written:
+    """What `CacheWriter.finish` put under the final name."""
+
+    path: Path
+    n_windows: int
+    counts: dict[str, dict[str, int]]  # windows per split and label name
+    bytes: int
+
+
+class CacheWriter:
+    """Write one cache crash-safely: create or resume `<cache>.partial`, fill it, rename it.
+
+        with CacheWriter("cache.h5", layout) as writer:
+            for row in writer.pending_rows():
+                writer.write(row, x)          # (length, n_channels) array, or its bytes
+                # or: writer.skip(row, "unreadable: ...")
+            writer.finish(window=400, stride=200, label_overlap=0.5)
+
+    Entering creates `<cache>.partial` from `layout` (every table of the plan, a contiguous
+    /signals allocated up front) or, when one with the same RESUME_KEYS is there, resumes it:
+    the rows in `<cache>.journal` are `done_rows` and are not pending. `write` pwrites one
+    recording's rows at their reserved file offset and fdatasyncs; `write` and `skip` append
+    `row<TAB>reason` to the journal and fsync it. HDF5 metadata is untouched until `finish`, so
+    kill -9 at any moment leaves a partial file that reopens. `finish` writes the window, subject
+    and skipped tables and `complete`, optionally repacks compressed, fsyncs and renames to the
+    final name. On an exception the partial file and the journal stay for the next run to resume.
+    """
+
+    def __init__(self, path: str | os.PathLike, layout: Layout, *, overwrite: bool = False):
+        self.path = Path(path)
+        self.layout = layout
+        self.overwrite = overwrite
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.journal = self.path.with_name(self.path.name + ".journal")
+        self.plan_hash = plan_hash(layout)
+        lengths = layout.recordings["length"].astype(np.int64)
+        self._lengths = lengths
+        self._offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        self.status = np.full(len(lengths), STATUS_PENDING, np.uint8)
+        self.done_rows: dict[int, str] = {}  # from the journal: row -> "" (written) or skip reason
+        self.skipped: list[tuple[str, str]] = []  # (path, reason) of rows skipped while writing
+        self._fd: int | None = None
+        self._jf = None
+
+    # opening: create or resume ------------------------------------------------------------
+    def __enter__(self) -> CacheWriter:
+        self.done_rows = {} if self.overwrite else self._resumable_rows()
+        if not self.done_rows:
+            for p in (self.partial, self.journal):
+                p.unlink(missing_ok=True)
+            try:
+                _create(self.partial, self.layout, self.plan_hash)
+            except OSError as e:
+                self.partial.unlink(missing_ok=True)
+                raise BrainpipeError(f"{self.partial}: cannot create the cache ({e})") from e
+        for row, reason in self.done_rows.items():
+            self.status[row] = STATUS_SKIPPED if reason else STATUS_DONE
+            if reason:
+                self.skipped.append((str(self.layout.recordings["path"][row]), reason))
+        self._base, shape, dtype = _signals_offset(self.partial)
+        self._row_bytes = shape[1] * dtype.itemsize
+        try:
+            self._fd = os.open(self.partial, os.O_WRONLY)
+        except OSError as e:
+            raise BrainpipeError(f"{self.partial}: cannot open for writing ({e.strerror})") from e
+        try:
+            self._jf = open(self.journal, "a")  # noqa: SIM115 -- closed by __exit__ / finish
+        except OSError as e:
+            self._close()
+            raise BrainpipeError(f"{self.journal}: cannot open for writing ({e.strerror})") from e
+        return self
+
+    def _resumable_rows(self) -> dict[int, str]:
+        """The journal of a partial file this layout may resume, or {} to start over."""
+        if not self.partial.exists():
+            return {}
+        import h5py
+
+        try:
+            with h5py.File(self.partial, "r") as f:
+                stamp = {k: f.attrs.get(k) for k in RESUME_KEYS}
+        except OSError:
+            return {}  # unreadable (killed while being created): start over
+        want = {**{k: self.layout.attrs.get(k) for k in RESUME_KEYS}, "plan_hash": self.plan_hash}
+        if stamp != want:
+            raise BrainpipeError(
+                f"{self.partial}: an unfinished build with a different config or index is here; pass --force to discard it and rebuild"
+            )
+        return _read_journal(self.journal)
+
+    def __exit__(self, *exc) -> None:
+        self._close()  # on an exception, the partial file and journal stay for a resume
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._jf is not None:
+            self._jf.close()
+            self._jf = None
+
+    # rows ---------------------------------------------------------------------------------
+    @property
+    def resumed(self) -> int:
+        """Rows the journal of a resumed partial file already had."""
+        return len(self.done_rows)
+
+    @property
+    def n_written(self) -> int:
+        return int((self.status == STATUS_DONE).sum())
+
+    def pending_rows(self) -> list[int]:
+        return np.flatnonzero(self.status == STATUS_PENDING).tolist()
+
+    def write(self, row: int, x: np.ndarray | bytes) -> None:
+        """Store recording `row`: (length, n_channels) rows, or those rows' bytes in the dtype."""
+        data = x if isinstance(x, bytes) else np.ascontiguousarray(x, self.layout.dtype).tobytes()
+        want = int(self._lengths[row]) * self._row_bytes
+        if len(data) != want:
+            raise ValueError(f"row {row}: {len(data)} bytes given, the layout reserves {want}")
+        try:
+            _pwrite_all(self._fd, data, self._base + int(self._offsets[row]) * self._row_bytes)
+            os.fdatasync(self._fd)
+        except OSError as e:
+            raise BrainpipeError(
+                f"{self.partial}: cannot write ({e.strerror}); free space or choose another --cache path, then re-run to resume"
+            ) from e
+        self.status[row] = STATUS_DONE
+        self._journal(row, "")
+
+    def skip(self, row: int, reason: str) -> None:
+        """Leave recording `row` out; its reserved rows stay zeros no window points at."""
+        self.status[row] = STATUS_SKIPPED
+        self.skipped.append((str(self.layout.recordings["path"][row]), reason))
+        self._journal(row, reason)
+
+    def _journal(self, row: int, reason: str) -> None:
+        self._jf.write(f"{row}\t{reason}\n")
+        self._jf.flush()
+        os.fsync(self._jf.fileno())
+
+    # finishing ----------------------------------------------------------------------------
+    def finish(
+        self,
+        window: int,
+        stride: int,
+        label_overlap: float,
+        *,
+        skipped: list[tuple[str, str]] | tuple = (),
+        compression: str = "none",
+        check: Callable[[dict[str, dict[str, int]]], None] | None = None,
+    ) -> Written:
+        """Finalize the tables, `complete` last, then repack (compression), fsync, rename.
+
+        `skipped` are (path, reason) left out before writing (the plan's); the writer adds its
+        own. `check(counts)` sees the windows per split and label of the finalized partial file
+        and may raise to stop before the rename (the partial file then stays, finished).
+        """
+        pending = self.pending_rows()
+        if pending:
+            raise ValueError(f"rows {pending[:5]}... were neither written nor skipped")
+        self._close()
+        all_skipped = list(skipped) + self.skipped
+        n_windows = _finalize(self.partial, self.status, all_skipped, window, stride, label_overlap)
+        counts = _label_counts(self.partial)
+        if check is not None:
+            check(counts)
+        final_src = self.partial
+        if compression != "none":
+            final_src = self.path.with_name(self.path.name + ".packed")
+            _repack(self.partial, final_src, compression)
+        _fsync_file(final_src)
+        os.replace(final_src, self.path)
+        fsync_dir(self.path.parent)
+        for p in (self.partial, self.journal):
+            p.unlink(missing_ok=True)
+        return Written(self.path, n_windows, counts, self.path.stat().st_size)
+
+
+def _read_journal(journal: Path) -> dict[int, str]:
+    """Row -> "" (done) or skip reason; a torn last line (killed mid-append) is ignored."""
+    done: dict[int, str] = {}
+    if not journal.exists():
+        return done
+    for line in journal.read_text(errors="replace").splitlines():
+        row, sep, reason = line.partition("\t")
+        if not sep:
+            continue  # a line is complete only with its tab; the kill may have cut it
+        try:
+            done[int(row)] = reason
+        except ValueError:
+            continue
+    return done
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    # Linux writes at most ~2 GiB per call, and a long MEG recording is more than that.
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create(path: Path, layout: Layout, plan_hash: str) -> None:
     """Create the partial file: tables of the plan and a contiguous, pre-allocated /signals."""
     import h5py
 
@@ -159,7 +400,7 @@ def create_layout(path: Path, layout: Layout) -> None:
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
         dcpl.set_layout(h5py.h5d.CONTIGUOUS)
         # Early allocation gives the dataset its final file offset now, so the build can write
-        # rows with plain pwrite/memmap and never touch HDF5 metadata again until the end.
+        # rows with plain pwrite and never touch HDF5 metadata again until the end.
         dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
         dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
         h5py.h5d.create(
@@ -182,6 +423,8 @@ def create_layout(path: Path, layout: Layout) -> None:
         e.create_dataset("label", data=_str_array(layout.events["label"]))
         for k, v in layout.attrs.items():
             f.attrs[k] = v
+        f.attrs["plan_hash"] = plan_hash
+        f.attrs["task"] = layout.task
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["channels"] = json.dumps(list(layout.channels))
         f.attrs["sfreq"] = float(layout.sfreq)
@@ -190,8 +433,8 @@ def create_layout(path: Path, layout: Layout) -> None:
         f.attrs["complete"] = False
 
 
-def signals_offset(path: Path) -> tuple[int, tuple[int, int], np.dtype]:
-    """File offset, shape and dtype of a contiguous /signals (for memmap reads and writes)."""
+def _signals_offset(path: Path) -> tuple[int, tuple[int, int], np.dtype]:
+    """File offset, shape and dtype of a contiguous /signals (for pwrite)."""
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -202,16 +445,15 @@ def signals_offset(path: Path) -> tuple[int, tuple[int, int], np.dtype]:
         return int(off), tuple(d.shape), d.dtype
 
 
-def finalize(
+def _finalize(
     partial: Path,
     status: np.ndarray,
     skipped: list[tuple[str, str]],
     window: int,
     stride: int,
     label_overlap: float,
-    extra_attrs: dict[str, Any],
-) -> None:
-    """Write the window/subject tables and, last, `complete`."""
+) -> int:
+    """Write the window/subject/skipped tables and, last, `complete`; returns the window count."""
     import h5py
 
     with h5py.File(partial, "r+") as f:
@@ -229,20 +471,19 @@ def finalize(
         g = f["recordings"]
         g["status"][...] = status
         offsets, lengths = g["offset"][()], g["length"][()]
-        labels = g["label"][()]
         subjects = _decode(g["subject"][()])
-        sfreq = float(f.attrs["sfreq"])
         ev = f["events"]
-        tusz = json.loads(f.attrs["label_names"]) == ["bckg", "seiz"]
-        events = (ev["recording"][()], ev["onset_s"][()], ev["offset_s"][()]) if tusz else None
+        # Seizure caches label windows by their overlap with events, others by the recording.
+        seizure = task_of(dict(f.attrs), tuple(json.loads(f.attrs["label_names"]))) == "seizure"
+        events = (ev["recording"][()], ev["onset_s"][()], ev["offset_s"][()]) if seizure else None
         win = compute_windows(
             offsets,
             lengths,
             window,
             stride,
-            labels,
+            g["label"][()],
             events,
-            sfreq,
+            float(f.attrs["sfreq"]),
             g["t0_s"][()],
             label_overlap,
             keep=status == STATUS_DONE,
@@ -253,37 +494,58 @@ def finalize(
         w.create_dataset("recording", data=win["recording"])
         w.create_dataset("start", data=win["start"])
         w.create_dataset("label", data=win["label"])
-        # Recordings are laid out grouped by subject, so each subject's windows are one run.
-        names, first_rec = (
-            np.unique(subjects, return_index=True)
-            if len(subjects)
-            else (np.zeros(0, str), np.zeros(0, np.int64))
-        )
-        order = np.argsort(first_rec)
-        names, first_rec = names[order], first_rec[order]
-        n_recs = np.diff(np.concatenate([first_rec, [len(subjects)]]))
-        cum = np.concatenate([[0], np.cumsum(win["counts"])])
-        s = f.create_group("subjects")
-        s.create_dataset("name", data=_str_array(names))
-        s.create_dataset("first_recording", data=first_rec.astype(np.int64))
-        s.create_dataset("n_recordings", data=n_recs.astype(np.int64))
-        s.create_dataset("first_window", data=cum[first_rec].astype(np.int64))
-        s.create_dataset(
-            "n_windows", data=(cum[first_rec + n_recs] - cum[first_rec]).astype(np.int64)
-        )
+        _write_subjects(f, subjects, win["counts"])
         k = f.create_group("skipped")
         k.create_dataset("path", data=_str_array([p for p, _ in skipped]))
         k.create_dataset("reason", data=_str_array([r for _, r in skipped]))
         f.attrs["window_samples"] = int(window)
         f.attrs["stride_samples"] = int(stride)
         f.attrs["label_overlap"] = float(label_overlap)
-        for key, v in extra_attrs.items():
-            f.attrs[key] = v
+        f.attrs["n_skipped"] = len(skipped)
         f.attrs["complete"] = True
         f.flush()
+        return len(win["start"])
 
 
-def repack(src: Path, dst: Path, compression: str) -> None:
+def _write_subjects(f, subjects: np.ndarray, counts: np.ndarray) -> None:
+    # Recordings are laid out grouped by subject, so each subject's windows are one run.
+    names, first_rec = (
+        np.unique(subjects, return_index=True)
+        if len(subjects)
+        else (np.zeros(0, str), np.zeros(0, np.int64))
+    )
+    order = np.argsort(first_rec)
+    names, first_rec = names[order], first_rec[order]
+    n_recs = np.diff(np.concatenate([first_rec, [len(subjects)]]))
+    cum = np.concatenate([[0], np.cumsum(counts)])
+    s = f.create_group("subjects")
+    s.create_dataset("name", data=_str_array(names))
+    s.create_dataset("first_recording", data=first_rec.astype(np.int64))
+    s.create_dataset("n_recordings", data=n_recs.astype(np.int64))
+    s.create_dataset("first_window", data=cum[first_rec].astype(np.int64))
+    s.create_dataset("n_windows", data=(cum[first_rec + n_recs] - cum[first_rec]).astype(np.int64))
+
+
+def _label_counts(path: Path) -> dict[str, dict[str, int]]:
+    """Windows per split and label name of a finalized file."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        names = json.loads(f.attrs["label_names"])
+        split = _decode(f["recordings"]["split"][()])
+        rec, lab = f["windows"]["recording"][()], f["windows"]["label"][()]
+    out: dict[str, dict[str, int]] = {}
+    ws = split[rec] if len(rec) else np.zeros(0, str)
+    for s in sorted(set(ws.tolist())):
+        m = ws == s
+        out[s] = {
+            (names[int(v)] if 0 <= v < len(names) else "none"): int(c)
+            for v, c in zip(*np.unique(lab[m], return_counts=True), strict=True)
+        }
+    return out
+
+
+def _repack(src: Path, dst: Path, compression: str) -> None:
     """Copy a finished cache to `dst` with a chunked, compressed /signals (slower reads).
 
     A new file, because HDF5 never gives back the space of a deleted dataset.
@@ -319,7 +581,7 @@ def repack(src: Path, dst: Path, compression: str) -> None:
             if k != "complete":
                 fout.attrs[k] = v
         fout.attrs["compression"] = compression
-        fout.attrs["complete"] = True  # last, as in finalize
+        fout.attrs["complete"] = True  # last, as in _finalize
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,24 +753,3 @@ class CacheReader:
 
     def _label_name(self, v: int) -> str:
         return self.label_names[v] if 0 <= v < len(self.label_names) else "none"
-
-
-def format_cache_table(s: dict[str, Any]) -> str:
-    lines = [
-        f"cache {s['path']}  format v{s['format_version']}  {s['bytes'] / 1e6:.1f} MB  {s['dtype']}",
-        f"{s['n_recordings']} recordings, {s['n_subjects']} subjects, {s['hours']:.2f} h, {s['n_windows']} windows "
-        f"of {s['window_samples']} samples (stride {s['stride_samples']}) at {s['sfreq']:g} Hz",
-        f"channels ({len(s['channels'])}): {' '.join(s['channels'])}",
-        "",
-        f"{'split':<8} " + " ".join(f"{k:>10}" for k in sorted(s["labels"])),
-    ]
-    for split, counts in sorted(s["windows_by_split_label"].items()):
-        lines.append(
-            f"{split or '-':<8} " + " ".join(f"{counts.get(k, 0):>10}" for k in sorted(s["labels"]))
-        )
-    lines.append(f"skipped: {len(s['skipped'])}")
-    for e in s["skipped"][:20]:
-        lines.append(f"  {e['path']}: {e['reason']}")
-    if "verify" in s:
-        lines.append(s["verify"].get("text", ""))
-    return "\n".join(lines)

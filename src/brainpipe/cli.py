@@ -169,11 +169,12 @@ def cmd_build_cache(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise BrainpipeError(f"--workers {args.workers}: must be >= 1")
     from brainpipe.cache import build_cache
+    from brainpipe.reporting import build_summary_text
 
     result = build_cache(
         args.index, args.cache, cfg, workers=args.workers, force=args.force, raw_root=args.raw
     )
-    print(result.summary_text())
+    print(build_summary_text(result))
     return 0
 
 
@@ -201,23 +202,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         summary = Index.load(path).summary()
         print(json.dumps(summary) if args.json else index_table(summary))
         return 0
-    from brainpipe.cachefile import CacheReader, format_cache_table
+    from brainpipe.cachefile import CacheReader
+    from brainpipe.reporting import format_cache_table
 
     with CacheReader(path) as reader:
         summary = reader.summary()
     if args.verify:
         from brainpipe.cache import verify_cache
+        from brainpipe.reporting import verify_json
 
-        summary["verify"] = verify_cache(path).as_dict()
+        summary["verify"] = verify_json(verify_cache(path))
     print(json.dumps(summary) if args.json else format_cache_table(summary))
     return 0 if summary.get("verify", {}).get("ok", True) else 1
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from brainpipe.cache import verify_cache
+    from brainpipe.reporting import verify_text
 
     report = verify_cache(args.path, n_windows=args.n_windows, raw_root=args.raw, seed=args.seed)
-    print(report.text())
+    print(verify_text(report))
     return 0 if report.ok else 1
 
 
