@@ -134,6 +134,18 @@ def test_header_without_spaces_and_only_seizure_rows(tmp_path):
     ]
 
 
+@pytest.mark.parametrize(
+    "line",
+    ["# duration = 300.00 secs", "#duration=300.00 secs", "#  duration = 300.00 secs",
+     "# duration = 300.0000", "# DURATION = 300 secs"],
+)  # fmt: skip
+def test_duration_header_forms(tmp_path, line):
+    p = tmp_path / "a.csv_bi"
+    p.write_text(f"# version = csv_v1.0.0\n{line}\n#\n#\nchannel,start_time,stop_time,label\n")
+    ann = read_annotations(p)
+    assert (ann.duration_s, ann.events) == (300.0, ())
+
+
 def test_no_confidence_column(tmp_path):
     p = tmp_path / "a.csv_bi"
     p.write_text("channel,start_time,stop_time,label\nTERM,1.5,2.5,seiz\n")
