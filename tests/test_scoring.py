@@ -184,6 +184,11 @@ def test_epoch_counts_quarter_second_epochs():
     assert z["fa_per_24h"] == pytest.approx(8 * 0.25 / 10 * DAY)
     b = vars(s.labels["bckg"])
     assert counts(b) == (32, 24, 8, 0)  # NEDC prints no bckg false alarms ...
+    # NEDC's summary: both labels; its total false alarm rate counts fp of both (8 + 4 epochs)
+    assert (s.total.hits, s.total.misses, s.total.false_alarms) == (28, 12, 8)
+    assert s.total.fa_per_24h == pytest.approx(12 * 0.25 / 10 * DAY)
+    # its summary F1 divides by the last label's (bckg) precision + sensitivity, as NEDC does
+    assert s.total.f1 == pytest.approx(2 * 0.7 * 0.7 / (24 / 28 + 24 / 32))
     assert b["precision"] == pytest.approx(24 / 28)  # ... but its precision counts them
     assert b["fa_per_24h"] == pytest.approx(4 * 0.25 / 10 * DAY)
 
@@ -328,6 +333,7 @@ def test_score_json(trees, capsys):
     out = json.loads(capsys.readouterr().out)
     assert (out["method"], out["duration_s"], out["n_recordings"]) == ("nedc-ovlp", DAY, 2)
     assert out["unpaired_references"] == 1
+    assert out["total"]["false_alarms"] == 2 and out["total"]["targets"] == 2 + 4
     assert set(out["labels"]) == {"seiz", "bckg"}
     assert out["labels"]["seiz"] == {
         "targets": 2, "hits": 2, "misses": 0, "false_alarms": 2, "sensitivity": 1.0,
@@ -413,3 +419,21 @@ def test_score_reads_tse_references(tmp_path, capsys):
     )
     out = json.loads(capsys.readouterr().out)
     assert out["labels"]["seiz"]["hits"] == 0.5 and out["duration_s"] == 100.0
+
+
+def test_per_channel_references_merge_and_stray_csv_in_hypotheses_is_ignored(tmp_path, capsys):
+    ref, hyp = tmp_path / "ref", tmp_path / "hyp"
+    ref.mkdir()
+    (ref / "r1.csv").write_text(
+        "# duration = 100.00 secs\nchannel,start_time,stop_time,label,confidence\n"
+        "FP1-F7,10,20,fnsz,1\nF7-T3,15,30,fnsz,1\nF7-T3,60,70,fnsz,1\n"
+    )
+    write_hypothesis(hyp / "r1.csv_bi", [Event(25, 26, "seiz"), Event(80, 90, "seiz")], 100.0)
+    (hyp / "curve.csv").write_text("method,threshold\n")  # a previous run's --curve output
+    assert (
+        main(["score", "--ref", str(ref), "--hyp", str(hyp), "--method", "nedc-ovlp", "--json"])
+        == 0
+    )
+    seiz = json.loads(capsys.readouterr().out)["labels"]["seiz"]
+    # channels' union: [10, 30] and [60, 70]; hypotheses hit the first, miss the second, 1 FA
+    assert (seiz["targets"], seiz["hits"], seiz["misses"], seiz["false_alarms"]) == (2, 1, 1, 1)

@@ -51,16 +51,17 @@ function per rule, beside the SzCORE wrapper, the curve and the tree pairing the
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from brainpipe.annotations import Annotations, Event, read_annotations
+from brainpipe.annotations import Annotations, Event, merge_channel_events, read_annotations
 from brainpipe.errors import BrainpipeError
 from brainpipe.fsutil import atomic_output
 
@@ -70,8 +71,10 @@ NEDC_LABELS = (SEIZ, BCKG)  # NEDC's map order: per-label results print in it
 EPOCH_S = 0.25  # NEDC v6.0.0 params: epoch_duration
 OPERATING_POINTS = (1.0, 2.5, 5.0, 10.0)  # FA per 24 h
 DAY_S = 86400.0
-# Reference files, in order of preference when several sit beside one recording.
+# Reference files, in order of preference when several sit beside one recording; hypotheses
+# are term-based files only (a curve.csv left among them is not a recording).
 REF_SUFFIXES = (".csv_bi", ".tse_bi", ".tse", ".csv")
+HYP_SUFFIXES = (".csv_bi", ".tse_bi", ".tse")
 DURATION_TOLERANCE_S = 1.0
 
 
@@ -107,6 +110,9 @@ class Score:
     n_recordings: int
     labels: dict[str, LabelScore]
     recordings: tuple[RecordingScore, ...]
+    # NEDC's "Summary" block: every label summed (its "Total False Alarm Rate" is this
+    # fa_per_24h, seiz and bckg false alarms together); None for SzCORE
+    total: LabelScore | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The `--json` object; NaN becomes null."""
@@ -340,7 +346,16 @@ def score(
         per_rec.append(RecordingScore(name, ref[-1][1], s.hits, s.misses, s.false_alarms))
     unit = EPOCH_S if method == "nedc-epoch" else 1.0
     labels = {lab: _rates(totals[lab], total_s, unit) for lab in NEDC_LABELS}
-    return Score(method, total_s, len(pairs), labels, tuple(per_rec))
+    both = _Counts()
+    for lab in NEDC_LABELS:
+        both.add(totals[lab])
+    total = _rates(both, total_s, unit)
+    # NEDC's summary F1 divides by the last label's precision + sensitivity, not its own
+    last = labels[NEDC_LABELS[-1]]
+    denom = last.precision + last.sensitivity
+    f1 = 2 * total.precision * total.sensitivity / denom if round(denom, 10) else 0.0
+    total = dataclasses.replace(total, f1=f1)
+    return Score(method, total_s, len(pairs), labels, tuple(per_rec), total)
 
 
 def _szcore(pairs: list, names: list[str]) -> Score:
@@ -389,14 +404,14 @@ class Pairs:
     hyps: list[np.ndarray]  # onset_s, offset_s, confidence
     durations_s: list[float]
     unpaired_refs: int = 0
-    unknown_labels: tuple[str, ...] = field(default=())
+    unknown_labels: tuple[str, ...] = ()
 
 
-def _tree(root: Path) -> dict[str, Path]:
-    """Recording name (file stem) -> its annotation file, preferring REF_SUFFIXES' order."""
+def _tree(root: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """Recording name (file stem) -> its annotation file, preferring `suffixes`' order."""
     if not root.is_dir():
         raise BrainpipeError(f"{root}: not a directory of annotation files")
-    rank = {s: i for i, s in enumerate(REF_SUFFIXES)}
+    rank = {s: i for i, s in enumerate(suffixes)}
     found: dict[str, Path] = {}
     for p in sorted(root.rglob("*")):
         suffix = p.suffix.lower()
@@ -417,8 +432,6 @@ def _tree(root: Path) -> dict[str, Path]:
 def _read(path: Path) -> Annotations:
     ann = read_annotations(path)
     if path.suffix.lower() == ".csv":  # per channel: the union over channels is the term event
-        from brainpipe.annotations import merge_channel_events
-
         conf = max((e.confidence for e in ann.events), default=1.0)
         merged = [
             Event(e.onset_s, e.offset_s, e.label, "TERM", conf)
@@ -442,14 +455,14 @@ def reference_tree(ref: str | Path) -> dict[str, Path]:
             f"{ref}: reference events from a cache are not read yet; pass the directory of "
             "reference annotation files (e.g. TUSZ's edf/eval)"
         )
-    return _tree(ref)
+    return _tree(ref, REF_SUFFIXES)
 
 
 def load_pairs(ref: str | Path, hyp: str | Path) -> Pairs:
     """Read both trees and pair every hypothesis with its reference by recording name."""
-    refs, hyps = reference_tree(ref), _tree(Path(hyp))
+    refs, hyps = reference_tree(ref), _tree(Path(hyp), HYP_SUFFIXES)
     if not hyps:
-        raise BrainpipeError(f"{hyp}: no hypothesis annotation files ({', '.join(REF_SUFFIXES)})")
+        raise BrainpipeError(f"{hyp}: no hypothesis annotation files ({', '.join(HYP_SUFFIXES)})")
     missing = sorted(set(hyps) - set(refs))
     if missing:
         raise BrainpipeError(
@@ -646,7 +659,8 @@ def format_report(results: Sequence[dict[str, Any]]) -> str:
             "fa_per_24h",
         ]
         out.append("  label " + " ".join(f"{c:>12}" for c in cols))
-        for lab, v in r["labels"].items():
+        rows = [*r["labels"].items(), *([("total", r["total"])] if r.get("total") else [])]
+        for lab, v in rows:
             out.append(f"  {lab:<5} " + " ".join(f"{_fmt(v[c]):>12}" for c in cols))
         for p in r.get("operating_points", []):
             mark = " (beyond the curve)" if p["beyond_curve"] else ""
