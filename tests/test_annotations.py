@@ -146,6 +146,12 @@ def test_duration_header_forms(tmp_path, line):
     assert (ann.duration_s, ann.events) == (300.0, ())
 
 
+def test_quoted_fields_from_a_spreadsheet(tmp_path):
+    p = tmp_path / "a.csv_bi"
+    p.write_text('"channel","start_time","stop_time","label"\n"TERM","1.5"," 2.5 ","seiz"\r\n')
+    assert read_annotations(p).events == (Event(1.5, 2.5, "seiz"),)
+
+
 def test_no_confidence_column(tmp_path):
     p = tmp_path / "a.csv_bi"
     p.write_text("channel,start_time,stop_time,label\nTERM,1.5,2.5,seiz\n")

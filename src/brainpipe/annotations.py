@@ -166,7 +166,14 @@ def merge_channel_events(events: list[Event]) -> list[Event]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _unquote(field: str) -> str:
+    # TUH never quotes, but a file re-saved by a spreadsheet does
+    field = field.strip()
+    return field[1:-1].strip() if len(field) > 1 and field[0] == field[-1] == '"' else field
+
+
 def _number(p: Path, lineno: int, what: str, field: str) -> float:
+    field = _unquote(field)
     try:
         v = float(field)
     except ValueError:
@@ -186,13 +193,13 @@ def _show(field: str) -> str:
 def _event(
     p: Path, lineno: int, on: str, off: str, label: str, channel: str, conf: str | None
 ) -> Event:
-    label = label.strip().lower()
+    label = _unquote(label).lower()
     if not _LABEL.fullmatch(label):
         raise BrainpipeError(
             f"{p}: row {lineno}: label {_show(label)} is not a label name (expected e.g. seiz, "
             f"bckg, fnsz); check the header's column order against the rows"
         )
-    channel = channel.strip()
+    channel = _unquote(channel)
     if not _CHANNEL.fullmatch(channel):
         raise BrainpipeError(f"{p}: row {lineno}: channel {_show(channel)} is not a channel name")
     onset = _number(p, lineno, "start time", on)
@@ -228,7 +235,7 @@ def _csv_rows(p: Path, lines: list[str]) -> tuple[list[Event], float | None]:
         # overlong field into an exception that aborted a whole index.
         fields = line.split(",")
         if header is None:
-            header = [h.strip().lower() for h in fields]
+            header = [_unquote(h).lower() for h in fields]
             missing = [c for c in _CSV_COLUMNS[1:4] if c not in header]
             if missing:
                 raise BrainpipeError(
