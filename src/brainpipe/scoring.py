@@ -41,8 +41,9 @@ Operating points (`--sweep`): hypothesis events are kept when their confidence i
 the threshold runs over the confidences present (at most `max_thresholds` quantiles) and above
 the largest (no events: 0 FA, 0 sensitivity). Sensitivity at a target FA/24h is read off the
 curve's upper envelope (the best sensitivity at or below each FA rate), linearly interpolated in
-FA/24h between the curve's points; a target beyond the largest FA reached takes the last value
-and is marked `"beyond_curve": true`.
+FA/24h between the curve's points; a target beyond the largest FA reached takes the best
+sensitivity of the whole curve (exact: no threshold needs more false alarms) and is marked
+`"beyond_curve": true`.
 
 Longer than ~500 lines because the three NEDC rule sets are reproduced in full, one commented
 function per rule, beside the SzCORE wrapper, the curve and the tree pairing they all share.
@@ -663,7 +664,7 @@ def format_report(results: Sequence[dict[str, Any]]) -> str:
         for lab, v in rows:
             out.append(f"  {lab:<5} " + " ".join(f"{_fmt(v[c]):>12}" for c in cols))
         for p in r.get("operating_points", []):
-            mark = " (beyond the curve)" if p["beyond_curve"] else ""
+            mark = " (no threshold reaches this FA rate)" if p["beyond_curve"] else ""
             out.append(
                 f"  sensitivity at {p['fa_per_24h']:g} FA/24h: {_fmt(p['sensitivity'])}{mark}"
             )
