@@ -356,3 +356,40 @@ def test_hypothesis_clips_overlaps_and_refuses_bad_values(tmp_path):
         format_hypothesis([], 0.0)
     with pytest.raises(BrainpipeError, match="confidence outside"):
         format_hypothesis([Event(1, 2, "seiz", confidence=float("nan"))], 10.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0, 500, allow_nan=False),
+            st.floats(0.01, 100, allow_nan=False),
+            st.floats(0, 1, allow_nan=False),
+        ),
+        max_size=8,
+    ),
+    st.floats(1, 600, allow_nan=False),
+)
+def test_hypothesis_round_trip_property(tmp_path_factory, spans, duration):
+    # whatever the detector hands over, the file reads back as disjoint events inside the
+    # recording, at the 4 decimals TUSZ writes
+    events = [Event(on, on + length, "seiz", confidence=c) for on, length, c in spans]
+    p = write_hypothesis(tmp_path_factory.mktemp("w") / "r.csv_bi", events, duration)
+    ann = read_annotations(p)
+    assert ann.duration_s == pytest.approx(duration, abs=1e-4) and ann.n_clipped == 0
+    back = [(e.onset_s, e.offset_s) for e in ann.events]
+    assert all(a < b for a, b in back) and back == sorted(back)
+    assert all(b1 <= a2 for (_, b1), (a2, _) in zip(back, back[1:], strict=False))
+    covered = sum(b - a for a, b in back)
+    union = sum(b - a for a, b in _union([(e.onset_s, min(e.offset_s, duration)) for e in events]))
+    assert covered == pytest.approx(union, abs=1e-3 * (len(events) + 1))
+
+
+def _union(spans):
+    out = []
+    for a, b in sorted(s for s in spans if s[1] > s[0]):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
