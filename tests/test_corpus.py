@@ -5,8 +5,6 @@ from hypothesis import strategies as st
 from brainpipe.corpus import (
     Facts,
     GenericLayout,
-    merge_channel_events,
-    parse_annotations,
     parse_tuab_path,
     parse_tusz_path,
     read_manifest,
@@ -79,56 +77,6 @@ def test_manifest(tmp_path):
     bad.write_text("file,subject\n")
     with pytest.raises(BrainpipeError, match="'path' column"):
         read_manifest(bad)
-
-
-CSV_BI = """# version = csv_v1.0.0
-# bname = aaaaaaac_s001_t000
-# duration = 301.00 secs
-# montage_file = $NEDC_NFC/lib/nedc_eas_default_montage.txt
-#
-channel,start_time,stop_time,label,confidence
-TERM,0.0000,42.2786,bckg,1.0000
-TERM,42.2786,81.7760,seiz,1.0000
-TERM,81.7760,301.0000,bckg,1.0000
-"""
-
-
-def test_csv_bi(tmp_path):
-    p = tmp_path / "a.csv_bi"
-    p.write_text(CSV_BI)
-    (ev,) = parse_annotations(p)
-    assert (ev.onset_s, ev.offset_s, ev.label, ev.channel) == (42.2786, 81.776, "seiz", "TERM")
-
-
-def test_columns_found_by_name_not_position(tmp_path):
-    # a file whose columns are reordered and whose header lines differ still parses right
-    p = tmp_path / "b.csv_bi"
-    p.write_text(
-        "#version=csv_v1.0.0\n# annotation_label_file = x\n\nlabel,confidence,channel,stop_time,start_time\nfnsz,1.0,TERM,20.5,10.0\n"
-    )
-    (ev,) = parse_annotations(p)
-    assert (ev.onset_s, ev.offset_s, ev.label) == (10.0, 20.5, "fnsz")
-
-
-def test_missing_columns_is_an_error_not_an_empty_list(tmp_path):
-    p = tmp_path / "c.csv_bi"
-    p.write_text("# header\nchannel,begin,end,label\nTERM,1,2,seiz\n")
-    with pytest.raises(BrainpipeError, match="start_time"):
-        parse_annotations(p)
-    q = tmp_path / "d.csv_bi"
-    q.write_text("channel,start_time,stop_time,label\nTERM,x,2,seiz\n")
-    with pytest.raises(BrainpipeError, match="row 2"):
-        parse_annotations(q)
-
-
-def test_per_channel_events_merge_to_terms(tmp_path):
-    p = tmp_path / "a.csv"
-    p.write_text(
-        "# v\nchannel,start_time,stop_time,label,confidence\n"
-        "FP1-F7,0,10,bckg,1\nFP1-F7,10,20,seiz,1\nF7-T3,15,25,seiz,1\nF7-T3,40,45,gnsz,1\n"
-    )
-    merged = merge_channel_events(parse_annotations(p))
-    assert [(e.onset_s, e.offset_s) for e in merged] == [(10, 25), (40, 45)]
 
 
 @given(st.text(max_size=80))

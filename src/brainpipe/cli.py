@@ -5,6 +5,7 @@
     brainpipe build-cache --index data/index.npz --cache data/cache.h5 --config configs/smoke.yaml
     brainpipe train --cache data/cache.h5 --run-dir runs/smoke --config configs/smoke.yaml
     brainpipe inspect data/index.npz --json
+    brainpipe score --ref tusz/edf/eval --hyp runs/x/hyp --method nedc-ovlp --json
 
 Stage modules are imported inside their command so `brainpipe index` never pays for torch or mne.
 """
@@ -102,6 +103,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--raw", metavar="DIR", help="raw root, when it moved since indexing")
     p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser(
+        "score", help="score hypothesis seizure events against references (NEDC, SzCORE)"
+    )
+    p.add_argument("--ref", required=True, metavar="DIR", help="reference annotation tree")
+    p.add_argument("--hyp", required=True, metavar="DIR", help="hypothesis .csv_bi tree")
+    p.add_argument(
+        "--method",
+        action="append",
+        metavar="METHOD",
+        help="nedc-ovlp, nedc-taes, nedc-epoch or szcore (repeatable; default: all four)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object (an array for several methods)"
+    )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="vary the confidence threshold: sensitivity at 1, 2.5, 5, 10 FA/24h",
+    )
+    p.add_argument("--curve", metavar="FILE.csv", help="write the sweep's curve (implies --sweep)")
+    p.add_argument("--plot", metavar="FILE.png", help="plot the sweep's curve (implies --sweep)")
     return ap
 
 
@@ -225,6 +248,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    from brainpipe.scoring import METHODS, format_report, results_json, score_trees
+
+    results = score_trees(
+        args.ref, args.hyp, args.method or METHODS, args.sweep, args.curve, args.plot
+    )
+    print(results_json(results) if args.json else format_report(results))
+    return 0
+
+
 COMMANDS = {
     "synth": cmd_synth,
     "index": cmd_index,
@@ -232,6 +265,7 @@ COMMANDS = {
     "train": cmd_train,
     "inspect": cmd_inspect,
     "verify": cmd_verify,
+    "score": cmd_score,
 }
 
 

@@ -1,11 +1,12 @@
-"""Corpus facts from paths and annotation files: TUAB, TUSZ and generic trees.
+"""Corpus facts from paths: TUAB, TUSZ and generic trees.
 
-Pure functions over relative paths and small text files, so the layouts are tested against literal
-TUH paths. Nothing here opens a recording.
+Pure functions over relative paths (and a manifest CSV), so the layouts are tested against
+literal TUH paths. Nothing here opens a recording; annotation files are `annotations.py`'s.
 
 TUAB: edf/{train,eval}/{normal,abnormal}/01_tcp_ar/<subject>_s<session>_t<token>.edf
 TUSZ: edf/{train,dev,eval}/<subject>/s<session>_<year>/<montage>/<subject>_s<session>_t<token>.edf
-      with <stem>.csv_bi (term-based) and <stem>.csv (per channel) seizure annotations beside it.
+      with <stem>.csv_bi (term-based) and <stem>.csv (per channel) seizure annotations beside it
+      (read by brainpipe.annotations).
 """
 
 from __future__ import annotations
@@ -28,11 +29,6 @@ TUSZ_SPLITS = ("train", "dev", "eval")
 TUSZ_LABELS = ("bckg", "seiz")
 # cache.task -> the label names a cache of that task stores, in class-index order.
 TASK_LABELS = {"abnormal": TUAB_LABELS, "seizure": TUSZ_LABELS}
-# TUSZ labels every non-background event with a seizure type (fnsz, gnsz, cpsz, absz, ...);
-# anything not in this set counts as a seizure.
-BACKGROUND_LABELS = frozenset(
-    {"bckg", "null", "artf", "eyem", "chew", "shiv", "musc", "elpp", "elec"}
-)
 
 
 _EEG_PREFIX = re.compile(r"^EEG\s+")
@@ -60,14 +56,6 @@ class Facts:
     session: str = ""
     token: str = ""
     montage: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    onset_s: float
-    offset_s: float
-    label: str
-    channel: str = "TERM"
 
 
 def _parts(relpath: str) -> tuple[str, ...]:
@@ -179,60 +167,3 @@ def layout_parser(layout: str, filename_regex: str | None = None, manifest: str 
     if layout == "tusz":
         return parse_tusz_path
     return GenericLayout(filename_regex, read_manifest(manifest) if manifest else None)
-
-
-def parse_annotations(path: str | Path) -> list[Event]:
-    """Events from a TUSZ v2 `.csv_bi`/`.csv` file, by column name.
-
-    Header lines start with `#` and vary between releases, so columns are found by name
-    (channel, start_time, stop_time, label); a file without them is an error, never a silent
-    empty list — a misparsed column once produced a 254 GB TUSZ cache with no seizures.
-    Background rows are dropped; per-channel rows are kept with their channel.
-    """
-    p = Path(path)
-    try:
-        lines = [
-            ln
-            for ln in p.read_text(errors="replace").splitlines()
-            if ln.strip() and not ln.lstrip().startswith("#")
-        ]
-    except OSError as e:
-        raise BrainpipeError(f"{p}: cannot read annotations ({e.strerror})") from e
-    if not lines:
-        raise BrainpipeError(f"{p}: annotation file has no header row")
-    rows = csv.reader(lines)
-    header = [h.strip().lower() for h in next(rows)]
-    need = ("start_time", "stop_time", "label")
-    missing = [c for c in need if c not in header]
-    if missing:
-        raise BrainpipeError(f"{p}: annotation columns {missing} not found in header {header}")
-    i_on, i_off, i_lab = (header.index(c) for c in need)
-    i_ch = header.index("channel") if "channel" in header else None
-    events = []
-    for n, row in enumerate(rows, start=2):
-        if not row:
-            continue
-        try:
-            onset, offset = float(row[i_on]), float(row[i_off])
-            label = row[i_lab].strip().lower()
-        except (ValueError, IndexError) as e:
-            raise BrainpipeError(f"{p}: data row {n} is malformed: {','.join(row)!r}") from e
-        if label in BACKGROUND_LABELS:
-            continue
-        channel = row[i_ch].strip() if i_ch is not None else "TERM"
-        events.append(Event(onset, offset, label, channel))
-    return events
-
-
-def merge_channel_events(events: list[Event]) -> list[Event]:
-    """Per-channel `.csv` events to term-level events: the union of intervals across channels."""
-    if not events:
-        return []
-    spans = sorted((e.onset_s, e.offset_s, e.label) for e in events)
-    merged = [list(spans[0])]
-    for on, off, lab in spans[1:]:
-        if on <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], off)
-        else:
-            merged.append([on, off, lab])
-    return [Event(on, off, lab, "TERM") for on, off, lab in merged]

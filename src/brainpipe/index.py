@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from brainpipe import __version__
+from brainpipe.annotations import Event, merge_channel_events, parse_annotations
 from brainpipe.config import Config
-from brainpipe.corpus import Event, Facts, layout_parser, merge_channel_events, parse_annotations
+from brainpipe.corpus import Facts, layout_parser
 from brainpipe.edf import ANNOTATION_LABELS, read_header
 from brainpipe.errors import BrainpipeError
 from brainpipe.indexfile import Index, Recording
