@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from brainpipe.corpus import Event, Facts
+from brainpipe.annotations import Event
+from brainpipe.corpus import Facts
 from brainpipe.errors import BrainpipeError
 from brainpipe.fsutil import atomic_output
 
