@@ -1,4 +1,4 @@
-"""Cache datasets and samplers: reads, splits, sampling, augmentation, pairs, real DataLoaders.
+"""Cache datasets, samplers and the batch ring: reads, splits, sampling, augmentation, pairs, real DataLoaders.
 
 `make_cache` (also used by test_train.py) writes a small real cache with the cache format's own
 writer functions; its signal is noise, plus a 6 Hz rhythm in class-1 recordings so that a model
@@ -25,22 +25,20 @@ from brainpipe.cachefile import (
     signals_offset,
 )
 from brainpipe.config import STANDARD_1020, Config, load_config
-from brainpipe.data import (
-    BatchRing,
+from brainpipe.datasets import (
     CacheWindowDataset,
-    RingBatchSampler,
-    RingSlot,
     SubjectPairDataset,
-    SubjectPairSampler,
-    WindowBatchSampler,
-    apply_gain,
-    carve_validation,
-    class_balanced_weights,
-    collate_batch,
     subject_keys,
     window_table,
 )
 from brainpipe.errors import BrainpipeError
+from brainpipe.ring import BatchRing, RingBatchSampler, RingSlot, collate_batch
+from brainpipe.samplers import (
+    SubjectPairSampler,
+    WindowBatchSampler,
+    carve_validation,
+    class_balanced_weights,
+)
 
 SFREQ = 50.0
 
@@ -365,9 +363,6 @@ def test_augmentation_is_off_by_default_and_keyed_by_batch(reader):
         assert found, k
     other = CacheWindowDataset(reader, "train", augment=Aug(), seed=5).__getitems__(idx)
     assert not np.array_equal(other[2], gain)
-    out = apply_gain(x, gain)
-    assert out.dtype == np.float32
-    np.testing.assert_allclose(out, x.astype(np.float32) * gain[:, None, :])
     with pytest.raises(BrainpipeError):
         bad = Aug()
         bad.channel_dropout = 1.5

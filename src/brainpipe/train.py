@@ -53,19 +53,11 @@ from brainpipe import __version__
 from brainpipe.cachefile import CacheReader
 from brainpipe.config import Config
 from brainpipe.corpus import TUSZ_LABELS
-from brainpipe.data import (
-    BatchRing,
-    CacheWindowDataset,
-    RingBatchSampler,
-    RingSlot,
-    WindowBatchSampler,
-    carve_validation,
-    class_balanced_weights,
-    collate_batch,
-    subject_keys,
-)
+from brainpipe.datasets import CacheWindowDataset, subject_keys
 from brainpipe.errors import BrainpipeError
 from brainpipe.fsutil import atomic_output, check_writable_dir
+from brainpipe.ring import BatchRing, RingBatchSampler, RingSlot, collate_batch
+from brainpipe.samplers import WindowBatchSampler, carve_validation, class_balanced_weights
 
 # ---------------------------------------------------------------------------------------------
 # Set-up pieces: each checks its input and fails with one BrainpipeError before any work
