@@ -12,6 +12,7 @@ import multiprocessing
 import pickle
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -232,6 +233,26 @@ def test_tusz_rewindowing_labels_from_events(tmp_path):
         (t["recording"] == 2) & (t_on >= 10) & (t_on < 14)
     )
     np.testing.assert_array_equal(t["label"] == 1, expect)
+
+
+def test_rewindowing_follows_the_task_the_cache_records(tmp_path):
+    # Seizure labels come from the events because the cache says "seizure", not because its
+    # label names look like TUSZ's: the same cache marked "abnormal" labels by recording.
+    events = {
+        "recording": np.array([0]),
+        "onset_s": np.array([4.0]),
+        "offset_s": np.array([9.0]),
+        "label": np.array(["seiz"]),
+    }
+    subjects = [("a", "train", 0), ("b", "train", 0)]
+    path = make_cache(tmp_path / "c.h5", subjects, label_names=("bckg", "seiz"), events=events)
+    assert CacheReader(path).task == "seizure"
+    assert window_table(CacheReader(path), window_s=1.0)["label"].max() == 1
+    with h5py.File(path, "r+") as f:
+        f.attrs["task"] = "abnormal"
+    reader = CacheReader(path)
+    assert reader.task == "abnormal"
+    assert set(window_table(reader, window_s=1.0)["label"].tolist()) == {0}
 
 
 # ---------------------------------------------------------------------------------------------
