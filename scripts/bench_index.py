@@ -75,7 +75,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from brainpipe.config import load_config
-    from brainpipe.data import EdfWindowDataset
+    from brainpipe.datasets import EdfWindowDataset
     from brainpipe.index import build_index, scan
     from brainpipe.indexfile import Index
     from brainpipe.synthetic import make_corpus

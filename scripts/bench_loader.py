@@ -122,13 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from brainpipe.data import (
-        BatchRing,
-        CacheWindowDataset,
-        RingBatchSampler,
-        RingSlot,
-        collate_batch,
-    )
+    from brainpipe.datasets import CacheWindowDataset
+    from brainpipe.ring import BatchRing, RingBatchSampler, RingSlot, collate_batch
 
     n_samples = int(args.minutes * 60 * args.sfreq)
     per_rec = n_samples // args.window

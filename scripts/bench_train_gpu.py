@@ -42,10 +42,12 @@ def data_on_device_rate(cfg, reader, device, steps: int) -> float:
     """Samples/s of train_step on one batch that never leaves the device."""
     import torch
 
-    from brainpipe.train import build_model, make_datasets, model_args, train_step
+    from brainpipe.models import build_model, model_args
+    from brainpipe.objectives import train_step
+    from brainpipe.train import make_datasets
 
     t = cfg.train
-    ds = make_datasets(reader, cfg)["train"]
+    ds = make_datasets(reader, cfg).train
     margs = model_args(
         t.model,
         t.model_kwargs,

@@ -1,4 +1,4 @@
-"""Cache datasets and samplers: reads, splits, sampling, augmentation, pairs, real DataLoaders.
+"""Cache datasets, samplers and the batch ring: reads, splits, sampling, augmentation, pairs, real DataLoaders.
 
 `make_cache` (also used by test_train.py) writes a small real cache with the cache format's own
 writer functions; its signal is noise, plus a 6 Hz rhythm in class-1 recordings so that a model
@@ -12,27 +12,26 @@ import multiprocessing
 import pickle
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
 from brainpipe.cachefile import STATUS_DONE, STATUS_SKIPPED, CacheReader, CacheWriter, Layout
 from brainpipe.config import STANDARD_1020, Config, load_config
-from brainpipe.data import (
-    BatchRing,
+from brainpipe.datasets import (
     CacheWindowDataset,
-    RingBatchSampler,
-    RingSlot,
     SubjectPairDataset,
-    SubjectPairSampler,
-    WindowBatchSampler,
-    apply_gain,
-    carve_validation,
-    class_balanced_weights,
-    collate_batch,
     subject_keys,
     window_table,
 )
 from brainpipe.errors import BrainpipeError
+from brainpipe.ring import BatchRing, RingBatchSampler, RingSlot, collate_batch
+from brainpipe.samplers import (
+    SubjectPairSampler,
+    WindowBatchSampler,
+    carve_validation,
+    class_balanced_weights,
+)
 
 SFREQ = 50.0
 
@@ -229,6 +228,26 @@ def test_tusz_rewindowing_labels_from_events(tmp_path):
     np.testing.assert_array_equal(t["label"] == 1, expect)
 
 
+def test_rewindowing_follows_the_task_the_cache_records(tmp_path):
+    # Seizure labels come from the events because the cache says "seizure", not because its
+    # label names look like TUSZ's: the same cache marked "abnormal" labels by recording.
+    events = {
+        "recording": np.array([0]),
+        "onset_s": np.array([4.0]),
+        "offset_s": np.array([9.0]),
+        "label": np.array(["seiz"]),
+    }
+    subjects = [("a", "train", 0), ("b", "train", 0)]
+    path = make_cache(tmp_path / "c.h5", subjects, label_names=("bckg", "seiz"), events=events)
+    assert CacheReader(path).task == "seizure"
+    assert window_table(CacheReader(path), window_s=1.0)["label"].max() == 1
+    with h5py.File(path, "r+") as f:
+        f.attrs["task"] = "abnormal"
+    reader = CacheReader(path)
+    assert reader.task == "abnormal"
+    assert set(window_table(reader, window_s=1.0)["label"].tolist()) == {0}
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation carve-out
 # ---------------------------------------------------------------------------------------------
@@ -358,9 +377,6 @@ def test_augmentation_is_off_by_default_and_keyed_by_batch(reader):
         assert found, k
     other = CacheWindowDataset(reader, "train", augment=Aug(), seed=5).__getitems__(idx)
     assert not np.array_equal(other[2], gain)
-    out = apply_gain(x, gain)
-    assert out.dtype == np.float32
-    np.testing.assert_allclose(out, x.astype(np.float32) * gain[:, None, :])
     with pytest.raises(BrainpipeError):
         bad = Aug()
         bad.channel_dropout = 1.5

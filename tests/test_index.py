@@ -12,7 +12,7 @@ import pytest
 
 from brainpipe.cli import main
 from brainpipe.config import load_config
-from brainpipe.data import EdfWindowDataset
+from brainpipe.datasets import EdfWindowDataset
 from brainpipe.errors import BrainpipeError
 from brainpipe.index import build_index, scan
 from brainpipe.indexfile import Index

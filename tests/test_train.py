@@ -15,13 +15,14 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from test_data import make_cache, small_config
 
 from brainpipe.cli import main
 from brainpipe.errors import BrainpipeError
-from brainpipe.train import compute_metrics, load_checkpoint, lr_factor, model_args, train
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_data import make_cache, small_config  # noqa: E402
+from brainpipe.metrics import compute_metrics
+from brainpipe.models import model_args
+from brainpipe.rundir import load_checkpoint
+from brainpipe.train import lr_factor, progress_bar_disabled, train
 
 # A ShallowFBCSPNet small enough for 2 CPU cores and 2 s windows at 50 Hz.
 FAST = [
@@ -266,20 +267,18 @@ def test_metrics_per_window_and_per_recording():
     rec = np.array([0, 0, 1, 2, 2, 3])
     p1 = np.array([0.1, 0.6, 0.2, 0.9, 0.4, 0.8])  # one error in each class
     probs = np.stack([1 - p1, p1], 1)
-    m = compute_metrics(probs, labels, rec, ("normal", "abnormal"))
+    m = compute_metrics(probs, labels, rec, "abnormal")
     assert m["balanced_accuracy"] == pytest.approx(2 / 3)
     assert m["auroc"] == pytest.approx(8 / 9)
     assert m["recording_balanced_accuracy"] == 1.0  # means 0.35, 0.2 | 0.65, 0.8
     assert m["n_recordings"] == 4 and m["n_windows"] == 6
     assert m["loss"] == pytest.approx(-np.log(np.where(labels == 1, p1, 1 - p1)).mean())
     assert "sensitivity" not in m
-    t = compute_metrics(probs, labels, rec, ("bckg", "seiz"))
+    t = compute_metrics(probs, labels, rec, "seizure")
     assert t["sensitivity"] == pytest.approx(2 / 3) and t["specificity"] == pytest.approx(2 / 3)
-    one = compute_metrics(probs[:3], labels[:3], rec[:3], ("normal", "abnormal"))
+    one = compute_metrics(probs[:3], labels[:3], rec[:3], "abnormal")
     assert math.isnan(one["auroc"]) and one["balanced_accuracy"] == pytest.approx(2 / 3)
-    three = compute_metrics(
-        np.eye(3)[[0, 1, 2, 2]], np.array([0, 1, 2, 2]), np.arange(4), ("a", "b", "c")
-    )
+    three = compute_metrics(np.eye(3)[[0, 1, 2, 2]], np.array([0, 1, 2, 2]), np.arange(4), "")
     assert three["balanced_accuracy"] == 1.0 and three["auroc"] == 1.0
 
 
@@ -303,8 +302,7 @@ def test_ddp_two_processes_on_cpu(cache, tmp_path):
     script.write_text(
         textwrap.dedent(
             f"""
-            import json, os, sys
-            sys.path.insert(0, {str(Path(__file__).parent)!r})
+            import json, os
             from test_data import small_config
             from brainpipe.train import train
             s = train({str(cache)!r}, {str(tmp_path / "run")!r}, small_config(*{overrides!r}))
@@ -313,7 +311,9 @@ def test_ddp_two_processes_on_cpu(cache, tmp_path):
             """
         )
     )
-    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    # test_data (small_config) is found through PYTHONPATH, as pytest finds it for this module.
+    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     cmd = [
         sys.executable,
         "-m",
@@ -343,12 +343,10 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
 
     from tqdm import tqdm
 
-    from brainpipe.train import _tqdm_disabled
-
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
-    assert _tqdm_disabled(is_main=False) is True
+    assert progress_bar_disabled(is_main=False) is True
     pipe = io.StringIO()
-    for _ in tqdm(range(3), disable=_tqdm_disabled(is_main=True), file=pipe):
+    for _ in tqdm(range(3), disable=progress_bar_disabled(is_main=True), file=pipe):
         pass
     assert pipe.getvalue() == ""
 
@@ -357,8 +355,8 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
             return True
 
     term = Terminal()
-    for _ in tqdm(range(3), disable=_tqdm_disabled(is_main=True), file=term):
+    for _ in tqdm(range(3), disable=progress_bar_disabled(is_main=True), file=term):
         pass
     assert "3/3" in term.getvalue()
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    assert _tqdm_disabled(is_main=True) is True
+    assert progress_bar_disabled(is_main=True) is True

@@ -27,45 +27,54 @@ memcpy per window, float16, time-major as stored). Workers pass the batch throug
 the pin-memory thread into page-locked memory, and one non-blocking copy takes it to the GPU,
 still float16 (half the bytes); the transpose to (batch, channels, time) and the conversion to
 float32 happen there, in one kernel. The CPU never touches a float32 sample.
+
+This module is the stage's order of operations: set-up checks, the loaders (the DataLoader is
+built here), then `train` -> `fit`, which reads top to bottom: loaders, model and optimizer,
+resume or seed, and the loop of train / evaluate / checkpoint. Its pieces live beside it:
+`models.py` (which model, its arguments), `objectives.py` (what a step does; `classify` today),
+`metrics.py` (scores of predictions), `rundir.py` (checkpoints, RNG state, logs, summary.json),
+`datasets.py`, `samplers.py` and `ring.py` (the data). Over 500 lines because the stage's
+set-up checks stay next to the loop they guard: each is short, and together they are what a
+reader of the loop needs to see.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
-import inspect
-import json
 import math
 import os
 import random
 import shutil
 import time
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from tqdm import tqdm
 
 from brainpipe import __version__
 from brainpipe.cachefile import CacheReader
 from brainpipe.config import Config
-from brainpipe.corpus import TUSZ_LABELS
-from brainpipe.data import (
-    BatchRing,
-    CacheWindowDataset,
-    RingBatchSampler,
-    RingSlot,
-    WindowBatchSampler,
-    carve_validation,
-    class_balanced_weights,
-    collate_batch,
-    subject_keys,
-)
+from brainpipe.datasets import CacheWindowDataset, subject_keys
 from brainpipe.errors import BrainpipeError
-from brainpipe.fsutil import atomic_output, check_writable_dir
+from brainpipe.metrics import selection_score
+from brainpipe.models import build_model, model_args
+from brainpipe.objectives import OBJECTIVES
+from brainpipe.ring import BatchRing, RingBatchSampler, collate_batch, host_batch
+from brainpipe.rundir import (
+    RunLog,
+    check_run_dir,
+    check_wandb,
+    rng_state,
+    same_setting,
+    save_checkpoint,
+    set_rng_state,
+    steady_throughput,
+    write_json,
+)
+from brainpipe.samplers import WindowBatchSampler, carve_validation, class_balanced_weights
 
 # ---------------------------------------------------------------------------------------------
 # Set-up pieces: each checks its input and fails with one BrainpipeError before any work
@@ -114,14 +123,6 @@ def resolve_device(setting: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
-
-
 def open_cache(cache_path: str | os.PathLike, cfg: Config) -> CacheReader:
     """Open the cache and check that it was built with this config's preprocessing.
 
@@ -133,7 +134,9 @@ def open_cache(cache_path: str | os.PathLike, cfg: Config) -> CacheReader:
     built = reader.config.get("preprocess")
     if built is not None:
         want = cfg.to_dict()["preprocess"]
-        diff = [k for k in sorted(set(built) | set(want)) if not _same(built.get(k), want.get(k))]
+        diff = [
+            k for k in sorted(set(built) | set(want)) if not same_setting(built.get(k), want.get(k))
+        ]
         if diff:
             shown = ", ".join(
                 f"preprocess.{k}={built.get(k)!r} (config: {want.get(k)!r})" for k in diff[:4]
@@ -146,7 +149,24 @@ def open_cache(cache_path: str | os.PathLike, cfg: Config) -> CacheReader:
     return reader
 
 
-def make_datasets(reader: CacheReader, cfg: Config) -> dict[str, CacheWindowDataset | None]:
+@dataclass
+class Splits:
+    """The windows of a run: train, validation (carved from train by subject) and eval."""
+
+    train: CacheWindowDataset
+    val: CacheWindowDataset | None
+    eval: CacheWindowDataset | None
+
+    def evaluated(self) -> dict[str, CacheWindowDataset]:
+        """The splits scored each epoch, by name."""
+        return {k: ds for k, ds in (("val", self.val), ("eval", self.eval)) if ds is not None}
+
+    def sizes(self) -> dict[str, int]:
+        sets = (("train", self.train), ("val", self.val), ("eval", self.eval))
+        return {k: len(ds) if ds is not None else 0 for k, ds in sets}
+
+
+def make_datasets(reader: CacheReader, cfg: Config) -> Splits:
     """train / val (carved from train by subject) / eval datasets, checked for emptiness."""
     t, w = cfg.train, cfg.window
     r = reader.recordings
@@ -169,105 +189,31 @@ def make_datasets(reader: CacheReader, cfg: Config) -> dict[str, CacheWindowData
     kw: dict[str, Any] = dict(
         window_s=w.seconds, stride_s=w.stride_seconds, label_overlap=w.label_overlap
     )
-    sets: dict[str, CacheWindowDataset | None] = {
-        "train": CacheWindowDataset(
+    data = Splits(
+        train=CacheWindowDataset(
             reader, "train", subjects=train_subjects, augment=t.augment, seed=t.seed, **kw
         ),
-        "val": CacheWindowDataset(reader, "train", subjects=val_subjects, **kw)
+        val=CacheWindowDataset(reader, "train", subjects=val_subjects, **kw)
         if len(val_subjects)
         else None,
-        "eval": CacheWindowDataset(reader, t.eval_split, **kw) if t.eval_split else None,
-    }
-    n = sets["train"].window_samples
-    for name, ds in sets.items():
-        if ds is not None and len(ds) == 0:
+        eval=CacheWindowDataset(reader, t.eval_split, **kw) if t.eval_split else None,
+    )
+    n = data.train.window_samples
+    for name, ds in (("train", data.train), *data.evaluated().items()):
+        if len(ds) == 0:
             raise BrainpipeError(
                 f"{reader.path}: split {ds.split!r} ({name}) has no labelled windows of "
                 f"{w.seconds:g} s ({n} samples); check window.seconds against the recordings' "
                 "lengths and that the corpus has labels"
             )
-    counts = sets["train"].class_counts()
+    counts = data.train.class_counts()
     if (counts > 0).sum() < 2:
         present = [reader.label_names[i] for i in np.flatnonzero(counts)]
         raise BrainpipeError(
             f"{reader.path}: the training windows hold only class {present}; training needs "
             f"at least two of {list(reader.label_names)}"
         )
-    return sets
-
-
-def _model_classes() -> dict[str, type]:
-    import braindecode.models as bm
-
-    return {
-        name: obj
-        for name, obj in vars(bm).items()
-        if inspect.isclass(obj)
-        and issubclass(obj, torch.nn.Module)
-        and not name.startswith("_")
-        and name != "TimeDistributed"  # a wrapper, not a model
-    }
-
-
-def model_args(
-    name: str, kwargs: dict[str, Any], n_chans: int, n_times: int, n_outputs: int, sfreq: float
-) -> dict[str, Any]:
-    """The full constructor arguments: the data's shape, sensible defaults, then the config's."""
-    classes = _model_classes()
-    if name not in classes:
-        close = difflib.get_close_matches(name, classes, n=3)
-        raise BrainpipeError(
-            f"train.model={name!r} is not a braindecode model"
-            + (f" (did you mean {', '.join(close)}?)" if close else "")
-            + f"; valid names include {', '.join(sorted(classes))}"
-        )
-    params = inspect.signature(classes[name]).parameters
-    full: dict[str, Any] = {}
-    shape = {"n_chans": n_chans, "n_outputs": n_outputs, "n_times": n_times, "sfreq": sfreq}
-    full.update({k: v for k, v in shape.items() if k in params})
-    # "auto" sizes the classifier to the window, which braindecode's fixed defaults (sized for
-    # one dataset's window) would not fit; logits, not log-probabilities, for cross-entropy.
-    if "final_conv_length" in params:
-        full["final_conv_length"] = "auto"
-    if "add_log_softmax" in params:
-        full["add_log_softmax"] = False
-    full.update(kwargs)
-    return {"name": name, "kwargs": full}
-
-
-def build_model(args: dict[str, Any]) -> torch.nn.Module:
-    """Build a braindecode model and check, with one forward pass on zeros, that it fits the data."""
-    name, kwargs = args["name"], args["kwargs"]
-    cls = _model_classes().get(name)
-    if cls is None:
-        model_args(name, {}, 1, 1, 2, 1.0)  # raises the "not a braindecode model" error
-    n_chans, n_times, n_outputs = (kwargs.get(k) for k in ("n_chans", "n_times", "n_outputs"))
-    try:
-        model = cls(**kwargs)
-    except Exception as e:
-        raise BrainpipeError(
-            f"train.model={name} with {kwargs}: cannot build it for windows of {n_chans} "
-            f"channels x {n_times} samples ({type(e).__name__}: {e}); adjust "
-            "train.model_kwargs (or window.seconds)"
-        ) from e
-    if n_chans and n_times:
-        model.eval()  # no batch-norm statistics change, no dropout randomness drawn
-        try:
-            with torch.no_grad():
-                out = model(torch.zeros(2, n_chans, n_times))
-        except Exception as e:
-            raise BrainpipeError(
-                f"train.model={name} cannot take windows of {n_chans} channels x {n_times} "
-                f"samples ({type(e).__name__}: {e}); use longer windows (window.seconds) or "
-                "smaller kernels/pools in train.model_kwargs"
-            ) from e
-        if tuple(out.shape) != (2, n_outputs):
-            raise BrainpipeError(
-                f"train.model={name} outputs shape {tuple(out.shape[1:])} per window, not "
-                f"({n_outputs},); set final_conv_length or similar in train.model_kwargs"
-            )
-        model.train()
-    return model
+    return data
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -279,312 +225,13 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Steps and metrics
+# Loaders
 # ---------------------------------------------------------------------------------------------
 
 
-def to_model_input(
-    x: torch.Tensor, gain: torch.Tensor | None, device: torch.device
-) -> torch.Tensor:
-    """float16 (B, T, C) from the loader -> float32 (B, C, T) on the device.
-
-    The copy moves float16 (half the bytes of float32) and the transpose and conversion run on
-    the device in one kernel, not on the CPU, where float16 -> float32 alone caps a core at
-    ~15k windows/s (21 x 2,000).
-    """
-    x = x.to(device, non_blocking=True)
-    x = x.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-    if gain is not None:
-        x = x * gain.to(device, non_blocking=True)[:, :, None]
-    return x
-
-
-def autocast(device: torch.device, amp: bool):
-    if device.type == "cuda" and amp:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def train_step(model, optimizer, scheduler, batch, device, amp: bool, grad_clip: float | None):
-    """One optimizer step on a loader batch; returns (loss, n correct) as device tensors."""
-    x, y, gain = batch[0], batch[1], (batch[2] if len(batch) > 2 else None)
-    x = to_model_input(x, gain, device)
-    y = y.to(device, non_blocking=True)
-    with autocast(device, amp):
-        logits = model(x)
-    loss = F.cross_entropy(logits.float(), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    scheduler.step()
-    return loss.detach(), (logits.detach().argmax(1) == y).sum()
-
-
-@torch.no_grad()
-def predict(model, loader, device, amp: bool, dist_env: DistEnv) -> np.ndarray:
-    """Class probabilities for every window of the loader's dataset, all ranks' shards gathered.
-
-    The loader's batch sampler must be a `WindowBatchSampler` without shuffling.
-    """
-    ds, sampler = loader.dataset, loader.batch_sampler
-    model.eval()
-    parts = []
-    for batch in loader:
-        x = to_model_input(_host_batch(batch)[0], None, device)
-        with autocast(device, amp):
-            logits = model(x)
-        parts.append(torch.softmax(logits.float(), 1).cpu().numpy())
-    model.train()
-    probs = np.concatenate(parts) if parts else np.zeros((0, len(ds.label_names)), np.float32)
-    idx = sampler.indices()
-    if dist_env.enabled and dist_env.world_size > 1:
-        gathered: list[Any] = [None] * dist_env.world_size
-        torch.distributed.all_gather_object(gathered, (idx, probs))
-        idx = np.concatenate([g[0] for g in gathered])
-        probs = np.concatenate([g[1] for g in gathered])
-    out = np.empty((len(ds), probs.shape[1]), np.float64)
-    out[idx] = probs
-    return out
-
-
-def compute_metrics(
-    probs: np.ndarray, labels: np.ndarray, recordings: np.ndarray, label_names: tuple[str, ...]
-) -> dict[str, Any]:
-    """Window and recording metrics, as TUAB/TUSZ papers report them.
-
-    Per window: loss, balanced accuracy (argmax), AUROC, AUPRC (of the last class for two
-    classes; one-vs-rest macro averages otherwise); TUSZ adds sensitivity and specificity.
-    Per recording: the mean of its windows' probabilities against its label (the highest of its
-    windows' labels: the TUAB recording label, "has a seizure" for TUSZ). NaN where undefined
-    (one class only).
-    """
-
-    labels = np.asarray(labels, dtype=np.int64)
-    k = probs.shape[1]
-    with warnings.catch_warnings():
-        # one-class subsets (a TUSZ eval set where every recording has a seizure) are expected
-        warnings.simplefilter("ignore", UserWarning)
-        return _metrics(probs, labels, recordings, label_names, k)
-
-
-def _metrics(probs, labels, recordings, label_names, k) -> dict[str, Any]:
-    from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score
-
-    def scores(p: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-        if len(y) == 0:
-            return math.nan, math.nan, math.nan
-        bacc = float(balanced_accuracy_score(y, p.argmax(1)))
-        if len(np.unique(y)) < 2:
-            return bacc, math.nan, math.nan
-        if k == 2:
-            return (
-                bacc,
-                float(roc_auc_score(y, p[:, 1])),
-                float(average_precision_score(y, p[:, 1])),
-            )
-        onehot = np.eye(k)[y]
-        present = onehot.sum(0) > 0
-        return (
-            bacc,
-            float(roc_auc_score(onehot[:, present], p[:, present], average="macro")),
-            float(average_precision_score(onehot[:, present], p[:, present], average="macro")),
-        )
-
-    m: dict[str, Any] = {}
-    p_true = probs[np.arange(len(labels)), labels] if len(labels) else np.zeros(0)
-    m["loss"] = float(-np.log(np.clip(p_true, 1e-12, None)).mean()) if len(labels) else math.nan
-    m["balanced_accuracy"], m["auroc"], m["auprc"] = scores(probs, labels)
-    if tuple(label_names) == TUSZ_LABELS:
-        pred = probs.argmax(1)
-        pos, neg = labels == 1, labels == 0
-        m["sensitivity"] = float((pred[pos] == 1).mean()) if pos.any() else math.nan
-        m["specificity"] = float((pred[neg] == 0).mean()) if neg.any() else math.nan
-    rec_ids, inverse = np.unique(recordings, return_inverse=True)
-    rec_probs = np.zeros((len(rec_ids), k))
-    np.add.at(rec_probs, inverse, probs)
-    rec_probs /= np.maximum(np.bincount(inverse, minlength=len(rec_ids)), 1)[:, None]
-    rec_labels = np.full(len(rec_ids), -1, np.int64)
-    np.maximum.at(rec_labels, inverse, labels)
-    (
-        m["recording_balanced_accuracy"],
-        m["recording_auroc"],
-        m["recording_auprc"],
-    ) = scores(rec_probs, rec_labels)
-    m["n_windows"] = int(len(labels))
-    m["n_recordings"] = int(len(rec_ids))
-    return m
-
-
-def _better(val: dict[str, Any], best: list[float] | None) -> bool:
-    # Balanced accuracy first; the loss breaks ties (small validation sets saturate at 1.0).
-    score = [val["balanced_accuracy"], -val["loss"]]
-    score = [-math.inf if math.isnan(v) else v for v in score]
-    return best is None or score > best
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints, RNG and logs
-# ---------------------------------------------------------------------------------------------
-
-
-def _rng_state() -> dict[str, Any]:
-    # Plain types and tensors only, so a checkpoint loads with torch.load(weights_only=True).
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save(obj: dict[str, Any], path: Path) -> None:
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise BrainpipeError(f"{path}: no checkpoint") from e
-    except Exception as e:
-        raise BrainpipeError(f"{path}: not a readable brainpipe checkpoint ({e})") from e
-
-
-# Keys that decide which windows land in train, val and eval: a resumed run must keep them.
-_DATA_KEYS = (
-    ("window", "seconds"),
-    ("window", "stride_seconds"),
-    ("window", "label_overlap"),
-    ("train", "seed"),
-    ("train", "val_fraction"),
-    ("train", "eval_split"),
-)
-
-
-def _check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> dict[str, Any] | None:
-    last = run_dir / "last.pt"
-    if not resume:
-        if last.exists():
-            raise BrainpipeError(
-                f"{run_dir} already holds a run (last.pt); pass --resume to continue it, or "
-                "choose another --run-dir"
-            )
-        check_writable_dir(last)
-        return None
-    if not last.exists():
-        raise BrainpipeError(f"{last}: nothing to resume; run without --resume to start")
-    ckpt = load_checkpoint(last)
-    then, now = ckpt["config"], cfg.to_dict()
-    for section, key in _DATA_KEYS:
-        if not _same(then[section][key], now[section][key]):
-            raise BrainpipeError(
-                f"--resume: {section}.{key}={now[section][key]!r} but the run in {run_dir} "
-                f"used {then[section][key]!r}; changing it would change the data splits. Keep "
-                "it, or start a new --run-dir"
-            )
-    return ckpt
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
-def _write_json(path: Path, obj: Any, lines: bool = False) -> None:
-    with atomic_output(path) as tmp:
-        if lines:
-            tmp.write_text("".join(json.dumps(_jsonable(o)) + "\n" for o in obj))
-        else:
-            tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
-
-
-class RunLog:
-    """TensorBoard, metrics.jsonl and, when configured, W&B; rank 0 only."""
-
-    def __init__(self, run_dir: Path, cfg: Config, history: list[dict], enabled: bool):
-        self.enabled, self.run_dir, self.wandb = enabled, run_dir, None
-        if not enabled:
-            return
-        from torch.utils.tensorboard import SummaryWriter
-
-        # purge_step drops events of epochs logged after the last checkpoint of a killed run.
-        self.tb = SummaryWriter(
-            log_dir=str(run_dir), purge_step=len(history) + 1 if history else None
-        )
-        self.history = history
-        _write_json(run_dir / "metrics.jsonl", history, lines=True)
-        t = cfg.train
-        if t.wandb_project and t.wandb_mode != "disabled":
-            import wandb
-
-            self.wandb = wandb.init(
-                project=t.wandb_project,
-                mode=t.wandb_mode,
-                dir=str(run_dir),
-                name=run_dir.name,
-                config=cfg.to_dict(),
-                resume="allow",
-            )
-
-    def epoch(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        flat = {
-            f"{split}/{k}": v
-            for split in ("train", "val", "eval")
-            for k, v in (row.get(split) or {}).items()
-            if isinstance(v, float)
-        }
-        flat.update({f"perf/{k}": row[k] for k in ("samples_per_s", "data_wait_fraction")})
-        flat["train/lr"] = row["lr"]
-        for k, v in flat.items():
-            self.tb.add_scalar(k, v, row["epoch"])
-        self.tb.flush()
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(_jsonable(row)) + "\n")
-        if self.wandb is not None:
-            self.wandb.log(flat, step=row["epoch"])
-
-    def close(self) -> None:
-        if self.enabled:
-            self.tb.close()
-            if self.wandb is not None:
-                self.wandb.finish()
-
-
-def _check_wandb(cfg: Config) -> None:
-    t = cfg.train
-    if t.wandb_project and t.wandb_mode != "disabled":
-        try:
-            import wandb  # noqa: F401
-        except ImportError as e:
-            raise BrainpipeError(
-                f"train.wandb_project={t.wandb_project!r} needs wandb: pip install wandb, or "
-                "unset train.wandb_project"
-            ) from e
-
-
-def _loader(ds, batch_sampler, device, num_workers: int, prefetch_factor: int, ring: bool = False):
+def make_loader(
+    ds, batch_sampler, device: torch.device, num_workers: int, prefetch_factor: int, ring=False
+):
     """A DataLoader over whole batches; with `ring`, workers hand batches over in a BatchRing.
 
     Returns (loader, ring or None). Without a ring (or without workers) torch moves each batch
@@ -624,109 +271,34 @@ def _loader(ds, batch_sampler, device, num_workers: int, prefetch_factor: int, r
     return loader, shared
 
 
-def _host_batch(batch: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A loader batch with x as a tensor: a ring slot is taken out of the ring (CPU runs; on
-    CUDA the pin-memory thread has already copied it into page-locked memory)."""
-    if isinstance(batch[0], RingSlot):
-        return (torch.from_numpy(batch[0].array()), *batch[1:])
-    return batch
+@dataclass
+class Loaders:
+    train: Any  # DataLoader
+    sampler: WindowBatchSampler
+    evaluated: dict[str, Any]  # split name -> DataLoader, every window once
+    steps_per_epoch: int
+    ring: BatchRing | None
 
 
-def _tqdm_disabled(is_main: bool) -> bool | None:
-    """tqdm's `disable`: off on other ranks and with TQDM_DISABLE; else None, which turns the
-    bar off when stdout is not a terminal (`docker compose up` logs, a redirected run), as the
-    other stages do; each epoch still prints its one summary line."""
-    if not is_main or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false"):
-        return True
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# The stage
-# ---------------------------------------------------------------------------------------------
-
-
-def train(
-    cache_path: str | os.PathLike, run_dir: str | os.PathLike, cfg: Config, resume: bool = False
-) -> dict[str, Any]:
-    """Train `cfg.train.model` on the cache; return the summary also written to summary.json."""
-    from tqdm import tqdm
-
+def make_loaders(data: Splits, cfg: Config, env: DistEnv, device: torch.device) -> Loaders:
+    """The training loader (shuffled, sharded, through the batch ring) and the scoring loaders."""
     t = cfg.train
-    run_dir = Path(run_dir)
-    t_start = time.perf_counter()
-
-    # -------- check everything before any work --------
-    env = DistEnv.from_environ()
-    device = resolve_device(t.device, env.local_rank)
-    reader = open_cache(cache_path, cfg)
-    data = make_datasets(reader, cfg)
-    ds_train = data["train"]
-    assert ds_train is not None
-    ckpt = _check_run_dir(run_dir, cfg, resume)
-    n_outputs = len(reader.label_names)
-    margs = (
-        ckpt["model_args"]  # on resume the architecture is the checkpoint's, not today's config's
-        if ckpt
-        else model_args(
-            t.model,
-            t.model_kwargs,
-            ds_train.n_channels,
-            ds_train.window_samples,
-            n_outputs,
-            reader.sfreq,
-        )
-    )
-    torch.manual_seed(t.seed)
-    model = build_model(margs)
-    _check_wandb(cfg)
-    if env.is_main:
-        names = set(subject_keys(reader)[reader.recordings["split"] == "train"].tolist())
-        if t.eval_split and data["eval"] is not None:
-            shared = names & set(data["eval"].subjects().tolist())
-            if shared:
-                print(f"note: {len(shared)} subjects are in both 'train' and {t.eval_split!r}")
-
-    # -------- distributed: ~10 lines, CPU (gloo) and GPU (nccl) alike --------
-    if env.enabled:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    try:
-        with contextlib.ExitStack() as cleanup:
-            return _run(
-                cfg, run_dir, reader, data, model, margs, ckpt, device, env, t_start, tqdm, cleanup
-            )
-    finally:
-        if env.enabled:
-            torch.distributed.destroy_process_group()
-
-
-def _run(cfg, run_dir, reader, data, model, margs, ckpt, device, env, t_start, tqdm, cleanup):
-    t = cfg.train
-    is_main = env.is_main
-    ds_train, ds_val, ds_eval = data["train"], data["val"], data["eval"]
-
-    # -------- loaders --------
-    per_rank = -(-len(ds_train) // env.world_size)
-    train_sampler = WindowBatchSampler(
-        len(ds_train),
+    per_rank = -(-len(data.train) // env.world_size)
+    sampler = WindowBatchSampler(
+        len(data.train),
         t.batch_size,
         shuffle=True,
         drop_last=per_rank >= t.batch_size,  # no ragged last batch, unless it is the only one
         seed=t.seed,
         rank=env.rank,
         world_size=env.world_size,
-        weights=class_balanced_weights(ds_train.label) if t.balanced_sampling else None,
+        weights=class_balanced_weights(data.train.label) if t.balanced_sampling else None,
     )
-    train_loader, ring = _loader(
-        ds_train, train_sampler, device, t.num_workers, t.prefetch_factor, ring=True
+    train_loader, ring = make_loader(
+        data.train, sampler, device, t.num_workers, t.prefetch_factor, ring=True
     )
-    if ring is not None:
-        cleanup.callback(ring.close)
-
-    eval_loaders = {
-        name: _loader(
+    evaluated = {
+        name: make_loader(
             ds,
             WindowBatchSampler(
                 len(ds),
@@ -740,40 +312,150 @@ def _run(cfg, run_dir, reader, data, model, margs, ckpt, device, env, t_start, t
             t.num_workers,
             t.prefetch_factor,
         )[0]
-        for name, ds in (("val", ds_val), ("eval", ds_eval))
-        if ds is not None
+        for name, ds in data.evaluated().items()
     }
-
-    steps_per_epoch = len(train_sampler)
+    steps = len(sampler)
     if t.max_steps_per_epoch is not None:
-        steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
+        steps = min(steps, t.max_steps_per_epoch)
+    return Loaders(train_loader, sampler, evaluated, steps, ring)
+
+
+def progress_bar_disabled(is_main: bool) -> bool | None:
+    """tqdm's `disable`: off on other ranks and with TQDM_DISABLE; else None, which turns the
+    bar off when stdout is not a terminal (`docker compose up` logs, a redirected run), as the
+    other stages do; each epoch still prints its one summary line."""
+    if not is_main or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false"):
+        return True
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    """Everything `train` checked before any work."""
+
+    cfg: Config
+    run_dir: Path
+    env: DistEnv
+    device: torch.device
+    reader: CacheReader
+    data: Splits
+    ckpt: dict[str, Any] | None  # the checkpoint resumed from
+    margs: dict[str, Any]  # model arguments: the checkpoint's on resume, else from the config
+    model: torch.nn.Module
+    started: float  # time.perf_counter() at the start
+
+
+@dataclass
+class Progress:
+    """What carries over from epoch to epoch, and through a checkpoint."""
+
+    epoch: int = 0  # epochs done
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    best: list[float] | None = None  # selection_score of best.pt; None without validation
+    best_epoch: int = -1  # 0-based
+
+
+@dataclass
+class Trainee:
+    """The model and what steps it: the parts of a checkpoint that change with each step."""
+
+    model: torch.nn.Module  # unwrapped: no torch.compile, no DDP
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampler: WindowBatchSampler
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            k: getattr(self, k).state_dict() for k in ("model", "optimizer", "scheduler", "sampler")
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        for k in ("model", "optimizer", "scheduler", "sampler"):
+            getattr(self, k).load_state_dict(ckpt[k])
+
+
+def prepare(cache_path: str | os.PathLike, run_dir: Path, cfg: Config, resume: bool) -> Setup:
+    """Check everything before any work: each problem is one BrainpipeError."""
+    started = time.perf_counter()
+    t = cfg.train
+    env = DistEnv.from_environ()
+    device = resolve_device(t.device, env.local_rank)
+    reader = open_cache(cache_path, cfg)
+    data = make_datasets(reader, cfg)
+    ckpt = check_run_dir(run_dir, cfg, resume)
+    margs = (
+        ckpt["model_args"]  # on resume the architecture is the checkpoint's, not today's config's
+        if ckpt
+        else model_args(
+            t.model,
+            t.model_kwargs,
+            data.train.n_channels,
+            data.train.window_samples,
+            len(reader.label_names),
+            reader.sfreq,
+        )
+    )
+    torch.manual_seed(t.seed)
+    model = build_model(margs)
+    check_wandb(cfg)
+    if env.is_main and data.eval is not None:
+        names = set(subject_keys(reader)[reader.recordings["split"] == "train"].tolist())
+        shared = names & set(data.eval.subjects().tolist())
+        if shared:
+            print(f"note: {len(shared)} subjects are in both 'train' and {t.eval_split!r}")
+    return Setup(cfg, run_dir, env, device, reader, data, ckpt, margs, model, started)
+
+
+def train(
+    cache_path: str | os.PathLike, run_dir: str | os.PathLike, cfg: Config, resume: bool = False
+) -> dict[str, Any]:
+    """Train `cfg.train.model` on the cache; return the summary also written to summary.json."""
+    s = prepare(cache_path, Path(run_dir), cfg, resume)
+    # DDP: CPU (gloo) and GPU (nccl) alike; one process per device, rank 0 writes.
+    if s.env.enabled:
+        if s.device.type == "cuda":
+            torch.cuda.set_device(s.device)
+        torch.distributed.init_process_group(backend="nccl" if s.device.type == "cuda" else "gloo")
+    try:
+        with contextlib.ExitStack() as cleanup:
+            return fit(s, cleanup)
+    finally:
+        if s.env.enabled:
+            torch.distributed.destroy_process_group()
+
+
+def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
+    """The loop: epochs of training, scoring and checkpoints; returns the summary."""
+    cfg, t, env, device, data = s.cfg, s.cfg.train, s.env, s.device, s.data
+    objective = OBJECTIVES["classify"]
+
+    # -------- loaders --------
+    loaders = make_loaders(data, cfg, env, device)
+    if loaders.ring is not None:
+        cleanup.callback(loaders.ring.close)
+    steps_per_epoch = loaders.steps_per_epoch
     total_steps = steps_per_epoch * t.epochs
     warmup_steps = int(round(t.warmup_epochs * steps_per_epoch))
 
-    # -------- model, optimizer, schedule, state --------
-    model.to(device)
+    # -------- model, optimizer, schedule --------
+    raw_model = s.model.to(device)
     if t.channels_last:
-        model.to(memory_format=torch.channels_last)
-    raw_model = model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        raw_model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(raw_model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup_steps, total_steps)
+    )
+    trainee = Trainee(raw_model, optimizer, scheduler, loaders.sampler)
 
-    def schedule(step: int) -> float:
-        return lr_factor(step, warmup_steps, total_steps)
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    start_epoch, history, best = 0, [], None
-    best_epoch = -1
-    if ckpt:
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        train_sampler.load_state_dict(ckpt["sampler"])
-        start_epoch, history = ckpt["epoch"], list(ckpt["history"])
-        best, best_epoch = ckpt["best"]["score"], ckpt["best"]["epoch"]
-        rngs = ckpt["rng"]
-        _set_rng_state(rngs[env.rank] if len(rngs) == env.world_size else rngs[0])
-        if is_main:
-            print(f"resuming {run_dir} after epoch {start_epoch}/{t.epochs}", flush=True)
+    # -------- resume, or seed a new run --------
+    done = Progress()
+    if s.ckpt:
+        done = resume(s, trainee)
     else:
         torch.manual_seed(t.seed + env.rank)  # same weights everywhere, own dropout per rank
         np.random.seed(t.seed + env.rank)
@@ -782,42 +464,35 @@ def _run(cfg, run_dir, reader, data, model, margs, ckpt, device, env, t_start, t
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if t.compile:
-        model = torch.compile(model)
+    model = torch.compile(raw_model) if t.compile else raw_model
     if env.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    log = RunLog(run_dir, cfg, history, enabled=is_main)
+    log = RunLog(s.run_dir, cfg, done.history, enabled=env.is_main)
     n_params = sum(p.numel() for p in raw_model.parameters())
-    if is_main:
-        print(
-            f"train {len(ds_train)} windows, val {len(ds_val) if ds_val else 0}, eval "
-            f"{len(ds_eval) if ds_eval else 0}; {margs['name']} ({n_params:,} parameters) on "
-            f"{device}{f' x{env.world_size}' if env.world_size > 1 else ''}; "
-            f"{steps_per_epoch} steps/epoch",
-            flush=True,
-        )
+    if env.is_main:
+        print(start_line(s, n_params, steps_per_epoch), flush=True)
 
-    # -------- the loop --------
-    for epoch in range(start_epoch, t.epochs):
-        train_sampler.set_epoch(epoch)
+    for epoch in range(done.epoch, t.epochs):
+        # -------- train one epoch --------
+        loaders.sampler.set_epoch(epoch)
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         n_seen, wait_s, busy_s = 0, 0.0, 0.0
-        batches = iter(train_loader)
+        batches = iter(loaders.train)
         bar = tqdm(
             total=steps_per_epoch,
             desc=f"epoch {epoch + 1}/{t.epochs}",
             leave=False,
-            disable=_tqdm_disabled(is_main),
+            disable=progress_bar_disabled(env.is_main),
         )
         for _ in range(steps_per_epoch):
             t0 = time.perf_counter()
-            batch = _host_batch(next(batches))
+            batch = host_batch(next(batches))
             t1 = time.perf_counter()
-            loss, n_correct = train_step(
+            loss, n_correct = objective.step(
                 model, optimizer, scheduler, batch, device, t.amp, t.grad_clip
             )
             loss_sum += loss * len(batch[1])
@@ -833,113 +508,129 @@ def _run(cfg, run_dir, reader, data, model, margs, ckpt, device, env, t_start, t
             bar.update()
         bar.close()
         del batches
-        totals = torch.stack(
-            [
-                loss_sum.double(),
-                correct.double(),
-                torch.tensor(float(n_seen), device=device, dtype=torch.float64),
-            ]
-        )
+        f64 = dict(device=device, dtype=torch.float64)
+        totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(n_seen, **f64)])
         if env.enabled:
             torch.distributed.all_reduce(totals)
 
         # -------- evaluate --------
+        n_total = max(float(totals[2]), 1.0)
         row: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": (epoch + 1) * steps_per_epoch,
             "lr": optimizer.param_groups[0]["lr"],
-            "train": {
-                "loss": float(totals[0] / max(totals[2], 1)),
-                "accuracy": float(totals[1] / max(totals[2], 1)),
-            },
+            "train": {"loss": float(totals[0]) / n_total, "accuracy": float(totals[1]) / n_total},
             "samples_per_s": n_seen * env.world_size / max(busy_s, 1e-9),
             "data_wait_fraction": wait_s / max(busy_s, 1e-9),
             "epoch_time_s": busy_s,
         }
-        for name in ("val", "eval"):
-            row[name] = None
-            if name in eval_loaders:
-                ds = eval_loaders[name].dataset
-                probs = predict(raw_model, eval_loaders[name], device, t.amp, env)
-                row[name] = compute_metrics(probs, ds.label, ds.recording, ds.label_names)
-        history.append(row)
-        improved = ds_val is None or _better(row["val"], best)
+        row.update(val=None, eval=None)
+        for name, loader in loaders.evaluated.items():
+            row[name] = objective.evaluate(raw_model, loader, device, t.amp, env.world_size)
+        done.epoch = epoch + 1
+        done.history.append(row)
+        score = selection_score(row["val"]) if data.val is not None else None
+        improved = score is None or done.best is None or score > done.best
         if improved:
-            best_epoch = epoch
-            if ds_val is not None:
-                best = [row["val"]["balanced_accuracy"], -row["val"]["loss"]]
-                best = [-math.inf if math.isnan(v) else v for v in best]
+            done.best, done.best_epoch = score, epoch
 
-        # -------- checkpoint (rank 0) --------
-        rngs: list[Any] = [_rng_state()]
+        # -------- checkpoint: rank 0 writes, with every rank's RNG state --------
+        rngs: list[Any] = [rng_state()]
         if env.enabled and env.world_size > 1:
             rngs = [None] * env.world_size
-            torch.distributed.all_gather_object(rngs, _rng_state())
-        if is_main:
-            ckpt = {
-                "model": raw_model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "sampler": train_sampler.state_dict(),
-                "epoch": epoch + 1,
-                "best": {"epoch": best_epoch, "score": best},
-                "history": history,
-                "rng": rngs,
-                "config": cfg.to_dict(),
-                "model_args": margs,
-                "cache": {
-                    "path": str(reader.path),
-                    "config_hash": str(reader.attrs.get("config_hash", "")),
-                    "index_hash": str(reader.attrs.get("index_hash", "")),
-                },
-                "world_size": env.world_size,
-                "brainpipe_version": __version__,
-            }
-            _save(ckpt, run_dir / "last.pt")
+            torch.distributed.all_gather_object(rngs, rng_state())
+        if env.is_main:
+            ckpt = make_checkpoint(s, trainee, done, rngs)
+            save_checkpoint(ckpt, s.run_dir / "last.pt")
             if improved:
-                _save(ckpt, run_dir / "best.pt")
+                save_checkpoint(ckpt, s.run_dir / "best.pt")
             log.epoch(row)
-            line = f"epoch {epoch + 1}/{t.epochs}  loss {row['train']['loss']:.4f}"
-            for name in ("val", "eval"):
-                if row[name]:
-                    line += f"  {name} bacc {row[name]['balanced_accuracy']:.3f} auroc {row[name]['auroc']:.3f}"
-            line += f"  {row['samples_per_s']:,.0f} samples/s  data wait {row['data_wait_fraction']:.1%}"
-            print(line, flush=True)
+            print(epoch_line(row, t.epochs), flush=True)
 
     # -------- summary --------
     log.close()
-    summary = _summary(
-        history, best_epoch, cfg, run_dir, reader, margs, n_params, device, env, data
-    )
-    summary["time_s"] = time.perf_counter() - t_start
-    if is_main:
-        _write_json(run_dir / "summary.json", summary)
+    summary = make_summary(s, done, n_params)
+    if env.is_main:
+        write_json(s.run_dir / "summary.json", summary)
     return summary
 
 
-def _summary(history, best_epoch, cfg, run_dir, reader, margs, n_params, device, env, data):
-    # Throughput after the first epoch, which also pays for worker start-up and a cold page cache.
-    steady = history[1:] if len(history) > 1 else history
-    busy = sum(h["epoch_time_s"] for h in steady)
-    samples = sum(h["samples_per_s"] * h["epoch_time_s"] for h in steady)
-    wait = sum(h["data_wait_fraction"] * h["epoch_time_s"] for h in steady)
-    best = history[best_epoch] if history and best_epoch >= 0 else (history[-1] if history else {})
+def resume(s: Setup, trainee: Trainee) -> Progress:
+    """Restore the trainee, this rank's RNG state and the progress from the checkpoint."""
+    ckpt, env = s.ckpt, s.env
+    assert ckpt is not None
+    trainee.load_state_dict(ckpt)
+    rngs = ckpt["rng"]
+    set_rng_state(rngs[env.rank] if len(rngs) == env.world_size else rngs[0])
+    best = ckpt["best"]
+    done = Progress(ckpt["epoch"], list(ckpt["history"]), best["score"], best["epoch"])
+    if env.is_main:
+        print(f"resuming {s.run_dir} after epoch {done.epoch}/{s.cfg.train.epochs}", flush=True)
+    return done
+
+
+def make_checkpoint(s: Setup, trainee: Trainee, done: Progress, rngs: list[Any]) -> dict[str, Any]:
+    """A checkpoint: a plain dict of tensors and plain types (loads with weights_only=True)."""
+    return {
+        **trainee.state_dict(),  # model, optimizer, scheduler, sampler
+        "epoch": done.epoch,
+        "best": {"epoch": done.best_epoch, "score": done.best},
+        "history": done.history,
+        "rng": rngs,  # one per rank
+        "config": s.cfg.to_dict(),
+        "model_args": s.margs,  # what a resume builds, whatever today's config says
+        "cache": {
+            "path": str(s.reader.path),
+            "config_hash": str(s.reader.attrs.get("config_hash", "")),
+            "index_hash": str(s.reader.attrs.get("index_hash", "")),
+        },
+        "world_size": s.env.world_size,
+        "brainpipe_version": __version__,
+    }
+
+
+def start_line(s: Setup, n_params: int, steps_per_epoch: int) -> str:
+    """The line printed before the first epoch: data, model, device."""
+    n, ddp = s.data.sizes(), f" x{s.env.world_size}" if s.env.world_size > 1 else ""
+    return (
+        f"train {n['train']} windows, val {n['val']}, eval {n['eval']}; {s.margs['name']} "
+        f"({n_params:,} parameters) on {s.device}{ddp}; {steps_per_epoch} steps/epoch"
+    )
+
+
+def epoch_line(row: dict[str, Any], epochs: int) -> str:
+    """The one line an epoch prints."""
+    line = f"epoch {row['epoch']}/{epochs}  loss {row['train']['loss']:.4f}"
+    for name in ("val", "eval"):
+        if row[name]:
+            line += (
+                f"  {name} bacc {row[name]['balanced_accuracy']:.3f} auroc {row[name]['auroc']:.3f}"
+            )
+    return line + (
+        f"  {row['samples_per_s']:,.0f} samples/s  data wait {row['data_wait_fraction']:.1%}"
+    )
+
+
+def make_summary(s: Setup, done: Progress, n_params: int) -> dict[str, Any]:
+    """summary.json: the scores of best.pt's epoch (the last epoch without validation) and
+    steady throughput, with what was trained on what."""
+    history = done.history
+    best = history[done.best_epoch] if history and done.best_epoch >= 0 else (history or [{}])[-1]
     return {
         "eval": best.get("eval") or {},
         "val": best.get("val") or {},
         "eval_last": (history[-1].get("eval") or {}) if history else {},
-        "best_epoch": best_epoch + 1,
+        "best_epoch": done.best_epoch + 1,
         "epochs": len(history),
-        "samples_per_s": samples / busy if busy else 0.0,
-        "data_wait_fraction": wait / busy if busy else 0.0,
-        "first_epoch_samples_per_s": history[0]["samples_per_s"] if history else 0.0,
-        "model": margs,
+        **steady_throughput(history),
+        "model": s.margs,
         "n_params": n_params,
-        "device": str(device),
-        "world_size": env.world_size,
-        "windows": {k: (len(v) if v is not None else 0) for k, v in data.items()},
-        "label_names": list(reader.label_names),
-        "cache": str(reader.path),
-        "run_dir": str(run_dir),
-        "checkpoints": {"last": str(run_dir / "last.pt"), "best": str(run_dir / "best.pt")},
+        "device": str(s.device),
+        "world_size": s.env.world_size,
+        "windows": s.data.sizes(),
+        "label_names": list(s.reader.label_names),
+        "cache": str(s.reader.path),
+        "run_dir": str(s.run_dir),
+        "checkpoints": {"last": str(s.run_dir / "last.pt"), "best": str(s.run_dir / "best.pt")},
+        "time_s": time.perf_counter() - s.started,
     }

@@ -1,8 +1,11 @@
-"""Datasets and samplers, free of torch so every stage can import them.
+"""Datasets: windows of raw EDF files (through an index) or of the cache, and pairs of windows.
 
-They are map-style datasets by duck typing (`__len__`, `__getitem__`, `__getitems__`), which is
-all `torch.utils.data.DataLoader` needs, and they pickle (no open file handles in their state), so
-they work with `num_workers > 0` under the fork, spawn and forkserver start methods.
+Owns `EdfWindowDataset`, `CacheWindowDataset` (with its augmentation), `SubjectPairDataset`,
+`window_table` (a cache's windows for any window length and stride) and `subject_keys`. They
+are map-style datasets by duck typing (`__len__`, `__getitem__`, `__getitems__`), which is all
+`torch.utils.data.DataLoader` needs, free of torch, and they pickle (no open file handles in
+their state), so they work with `num_workers > 0` under the fork, spawn and forkserver start
+methods. Samplers are in `samplers.py`, the worker -> trainer hand-over in `ring.py`.
 
 No start-up path builds per-window Python objects: windows are computed with vectorized numpy
 from per-recording lengths, and `__getitem__` maps an index to (recording, offset) with
@@ -29,19 +32,19 @@ indices, so Python overhead is per batch, not per window):
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from brainpipe.cachefile import STATUS_DONE, CacheReader, compute_windows
-from brainpipe.corpus import TUSZ_LABELS
+from brainpipe.edf import read_header, read_signals
 from brainpipe.errors import BrainpipeError
+from brainpipe.ring import BatchRing, RingSlot, SlotBatch
 
 
 def window_counts(
@@ -149,14 +152,11 @@ class EdfWindowDataset:
     def _header(self, r: int):
         h = self._headers.get(r)
         if h is None:
-            from brainpipe.edf import read_header
-
             h = read_header(Path(self.raw_root) / str(self.paths[r]))
             self._headers[r] = h
         return h
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        from brainpipe.edf import read_signals
 
         r, start = self.locate(int(i))
         h = self._header(r)
@@ -205,8 +205,8 @@ def window_table(
     """The window table (`recording`, `start`, `label`) for a window length and stride in seconds.
 
     The cache's own table when they match the build; otherwise recomputed from the recordings
-    table (finished recordings only, TUSZ labels from the events), which needs no rebuild because
-    the cache stores continuous signal. O(windows) numpy.
+    table (finished recordings only; for the seizure task, labels from the events), which needs
+    no rebuild because the cache stores continuous signal. O(windows) numpy.
     """
     n = (
         reader.window_samples
@@ -220,14 +220,15 @@ def window_table(
     )
     built_overlap = float(reader.attrs.get("label_overlap", 0.5))
     overlap = built_overlap if label_overlap is None else float(label_overlap)
-    tusz = tuple(reader.label_names) == TUSZ_LABELS
+    # Seizure windows take their labels from the events, so the overlap rule matters there only.
+    seizure = reader.task == "seizure"
     same = n == reader.window_samples and stride == reader.stride_samples
-    if same and (not tusz or math.isclose(overlap, built_overlap)):
+    if same and (not seizure or math.isclose(overlap, built_overlap)):
         w = reader.windows
         rec, start, label = w["recording"], w["start"], w["label"]
     else:
         r, ev = reader.recordings, reader.events
-        events = (ev["recording"], ev["onset_s"], ev["offset_s"]) if tusz else None
+        events = (ev["recording"], ev["onset_s"], ev["offset_s"]) if seizure else None
         win = compute_windows(
             r["offset"],
             r["length"],
@@ -255,48 +256,6 @@ def subject_keys(reader: CacheReader) -> np.ndarray:
     r = reader.recordings
     subject = r["subject"].astype(str)
     return np.where(subject == "", np.char.add("recording:", r["path"].astype(str)), subject)
-
-
-def _subject_order(names: Sequence[str], seed: int) -> list[str]:
-    # A keyed hash, not a seeded permutation: the same subject lands on the same side for a
-    # seed on any machine and whatever other subjects the corpus holds.
-    return sorted(names, key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
-
-
-def carve_validation(
-    reader: CacheReader, fraction: float, seed: int = 0, split: str = "train"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Divide the subjects of `split` into (train, validation) subjects: no subject on both sides.
-
-    Stratified by class (a subject's class is the highest label among its windows and
-    recordings, so a TUSZ subject with any seizure counts as a seizure subject): each class gives
-    round(fraction * its subjects) to validation, at least one when it has two or more and
-    `fraction > 0`, never all of them. Deterministic for `seed` on any machine.
-    """
-    if not 0 <= fraction < 1:
-        raise BrainpipeError(f"validation fraction {fraction}: must be in [0, 1)")
-    r = reader.recordings
-    keys = subject_keys(reader)
-    in_split = (r["split"] == split) & (r["status"] == STATUS_DONE)
-    rec_class = r["label"].astype(np.int64).copy()
-    w = reader.windows
-    if len(w["recording"]):
-        np.maximum.at(rec_class, w["recording"].astype(np.int64), w["label"].astype(np.int64))
-    names, inverse = np.unique(keys[in_split], return_inverse=True)
-    subject_class = np.full(len(names), -1, np.int64)
-    np.maximum.at(subject_class, inverse, rec_class[in_split])
-    val: list[str] = []
-    for c in np.unique(subject_class).tolist():
-        group = names[subject_class == c].tolist()
-        k = int(round(fraction * len(group)))
-        if fraction > 0 and len(group) >= 2:
-            k = min(max(k, 1), len(group) - 1)
-        elif len(group) < 2:
-            k = 0
-        val += _subject_order(group, seed)[:k]
-    val_set = np.array(sorted(val), dtype=names.dtype)
-    train = names[~np.isin(names, val_set)]
-    return train, val_set
 
 
 class CacheWindowDataset:
@@ -441,262 +400,6 @@ class CacheWindowDataset:
 
 
 # ---------------------------------------------------------------------------------------------
-# A shared-memory ring for worker -> main process batches
-# ---------------------------------------------------------------------------------------------
-
-
-class SlotBatch(NamedTuple):
-    """What `RingBatchSampler` yields: read these window indices into this slot of the ring."""
-
-    slot: int
-    indices: np.ndarray
-
-
-class RingSlot(NamedTuple):
-    """What a dataset returns in place of x when it read into a ring: `ring.array[slot, :n]`."""
-
-    ring: str
-    slot: int
-    n: int
-
-    def array(self) -> np.ndarray:
-        return _RINGS[self.ring].take(self)
-
-    def pin_memory(self, device: Any = None) -> Any:
-        """Called by the DataLoader's pin-memory thread: copy the slot into page-locked memory.
-
-        So the copy out of the ring happens in the background, and the slot is free again
-        before the batch reaches the training loop.
-        """
-        import torch
-
-        return torch.from_numpy(self.array()).pin_memory()
-
-
-# The rings this process has mapped, by name, so a RingSlot can find its memory.
-_RINGS: dict[str, BatchRing] = {}
-
-
-class BatchRing:
-    """Slots of shared memory that DataLoader workers read batches into, reused round-robin.
-
-    torch's DataLoader moves every batch a worker returns through a fresh shared-memory segment:
-    an allocation and a page fault per 4 KiB page each time, measured here at ~40 ms for a batch of
-    256 x 2,000 x 21 float16 against ~5 ms to read it from the cache, which caps a worker at ~6k
-    windows/s. With a ring, a worker reads the windows straight into a slot that every process
-    has mapped since start-up and returns only `RingSlot(slot, n)`; the consumer takes
-    `token.array()`, or, with `pin_memory=True`, gets it already copied into page-locked memory by
-    the DataLoader's pin-memory thread (`RingSlot.pin_memory`), ready for an asynchronous copy to
-    the GPU.
-
-    Slot k of an epoch is reused by batch k + n_slots. A DataLoader has at most
-    `num_workers * prefetch_factor` batches in flight, so with `n_slots` two above that
-    (`slots_for`) a batch stays intact while the consumer takes the next one: use it (or copy
-    it) before then. Pinned batches are copies and have no such limit.
-    Pickles by name (spawn/forkserver workers attach; fork workers inherit the mapping).
-    """
-
-    def __init__(self, n_slots: int, shape: Sequence[int], dtype: Any = np.float16):
-        from multiprocessing import shared_memory
-
-        self.n_slots, self.shape, self.dtype = (
-            int(n_slots),
-            tuple(int(v) for v in shape),
-            np.dtype(dtype),
-        )
-        self.nbytes = self.n_slots * int(np.prod(self.shape)) * self.dtype.itemsize
-        self._shm = shared_memory.SharedMemory(create=True, size=max(self.nbytes, 1))
-        self._owner = True
-        self.name = self._shm.name
-        self.array = np.ndarray((self.n_slots, *self.shape), self.dtype, buffer=self._shm.buf)
-        _RINGS[self.name] = self
-
-    @staticmethod
-    def slots_for(num_workers: int, prefetch_factor: int) -> int:
-        return num_workers * prefetch_factor + 2
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {
-            "name": self._shm.name,
-            "n_slots": self.n_slots,
-            "shape": self.shape,
-            "dtype": self.dtype.str,
-        }
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        import sys
-        from multiprocessing import resource_tracker, shared_memory
-
-        self.n_slots, self.shape, self.dtype = (
-            state["n_slots"],
-            tuple(state["shape"]),
-            np.dtype(state["dtype"]),
-        )
-        self.nbytes = self.n_slots * int(np.prod(self.shape)) * self.dtype.itemsize
-        if sys.version_info >= (3, 13):
-            self._shm = shared_memory.SharedMemory(name=state["name"], track=False)
-        else:
-            self._shm = shared_memory.SharedMemory(name=state["name"])
-            # Before 3.13 attaching registers the segment for removal when this process's
-            # tracker shuts down, as if this process owned it.
-            resource_tracker.unregister(self._shm._name, "shared_memory")  # type: ignore[attr-defined]
-        self._owner = False
-        self.name = self._shm.name
-        self.array = np.ndarray((self.n_slots, *self.shape), self.dtype, buffer=self._shm.buf)
-        _RINGS[self.name] = self
-
-    def take(self, token: RingSlot) -> np.ndarray:
-        return self.array[token.slot, : token.n]
-
-    def close(self) -> None:
-        """Unmap (once no view is left) and, in the creating process, remove the segment."""
-        _RINGS.pop(self.name, None)
-        self.array = None  # type: ignore[assignment]
-        with contextlib.suppress(BufferError):  # a live view keeps the mapping; unlink anyway
-            self._shm.close()
-        if self._owner:
-            self._owner = False
-            with contextlib.suppress(FileNotFoundError):
-                self._shm.unlink()
-
-
-class RingBatchSampler:
-    """Wrap a batch sampler so each batch of indices comes with its ring slot (see BatchRing)."""
-
-    def __init__(self, batch_sampler: Any, n_slots: int):
-        self.batch_sampler, self.n_slots = batch_sampler, n_slots
-
-    def __len__(self) -> int:
-        return len(self.batch_sampler)
-
-    def __iter__(self) -> Iterator[SlotBatch]:
-        for k, idx in enumerate(self.batch_sampler):
-            yield SlotBatch(k % self.n_slots, np.asarray(idx, dtype=np.int64))
-
-
-def apply_gain(x: np.ndarray, gain: np.ndarray | None) -> np.ndarray:
-    """Host-side version of what the trainer does on the device: float32 x, gain applied."""
-    x = x.astype(np.float32)
-    return x if gain is None else x * gain[:, None, :]
-
-
-def collate_batch(batch: tuple[Any, ...]) -> tuple[Any, ...]:
-    """DataLoader `collate_fn` for batches `__getitems__` already assembled.
-
-    Only wraps the numpy arrays as tensors (no copy), so the DataLoader can move them through
-    shared memory and `pin_memory`; the default collate would split them into samples again.
-    """
-    import torch
-
-    return tuple(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in batch)
-
-
-# ---------------------------------------------------------------------------------------------
-# Samplers: plain iterables of index arrays, for DataLoader(batch_sampler=...)
-# ---------------------------------------------------------------------------------------------
-
-
-def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
-    """Sampling probabilities that give every present class the same expected share."""
-    labels = np.asarray(labels, dtype=np.int64)
-    if not len(labels):
-        return np.zeros(0)
-    counts = np.bincount(labels)
-    present = int((counts > 0).sum())
-    return 1.0 / (present * counts[labels])
-
-
-class _EpochSeeded:
-    """A sampler whose order is a function of (seed, epoch): resumable from its state_dict."""
-
-    seed: int
-    epoch: int
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "epoch": self.epoch}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
-
-
-class WindowBatchSampler(_EpochSeeded):
-    """Batches of window indices: shuffled per epoch, optionally class-balanced, sharded for DDP.
-
-    Like torch's DistributedSampler + BatchSampler, without torch: every rank permutes the
-    same way (seeded by `seed` and the epoch set with `set_epoch`) and takes every
-    `world_size`-th index from `rank`; with `even=True` the permutation is padded by wrapping
-    around so all ranks get the same number of batches (DDP needs it for training). With
-    `weights` (see `class_balanced_weights`) each rank draws its share with replacement instead.
-
-    The state is (seed, epoch): restoring both replays an epoch exactly.
-    """
-
-    def __init__(
-        self,
-        n: int,
-        batch_size: int,
-        *,
-        shuffle: bool = True,
-        drop_last: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        weights: np.ndarray | None = None,
-        even: bool = True,
-    ):
-        if batch_size < 1:
-            raise BrainpipeError(f"batch_size={batch_size}: must be >= 1")
-        if not 0 <= rank < world_size:
-            raise BrainpipeError(f"rank {rank} is not in [0, world_size={world_size})")
-        if weights is not None:
-            weights = np.asarray(weights, dtype=np.float64)
-            if len(weights) != n or (n and not weights.sum() > 0):
-                raise BrainpipeError(f"sampling weights: need {n} non-negative weights, not all 0")
-            weights = weights / weights.sum()
-        self.n, self.batch_size, self.shuffle, self.drop_last = (
-            int(n),
-            batch_size,
-            shuffle,
-            drop_last,
-        )
-        self.seed, self.rank, self.world_size = int(seed), rank, world_size
-        self.weights, self.even = weights, even
-        self.epoch = 0
-
-    def num_indices(self) -> int:
-        """Indices this rank sees per epoch."""
-        if self.weights is not None or self.even:
-            return -(-self.n // self.world_size)
-        return len(range(self.rank, self.n, self.world_size))
-
-    def indices(self) -> np.ndarray:
-        if self.weights is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, self.rank])
-            return rng.choice(self.n, size=self.num_indices(), p=self.weights)
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-        else:
-            order = np.arange(self.n, dtype=np.int64)
-        if self.world_size > 1:
-            if self.even and self.n:
-                order = np.resize(order, self.num_indices() * self.world_size)
-            order = order[self.rank :: self.world_size]
-        return order
-
-    def __len__(self) -> int:
-        k = self.num_indices()
-        return k // self.batch_size if self.drop_last else -(-k // self.batch_size)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        idx = self.indices()
-        for b in range(len(self)):
-            yield idx[b * self.batch_size : (b + 1) * self.batch_size]
-
-
-# ---------------------------------------------------------------------------------------------
 # Subject pairs (e.g. MEG subject-identification / contrastive training)
 # ---------------------------------------------------------------------------------------------
 
@@ -758,46 +461,3 @@ class SubjectPairDataset:
 
     def __getitem__(self, pair: Sequence[int]) -> tuple[Any, ...]:
         return tuple(a[0] for a in self.__getitems__([pair]))
-
-
-class SubjectPairSampler(_EpochSeeded):
-    """Batches of window pairs with a target share of same-subject pairs, for DDP too.
-
-    Subjects are drawn uniformly (not windows), so subjects with many windows do not dominate.
-    Each rank draws its own stream (seeded by seed, epoch and rank): the pair equivalent of
-    sharding. `n_batches` per epoch and rank.
-    """
-
-    def __init__(
-        self,
-        pairs: SubjectPairDataset,
-        batch_size: int,
-        n_batches: int,
-        *,
-        same_fraction: float = 0.5,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
-        if not 0 <= same_fraction <= 1:
-            raise BrainpipeError(f"same_fraction={same_fraction}: must be in [0, 1]")
-        if same_fraction > 0 and not (pairs.count >= 2).any():
-            raise BrainpipeError("same-subject pairs need a subject with at least two windows")
-        if same_fraction < 1 and len(pairs.count) < 2:
-            raise BrainpipeError(
-                f"different-subject pairs need two subjects; the windows hold {len(pairs.count)}"
-            )
-        if not 0 <= rank < world_size:
-            raise BrainpipeError(f"rank {rank} is not in [0, world_size={world_size})")
-        self.pairs, self.batch_size, self.n_batches = pairs, batch_size, n_batches
-        self.same_fraction, self.seed, self.rank = same_fraction, int(seed), rank
-        self.world_size = world_size
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return self.n_batches
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank])
-        for _ in range(self.n_batches):
-            yield self.pairs.sample(rng, self.batch_size, self.same_fraction)

@@ -1,0 +1,224 @@
+"""The run dir: what `train` writes there and reads back on --resume.
+
+Owns the checkpoint (a plain dict of tensors and plain types, written atomically:
+`save_checkpoint`, `load_checkpoint`), the RNG state it carries (`rng_state`, `set_rng_state`),
+the checks before a run starts or resumes (`check_run_dir`: a run dir with a run needs
+--resume; a resume may not change the data splits), the logs (`RunLog`: TensorBoard,
+metrics.jsonl, W&B) and JSON output (`write_json`, summary.json).
+
+    run_dir/
+        last.pt, best.pt        checkpoints (see train.py for their keys)
+        metrics.jsonl           one line per epoch
+        events.out.tfevents.*   TensorBoard
+        summary.json            at the end
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from brainpipe.config import Config
+from brainpipe.errors import BrainpipeError
+from brainpipe.fsutil import atomic_output, check_writable_dir
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and RNG state
+# ---------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
+    with atomic_output(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise BrainpipeError(f"{path}: no checkpoint") from e
+    except Exception as e:
+        raise BrainpipeError(f"{path}: not a readable brainpipe checkpoint ({e})") from e
+
+
+def rng_state() -> dict[str, Any]:
+    """torch, numpy, Python (and CUDA) generator states of this process."""
+    # Plain types and tensors only, so a checkpoint loads with torch.load(weights_only=True).
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks before a run starts or resumes
+# ---------------------------------------------------------------------------------------------
+
+
+def same_setting(a: Any, b: Any) -> bool:
+    """Config values equal up to float rounding (a value read back from JSON or YAML)."""
+    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(same_setting(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+# Keys that decide which windows land in train, val and eval: a resumed run must keep them.
+_DATA_KEYS = (
+    ("window", "seconds"),
+    ("window", "stride_seconds"),
+    ("window", "label_overlap"),
+    ("train", "seed"),
+    ("train", "val_fraction"),
+    ("train", "eval_split"),
+)
+
+
+def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume from (None for a new run), after checking the run dir for it."""
+    last = run_dir / "last.pt"
+    if not resume:
+        if last.exists():
+            raise BrainpipeError(
+                f"{run_dir} already holds a run (last.pt); pass --resume to continue it, or "
+                "choose another --run-dir"
+            )
+        check_writable_dir(last)
+        return None
+    if not last.exists():
+        raise BrainpipeError(f"{last}: nothing to resume; run without --resume to start")
+    ckpt = load_checkpoint(last)
+    then, now = ckpt["config"], cfg.to_dict()
+    for section, key in _DATA_KEYS:
+        if not same_setting(then[section][key], now[section][key]):
+            raise BrainpipeError(
+                f"--resume: {section}.{key}={now[section][key]!r} but the run in {run_dir} "
+                f"used {then[section][key]!r}; changing it would change the data splits. Keep "
+                "it, or start a new --run-dir"
+            )
+    return ckpt
+
+
+def check_wandb(cfg: Config) -> None:
+    t = cfg.train
+    if t.wandb_project and t.wandb_mode != "disabled":
+        try:
+            import wandb  # noqa: F401
+        except ImportError as e:
+            raise BrainpipeError(
+                f"train.wandb_project={t.wandb_project!r} needs wandb: pip install wandb, or "
+                "unset train.wandb_project"
+            ) from e
+
+
+# ---------------------------------------------------------------------------------------------
+# Logs and JSON
+# ---------------------------------------------------------------------------------------------
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, obj: Any, lines: bool = False) -> None:
+    """JSON (or JSON lines, one per item of `obj`), written atomically; NaN and inf as null."""
+    with atomic_output(path) as tmp:
+        if lines:
+            tmp.write_text("".join(json.dumps(_jsonable(o)) + "\n" for o in obj))
+        else:
+            tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
+
+
+class RunLog:
+    """TensorBoard, metrics.jsonl and, when configured, W&B; rank 0 only."""
+
+    def __init__(self, run_dir: Path, cfg: Config, history: list[dict], enabled: bool):
+        self.enabled, self.run_dir, self.wandb = enabled, run_dir, None
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step drops events of epochs logged after the last checkpoint of a killed run.
+        self.tb = SummaryWriter(
+            log_dir=str(run_dir), purge_step=len(history) + 1 if history else None
+        )
+        write_json(run_dir / "metrics.jsonl", history, lines=True)
+        t = cfg.train
+        if t.wandb_project and t.wandb_mode != "disabled":
+            import wandb
+
+            self.wandb = wandb.init(
+                project=t.wandb_project,
+                mode=t.wandb_mode,
+                dir=str(run_dir),
+                name=run_dir.name,
+                config=cfg.to_dict(),
+                resume="allow",
+            )
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        flat = {
+            f"{split}/{k}": v
+            for split in ("train", "val", "eval")
+            for k, v in (row.get(split) or {}).items()
+            if isinstance(v, float)
+        }
+        flat.update({f"perf/{k}": row[k] for k in ("samples_per_s", "data_wait_fraction")})
+        flat["train/lr"] = row["lr"]
+        for k, v in flat.items():
+            self.tb.add_scalar(k, v, row["epoch"])
+        self.tb.flush()
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(_jsonable(row)) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(flat, step=row["epoch"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tb.close()
+            if self.wandb is not None:
+                self.wandb.finish()
+
+
+def steady_throughput(history: list[dict[str, Any]]) -> dict[str, float]:
+    """samples/s and data-wait fraction over the epochs after the first, which also pays for
+    worker start-up and a cold page cache (all epochs when there is only one)."""
+    steady = history[1:] if len(history) > 1 else history
+    busy = sum(h["epoch_time_s"] for h in steady)
+    samples = sum(h["samples_per_s"] * h["epoch_time_s"] for h in steady)
+    wait = sum(h["data_wait_fraction"] * h["epoch_time_s"] for h in steady)
+    return {
+        "samples_per_s": samples / busy if busy else 0.0,
+        "data_wait_fraction": wait / busy if busy else 0.0,
+        "first_epoch_samples_per_s": history[0]["samples_per_s"] if history else 0.0,
+    }
