@@ -44,7 +44,7 @@ def data_on_device_rate(cfg, reader, device, steps: int) -> float:
 
     from brainpipe.models import build_model, model_args
     from brainpipe.objectives import train_step
-    from brainpipe.train import make_datasets
+    from brainpipe.runtime import make_datasets
 
     t = cfg.train
     ds = make_datasets(reader, cfg).train
@@ -98,8 +98,9 @@ def main() -> int:
     from brainpipe.cache import build_cache
     from brainpipe.config import load_config
     from brainpipe.index import build_index
+    from brainpipe.runtime import open_cache, resolve_device
     from brainpipe.synthetic import make_corpus
-    from brainpipe.train import open_cache, resolve_device, train
+    from brainpipe.train import train
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_train_"))
     cache = Path(args.cache) if args.cache else work / "cache.h5"

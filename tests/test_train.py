@@ -22,7 +22,8 @@ from brainpipe.errors import BrainpipeError
 from brainpipe.metrics import compute_metrics
 from brainpipe.models import model_args
 from brainpipe.rundir import load_checkpoint
-from brainpipe.train import lr_factor, progress_bar_disabled, train
+from brainpipe.runtime import progress_bar_disabled
+from brainpipe.train import lr_factor, train
 
 # A ShallowFBCSPNet small enough for 2 CPU cores and 2 s windows at 50 Hz.
 FAST = [

@@ -1,0 +1,272 @@
+"""What every torch stage sets up before its work: its place in DDP, the device, the cache
+checked against the config, the splits and the loaders that feed the model.
+
+`train`, `predict` and `embed` are stages and never import each other; the loader they share
+lives here so that inference reads batches exactly as training does (same dataset, same batch
+ring, same worker settings).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from brainpipe.cachefile import CacheReader
+from brainpipe.config import Config
+from brainpipe.datasets import CacheWindowDataset
+from brainpipe.errors import BrainpipeError
+from brainpipe.ring import BatchRing, RingBatchSampler, collate_batch
+from brainpipe.rundir import (
+    same_setting,
+)
+from brainpipe.samplers import WindowBatchSampler, carve_validation, class_balanced_weights
+
+# ---------------------------------------------------------------------------------------------
+# Set-up pieces: each checks its input and fails with one BrainpipeError before any work
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """What torchrun put in the environment (RANK, LOCAL_RANK, WORLD_SIZE); defaults: no DDP."""
+
+    enabled: bool = False
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def from_environ(cls) -> DistEnv:
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            return cls()
+        return cls(
+            True,
+            int(os.environ["RANK"]),
+            int(os.environ.get("LOCAL_RANK", 0)),
+            int(os.environ["WORLD_SIZE"]),
+        )
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(setting: str, local_rank: int = 0) -> torch.device:
+    cuda = torch.cuda.is_available()
+    if setting == "cuda" and not cuda:
+        raise BrainpipeError(
+            f"train.device=cuda but torch {torch.__version__} sees no CUDA GPU; "
+            "use --set train.device=cpu (or auto), or install a CUDA build of torch"
+        )
+    if setting == "cpu" or not cuda:
+        return torch.device("cpu")
+    if local_rank >= torch.cuda.device_count():
+        raise BrainpipeError(
+            f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} GPUs are visible; "
+            "lower torchrun --nproc_per_node"
+        )
+    return torch.device("cuda", local_rank)
+
+
+def open_cache(cache_path: str | os.PathLike, cfg: Config) -> CacheReader:
+    """Open the cache and check that it was built with this config's preprocessing.
+
+    The window may differ (windows are recomputed from the continuous signal); the
+    preprocessing may not: a model trained on other filters or another rate than the config
+    says would silently be a different experiment.
+    """
+    reader = CacheReader(cache_path)  # refuses other format versions and unfinished builds
+    built = reader.config.get("preprocess")
+    if built is not None:
+        want = cfg.to_dict()["preprocess"]
+        diff = [
+            k for k in sorted(set(built) | set(want)) if not same_setting(built.get(k), want.get(k))
+        ]
+        if diff:
+            shown = ", ".join(
+                f"preprocess.{k}={built.get(k)!r} (config: {want.get(k)!r})" for k in diff[:4]
+            )
+            raise BrainpipeError(
+                f"{reader.path}: built with {shown}{' ...' if len(diff) > 4 else ''}; train with "
+                "the config the cache was built with (--config), or rebuild the cache with this "
+                "one (brainpipe build-cache --force)"
+            )
+    return reader
+
+
+@dataclass
+class Splits:
+    """The windows of a run: train, validation (carved from train by subject) and eval."""
+
+    train: CacheWindowDataset
+    val: CacheWindowDataset | None
+    eval: CacheWindowDataset | None
+
+    def evaluated(self) -> dict[str, CacheWindowDataset]:
+        """The splits scored each epoch, by name."""
+        return {k: ds for k, ds in (("val", self.val), ("eval", self.eval)) if ds is not None}
+
+    def sizes(self) -> dict[str, int]:
+        sets = (("train", self.train), ("val", self.val), ("eval", self.eval))
+        return {k: len(ds) if ds is not None else 0 for k, ds in sets}
+
+
+def make_datasets(reader: CacheReader, cfg: Config) -> Splits:
+    """train / val (carved from train by subject) / eval datasets, checked for emptiness."""
+    t, w = cfg.train, cfg.window
+    r = reader.recordings
+    done = r["status"] == 1
+    splits = sorted(set(r["split"][done].tolist()))
+    for name in ["train"] + ([t.eval_split] if t.eval_split else []):
+        if name not in splits:
+            raise BrainpipeError(
+                f"{reader.path}: no recordings in split {name!r}; the cache has "
+                f"{', '.join(map(repr, splits)) or 'none'}"
+                + ("" if name == "train" else "; set train.eval_split to one (or '' for none)")
+            )
+    train_subjects, val_subjects = carve_validation(reader, t.val_fraction, t.seed, "train")
+    if t.val_fraction > 0 and len(val_subjects) == 0:
+        raise BrainpipeError(
+            f"train.val_fraction={t.val_fraction} leaves no validation subject: split 'train' "
+            f"has {len(train_subjects)} subjects and each class needs two; set "
+            "train.val_fraction=0 or add subjects"
+        )
+    kw: dict[str, Any] = dict(
+        window_s=w.seconds, stride_s=w.stride_seconds, label_overlap=w.label_overlap
+    )
+    data = Splits(
+        train=CacheWindowDataset(
+            reader, "train", subjects=train_subjects, augment=t.augment, seed=t.seed, **kw
+        ),
+        val=CacheWindowDataset(reader, "train", subjects=val_subjects, **kw)
+        if len(val_subjects)
+        else None,
+        eval=CacheWindowDataset(reader, t.eval_split, **kw) if t.eval_split else None,
+    )
+    n = data.train.window_samples
+    for name, ds in (("train", data.train), *data.evaluated().items()):
+        if len(ds) == 0:
+            raise BrainpipeError(
+                f"{reader.path}: split {ds.split!r} ({name}) has no labelled windows of "
+                f"{w.seconds:g} s ({n} samples); check window.seconds against the recordings' "
+                "lengths and that the corpus has labels"
+            )
+    counts = data.train.class_counts()
+    if (counts > 0).sum() < 2:
+        present = [reader.label_names[i] for i in np.flatnonzero(counts)]
+        raise BrainpipeError(
+            f"{reader.path}: the training windows hold only class {present}; training needs "
+            f"at least two of {list(reader.label_names)}"
+        )
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaders
+# ---------------------------------------------------------------------------------------------
+
+
+def make_loader(
+    ds, batch_sampler, device: torch.device, num_workers: int, prefetch_factor: int, ring=False
+):
+    """A DataLoader over whole batches; with `ring`, workers hand batches over in a BatchRing.
+
+    Returns (loader, ring or None). Without a ring (or without workers) torch moves each batch
+    through fresh shared memory, which costs a worker ~40 ms per 21 MB batch (see BatchRing).
+    """
+    from torch.utils.data import DataLoader
+
+    shared = None
+    if ring and num_workers > 0:
+        n_slots = BatchRing.slots_for(num_workers, prefetch_factor)
+        shape = (batch_sampler.batch_size, ds.window_samples, ds.n_channels)
+        need = n_slots * math.prod(shape) * ds.reader.dtype.itemsize
+        free = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else None
+        if free is None or free > 1.2 * need:
+            shared = BatchRing(n_slots, shape, ds.reader.dtype)
+            ds.ring = shared
+            batch_sampler = RingBatchSampler(batch_sampler, n_slots)
+        else:
+            print(
+                f"note: /dev/shm has {free / 2**20:.0f} MiB free, the batch ring needs "
+                f"{need / 2**20:.0f} MiB: workers fall back to torch's slower hand-over; give "
+                "the container more (docker --shm-size, compose shm_size)",
+                flush=True,
+            )
+    loader = DataLoader(
+        ds,
+        batch_sampler=batch_sampler,
+        collate_fn=collate_batch,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        # Its own generator: worker seeding must not consume the global RNG, or a resumed run
+        # would draw other dropout masks than an uninterrupted one.
+        generator=torch.Generator(),
+    )
+    return loader, shared
+
+
+@dataclass
+class Loaders:
+    train: Any  # DataLoader
+    sampler: WindowBatchSampler
+    evaluated: dict[str, Any]  # split name -> DataLoader, every window once
+    steps_per_epoch: int
+    ring: BatchRing | None
+
+
+def make_loaders(data: Splits, cfg: Config, env: DistEnv, device: torch.device) -> Loaders:
+    """The training loader (shuffled, sharded, through the batch ring) and the scoring loaders."""
+    t = cfg.train
+    per_rank = -(-len(data.train) // env.world_size)
+    sampler = WindowBatchSampler(
+        len(data.train),
+        t.batch_size,
+        shuffle=True,
+        drop_last=per_rank >= t.batch_size,  # no ragged last batch, unless it is the only one
+        seed=t.seed,
+        rank=env.rank,
+        world_size=env.world_size,
+        weights=class_balanced_weights(data.train.label) if t.balanced_sampling else None,
+    )
+    train_loader, ring = make_loader(
+        data.train, sampler, device, t.num_workers, t.prefetch_factor, ring=True
+    )
+    evaluated = {
+        name: make_loader(
+            ds,
+            WindowBatchSampler(
+                len(ds),
+                t.batch_size,
+                shuffle=False,
+                rank=env.rank,
+                world_size=env.world_size,
+                even=False,  # every window once: metrics over the exact set
+            ),
+            device,
+            t.num_workers,
+            t.prefetch_factor,
+        )[0]
+        for name, ds in data.evaluated().items()
+    }
+    steps = len(sampler)
+    if t.max_steps_per_epoch is not None:
+        steps = min(steps, t.max_steps_per_epoch)
+    return Loaders(train_loader, sampler, evaluated, steps, ring)
+
+
+def progress_bar_disabled(is_main: bool) -> bool | None:
+    """tqdm's `disable`: off on other ranks and with TQDM_DISABLE; else None, which turns the
+    bar off when stdout is not a terminal (`docker compose up` logs, a redirected run), as the
+    other stages do; each epoch still prints its one summary line."""
+    if not is_main or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false"):
+        return True
+    return None
