@@ -5,7 +5,7 @@ PYTHON ?= python3
 DEMO   ?= demo
 CONFIG ?= configs/smoke.yaml
 
-.PHONY: help install demo test lint bench clean
+.PHONY: help install demo test test-cluster lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ test: install  ## lint, format check and the whole test suite
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m pytest
+
+test-cluster: install  ## the Slurm tests: a real single-node Slurm (root; apt-gets slurm + munge when missing)
+	$(PYTHON) -m pytest -m cluster tests/cluster
 
 lint:  ## ruff fix and format
 	$(PYTHON) -m ruff check --fix .
