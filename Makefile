@@ -8,7 +8,7 @@ CONFIG ?= configs/smoke.yaml
 .PHONY: help install demo test test-cluster lint bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 install:  ## install brainpipe with the train and dev extras (CPU torch 2.13.0 pinned first)
 	$(PYTHON) -m pip install -q torch==2.13.0

@@ -28,7 +28,8 @@ PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 # Declared CPUs (slurmd trusts them with config_overrides): enough for a 2-process step and a
 # few array tasks at once on a 2-core CI runner.
 NODE_CPUS = 4
-NODE_NAME = "bpnode"
+# The node is named after the host, as on a real cluster: jobs resolve `scontrol show hostnames`.
+NODE_NAME = socket.gethostname()
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Slurm:
         return int(self.run("sbatch", "--parsable", *args).strip().split(";")[0])
 
     def wait(self, *job_ids: int, timeout: float = 120) -> dict[int, str]:
-        """Wait until the jobs (all array tasks) left the queue; return job id -> final states."""
+        """Wait until the jobs (all array tasks) left the queue; return job id -> final state(s)."""
         deadline = time.monotonic() + timeout
         ids = ",".join(str(j) for j in job_ids)
         while time.monotonic() < deadline:
@@ -66,7 +67,9 @@ class Slurm:
         for j in job_ids:
             # Without accounting, `scontrol show job` keeps finished jobs for MinJobAge seconds.
             text = self.run("scontrol", "-o", "show", "job", str(j))
-            out[j] = " ".join(w.split("=", 1)[1] for w in text.split() if w.startswith("JobState="))
+            # An array prints one line per task; its state is the set of their states.
+            states = {w.split("=", 1)[1] for w in text.split() if w.startswith("JobState=")}
+            out[j] = ",".join(sorted(states))
         return out
 
     def logs(self) -> str:
@@ -109,6 +112,8 @@ def write_conf(root: Path) -> Path:
     for d in ("ctld", "spool"):
         (root / d).mkdir(parents=True, exist_ok=True)
     host = socket.gethostname()
+    with open("/proc/meminfo") as f:  # declared memory, so jobs with --mem/--mem-per-cpu fit
+        mem_mb = int(f.readline().split()[1]) // 1024 * 9 // 10
     conf = root / "slurm.conf"
     conf.write_text(
         f"""\
@@ -140,7 +145,7 @@ ReturnToService=2
 MinJobAge=600
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName={NODE_NAME} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={NODE_CPUS} State=UNKNOWN
+NodeName={NODE_NAME} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={NODE_CPUS} RealMemory={mem_mb} State=UNKNOWN
 PartitionName=debug Nodes={NODE_NAME} Default=YES MaxTime=INFINITE State=UP
 """
     )
