@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
+BINARIES = ("slurmctld", "slurmd", "sbatch", "srun", "sinfo", "squeue", "scontrol", "munged")
 # Declared CPUs (slurmd trusts them with config_overrides): enough for a 2-process step and a
 # few array tasks at once on a 2-core CI runner.
 NODE_CPUS = 4
@@ -83,13 +84,18 @@ def _fail(msg: str) -> None:
     pytest.fail(f"slurm cluster: {msg}", pytrace=False)
 
 
+def _bin(name: str) -> str | None:
+    # The daemons live in /usr/sbin, which a non-login PATH often lacks.
+    return shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+
+
 def ensure_installed() -> None:
-    """apt-get the Debian packages when a daemon is missing; fail with one line if we cannot."""
-    if all(shutil.which(b) for b in ("slurmctld", "slurmd", "sbatch", "munged")):
+    """apt-get the Debian packages when a program is missing; fail with one line if we cannot."""
+    if all(_bin(b) for b in BINARIES):
         return
     if os.geteuid() != 0:
         _fail(f"needs root to apt-get install {' '.join(PACKAGES)} (running as uid {os.geteuid()})")
-    if not shutil.which("apt-get"):
+    if not _bin("apt-get"):
         _fail(f"needs apt-get to install {' '.join(PACKAGES)}; not a Debian/Ubuntu system")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
@@ -100,6 +106,9 @@ def ensure_installed() -> None:
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or ["no output"])[-1]
         _fail(f"apt-get install {' '.join(PACKAGES)} failed: {last}")
+    missing = [b for b in BINARIES if not _bin(b)]
+    if missing:
+        _fail(f"{', '.join(missing)} still missing after apt-get install {' '.join(PACKAGES)}")
 
 
 def _free_port() -> int:
@@ -180,11 +189,10 @@ def start(root: Path) -> Slurm:
     key = root / "munge.key"
     key.write_bytes(os.urandom(1024))
     key.chmod(0o400)
-    munged = shutil.which("munged") or "/usr/sbin/munged"
     cluster.procs.append(
         _start(
             [
-                munged,
+                _bin("munged"),
                 "-F",
                 "-f",
                 f"--socket={root}/munge.socket",
@@ -199,10 +207,10 @@ def start(root: Path) -> Slurm:
     )
     _wait_for("munge socket", (root / "munge.socket").exists, cluster, 20)
     cluster.procs.append(
-        _start(["slurmctld", "-D", "-i", "-f", str(conf)], env, root / "ctld.out.log")
+        _start([_bin("slurmctld"), "-D", "-i", "-f", str(conf)], env, root / "ctld.out.log")
     )
     cluster.procs.append(
-        _start(["slurmd", "-D", "-N", NODE_NAME, "-f", str(conf)], env, root / "d.out.log")
+        _start([_bin("slurmd"), "-D", "-N", NODE_NAME, "-f", str(conf)], env, root / "d.out.log")
     )
 
     def idle() -> bool:

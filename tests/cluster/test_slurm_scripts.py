@@ -54,7 +54,7 @@ def stub(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def test_scripts_are_valid_bash():
-    for p in sorted(SCRIPTS.iterdir()):
+    for p in sorted([*SCRIPTS.glob("*.sh"), *SCRIPTS.glob("*.sbatch")]):
         r = subprocess.run(["bash", "-n", str(p)], capture_output=True, text=True, check=False)
         assert r.returncode == 0, f"{p.name}: {r.stderr}"
 
