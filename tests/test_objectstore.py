@@ -264,3 +264,30 @@ def test_local_roots_work_through_the_same_interface(raw):
     objects = store.list(suffixes=(".edf",))
     assert [o.key for o in objects] == sorted(local_files(raw, ".edf"))
     assert store.fetch(objects[0]).data == (raw / objects[0].key).read_bytes()
+
+
+_worker_store: ObjectStore | None = None
+
+
+def _set_store(store: ObjectStore) -> None:
+    global _worker_store
+    _worker_store = store
+
+
+def _fetch_size(obj) -> int:
+    return len(_worker_store.fetch(obj).data)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_store_works_in_worker_processes(s3, method):
+    # build-cache hands the store to its workers: inherited as is under fork (initargs are not
+    # pickled there), pickled under spawn and forkserver.
+    import multiprocessing
+
+    store = ObjectStore(f"s3://{BUCKET}/tuab")
+    objects = store.list(suffixes=(".edf",))
+    store.fetch(objects[0])  # the parent's filesystem has a live session and event loop
+    ctx = multiprocessing.get_context(method)
+    with ctx.Pool(2, initializer=_set_store, initargs=(store,)) as pool:
+        sizes = pool.map(_fetch_size, objects)
+    assert sizes == [o.size for o in objects]

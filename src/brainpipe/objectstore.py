@@ -177,7 +177,7 @@ def _mtime_ns(info: dict) -> int | None:
 
 
 class ObjectStore:
-    """A read-only view of an fsspec URL root. Safe to share between threads; pickles by root.
+    """A read-only view of an fsspec URL root: shared by threads, pickled by root, fork-safe.
 
     `max_in_flight` bounds concurrent requests; `retries` counts extra tries after the first on
     transient errors, waiting `backoff_s * 2**k` (with jitter) before try k+1.
@@ -197,7 +197,8 @@ class ObjectStore:
         self.retries = retries
         self.backoff_s = backoff_s
         self._storage_options = storage_options
-        self.fs, self._path = _filesystem(self.root, storage_options, max_in_flight)
+        self._fs, self._path = _filesystem(self.root, storage_options, max_in_flight)
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._total = Transfer()
 
@@ -207,6 +208,19 @@ class ObjectStore:
             _rebuild,
             (self.root, self.max_in_flight, self.retries, self.backoff_s, self._storage_options),
         )
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem, made anew in a forked child (s3fs's is not fork-safe)."""
+        if os.getpid() != self._pid:
+            self._fs, _ = _filesystem(self.root, self._storage_options, self.max_in_flight)
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
+        return self._fs
+
+    @fs.setter
+    def fs(self, fs: Any) -> None:
+        self._fs, self._pid = fs, os.getpid()
 
     @property
     def transferred(self) -> Transfer:
