@@ -5,10 +5,10 @@ PYTHON ?= python3
 DEMO   ?= demo
 CONFIG ?= configs/smoke.yaml
 
-.PHONY: help install demo test test-fast lint bench clean
+.PHONY: help install demo test test-fast test-cluster lint bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 install:  ## install brainpipe with the train and dev extras (CPU torch 2.13.0 pinned first)
 	$(PYTHON) -m pip install -q torch==2.13.0
@@ -29,7 +29,10 @@ test: install  ## lint, format check and the whole test suite
 	$(PYTHON) -m pytest
 
 test-fast:  ## the inner loop: every test but the slow end-to-end ones (no install, no lint)
-	$(PYTHON) -m pytest -m "not slow" -q
+	$(PYTHON) -m pytest -m "not slow and not cluster" -q
+
+test-cluster: install  ## the Slurm tests: a real single-node Slurm (root; apt-gets slurm + munge when missing)
+	$(PYTHON) -m pytest -m cluster tests/cluster
 
 lint:  ## ruff fix and format
 	$(PYTHON) -m ruff check --fix .
