@@ -35,11 +35,13 @@ import numpy as np
 
 from brainpipe import __version__
 from brainpipe.annotations import Event, merge_channel_events, parse_annotations
+from brainpipe.channels import channel_types
 from brainpipe.config import Config
 from brainpipe.corpus import Facts, layout_parser
 from brainpipe.edf import ANNOTATION_LABELS, read_header
 from brainpipe.errors import BrainpipeError
 from brainpipe.indexfile import Index, Recording
+from brainpipe.readers import is_directory_format, open_raw
 
 EDF_SUFFIXES = (".edf", ".bdf")
 
@@ -84,7 +86,9 @@ def _walk(
             except OSError:
                 is_dir = False
             if is_dir:
-                if not entry.name.startswith("."):
+                if entry.name.lower().endswith(suffixes) and is_directory_format(entry.name):
+                    found.append(entry.path[prefix:].replace(os.sep, "/"))  # CTF .ds, EGI .mff
+                elif not entry.name.startswith("."):
                     stack.append(entry.path)
                 continue
             rel = entry.path[prefix:].replace(os.sep, "/")
@@ -127,7 +131,7 @@ def _read_edf(abspath: str, memo: dict) -> _Read:
         h.start.isoformat(),
         labels,
         rates,
-        ("eeg",) * len(labels),
+        channel_types(labels),
     )
 
 
@@ -143,17 +147,11 @@ def _rates(samples_per_record: tuple[int, ...], record_duration: float) -> tuple
     return main, tuple(c / record_duration for c in counts)
 
 
-def _read_mne(abspath: str) -> _Read:
-    import mne
-
+def _read_mne(abspath: str, reader_options: dict | None = None) -> _Read:
     st = os.stat(abspath)
-    if st.st_size == 0:
+    if st.st_size == 0 and not is_directory_format(abspath):
         raise BrainpipeError(f"{abspath}: empty file: 0 bytes")
-    try:
-        raw = mne.io.read_raw(abspath, preload=False, verbose="error")
-    except Exception as e:  # mne raises many types for bad files; all mean "unreadable"
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise BrainpipeError(f"{abspath}: unreadable: {msg}") from e
+    raw = open_raw(abspath, reader_options)
     info = raw.info
     meas = info.get("meas_date")
     return (
@@ -191,7 +189,7 @@ class _Reader:
         ab = f"{root_s}/{rel}"
         try:
             edf = rel.lower().endswith(EDF_SUFFIXES)
-            got = _read_edf(ab, self.memo) if edf else _read_mne(ab)
+            got = _read_edf(ab, self.memo) if edf else _read_mne(ab, c.reader_options)
             facts = facts_of(rel)
             events: tuple[Event, ...] = ()
             ann_mtime = 0
