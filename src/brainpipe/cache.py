@@ -43,6 +43,7 @@ from brainpipe.corpus import TASK_LABELS, TUAB_LABELS, TUSZ_LABELS
 from brainpipe.errors import BrainpipeError, reason_kind
 from brainpipe.fsutil import check_writable_dir
 from brainpipe.reporting import window_counts_text
+from brainpipe.splits import overlap_warning
 
 CONFIG_SECTIONS = ("corpus", "preprocess", "window", "cache")
 
@@ -341,6 +342,7 @@ class BuildResult:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     resumed: int = 0
     up_to_date: bool = False
+    warnings: list[str] = field(default_factory=list)  # e.g. subjects in several splits
 
 
 def build_cache(
@@ -402,7 +404,13 @@ def build_cache(
         raw_bytes,
         written.counts,
         writer.resumed,
+        warnings=_overlap(plan.layout.recordings, done),
     )
+
+
+def _overlap(recordings: dict, done: np.ndarray) -> list[str]:
+    line = overlap_warning(recordings["split"][done], recordings["subject"][done])
+    return [line] if line else []
 
 
 def _up_to_date(cache_path: Path, layout: Layout) -> BuildResult:
