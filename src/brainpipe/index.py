@@ -35,6 +35,7 @@ import numpy as np
 
 from brainpipe import __version__
 from brainpipe.annotations import Event, merge_channel_events, parse_annotations
+from brainpipe.bids import BidsLayout, bids_recordings
 from brainpipe.channels import channel_types
 from brainpipe.config import Config
 from brainpipe.corpus import Facts, layout_parser
@@ -176,7 +177,11 @@ class _Reader:
 
     def __init__(self, root: str, corpus: Any, on_read: Callable[[str], None] | None = None):
         self.root, self.corpus, self.on_read = root, corpus, on_read
-        self.facts_of = layout_parser(corpus.layout, corpus.filename_regex, corpus.manifest)
+        self.facts_of = (
+            BidsLayout(root, corpus)
+            if corpus.layout == "bids"
+            else layout_parser(corpus.layout, corpus.filename_regex, corpus.manifest)
+        )
         self.memo: dict = {}
 
     def many(self, items: list) -> list:
@@ -193,6 +198,8 @@ class _Reader:
             facts = facts_of(rel)
             events: tuple[Event, ...] = ()
             ann_mtime = 0
+            if c.layout == "bids":  # events and bad channels from the recording's sidecars
+                events, got = facts_of.sidecars(rel, got)
             if ann is not None:
                 ann_mtime = os.stat(f"{root_s}/{ann}").st_mtime_ns
                 evs = parse_annotations(f"{root_s}/{ann}")
@@ -243,6 +250,8 @@ def scan(
     c = cfg.corpus
     errors: list[tuple[str, str]] = []
     candidates, every = _walk(root, tuple(s.lower() for s in c.extensions), errors)
+    if c.layout == "bids":
+        candidates = bids_recordings(candidates)
     if force:
         previous = None
     reused, todo, n_removed = _match_previous(root, candidates, every, c, previous, errors)

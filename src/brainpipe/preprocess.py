@@ -66,7 +66,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import signal
 
-from brainpipe.channels import canonical_name, locate
+from brainpipe.channels import BAD_TYPE, canonical_name, locate
 from brainpipe.config import STANDARD_1020, PreprocessConfig
 from brainpipe.errors import BrainpipeError
 
@@ -156,7 +156,16 @@ def plan_channels(
     missing = tuple(e for e in needed if where[e] is None)
 
     if (missing and cfg.on_missing == "skip") or len(missing) == len(needed):
-        have = ", ".join(dict.fromkeys(canonical_name(x) for x in labels)) or "no channels"
+        marks = ch_types or ("",) * len(labels)
+        have = (
+            ", ".join(
+                dict.fromkeys(
+                    canonical_name(x) + (" (bad)" if t == BAD_TYPE else "")
+                    for x, t in zip(labels, marks, strict=True)
+                )
+            )
+            or "no channels"
+        )
         what = (
             "none of the required channels is present"
             if len(missing) == len(needed)
