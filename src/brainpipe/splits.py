@@ -65,9 +65,8 @@ def check_subject_overlap(split, subject, allow: bool, source: str) -> None:
 
 def check_cache_subjects(reader, train_cfg) -> None:
     """`check_subject_overlap` over a cache's finished recordings (what `train` calls)."""
-    from brainpipe.datasets import subject_keys
-
+    # recordings without a subject count as their own subject and so never overlap
     done = reader.recordings["status"] == STATUS_DONE
-    subject = subject_keys(reader)[done]
-    split = reader.recordings["split"][done]
+    subject = reader.recordings["subject"].astype(str)[done]
+    split = reader.recordings["split"].astype(str)[done]
     check_subject_overlap(split, subject, train_cfg.allow_subject_overlap, str(reader.path))
