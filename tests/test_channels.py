@@ -195,9 +195,9 @@ def test_only_eeg_typed_channels_fill_an_eeg_montage():
 
 
 def test_coverage_line_counts_full_partial_and_ambiguous_recordings():
-    line = coverage_line([TUH, EEGMMI, SLEEP_EDF, ["T3", "T7", "C3"], TUH], STANDARD_1020)
+    line = coverage_line([TUH, EEGMMI, SLEEP_EDF, ["T3", "T7", "C3"], TUH, ["C3"]], STANDARD_1020)
     assert line == (
-        "EEG channels: 3 recordings with all 19 10-20 electrodes, 1 lacking some, "
+        "EEG channels (10-20): 3 recordings with all 19, 1 with some, 1 with none, "
         "1 naming one electrode twice (e.g. T3 and T7)"
     )
 

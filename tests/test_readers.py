@@ -196,3 +196,13 @@ def test_index_file_is_loadable_with_the_new_types(mixed):
     index = Index.load(mixed[0])
     fif = index.path.tolist().index("sub-02_eeg.fif")
     assert index.channel_types(fif) == ("eeg", "eeg", "eeg", "stim")
+
+
+def test_inspect_counts_recordings_by_10_20_coverage_through_the_normalizer(mixed, capsys):
+    from brainpipe.cli import main
+
+    assert main(["inspect", str(mixed[0])]) == 0
+    # both recordings hold FP1, C3 and T3 (the EDF as "T7..") and nothing else of the 19
+    assert "EEG channels (10-20): 0 recordings with all 19, 2 with some, 0 with none" in (
+        capsys.readouterr().out
+    )

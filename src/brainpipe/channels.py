@@ -130,8 +130,8 @@ def locate(
 def coverage_line(
     channel_lists: Iterable[Sequence[str]], wanted: Sequence[str], what: str = "10-20"
 ) -> str:
-    """How many recordings hold every wanted electrode, lack some, or name one twice."""
-    full = partial = ambiguous = 0
+    """How many recordings hold every wanted electrode, some, none, or name one twice."""
+    counts = dict.fromkeys(("full", "partial", "none", "ambiguous"), 0)
     seen: dict[tuple[str, ...], str] = {}
     for labels in channel_lists:
         key = tuple(labels)
@@ -139,17 +139,19 @@ def coverage_line(
         if verdict is None:
             try:
                 got = locate(key, wanted)
-                verdict = "full" if None not in got else "partial"
+                found = sum(g is not None for g in got)
+                verdict = "full" if found == len(got) else ("partial" if found else "none")
             except BrainpipeError:
                 verdict = "ambiguous"
             seen[key] = verdict
-        full += verdict == "full"
-        partial += verdict == "partial"
-        ambiguous += verdict == "ambiguous"
-    line = f"EEG channels: {full} recordings with all {len(wanted)} {what} electrodes, {partial} lacking some"
-    return line + (
-        f", {ambiguous} naming one electrode twice (e.g. T3 and T7)" if ambiguous else ""
+        counts[verdict] += 1
+    line = (
+        f"EEG channels ({what}): {counts['full']} recordings with all {len(wanted)}, "
+        f"{counts['partial']} with some, {counts['none']} with none"
     )
+    if counts["ambiguous"]:
+        line += f", {counts['ambiguous']} naming one electrode twice (e.g. T3 and T7)"
+    return line
 
 
 def mark_bad(labels: Sequence[str], types: Sequence[str], bad: Iterable[str]) -> tuple[str, ...]:

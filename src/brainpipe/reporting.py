@@ -15,6 +15,8 @@ import os
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from brainpipe.channels import coverage_line
+from brainpipe.config import STANDARD_1020
 from brainpipe.errors import reason_kind
 from brainpipe.splits import overlap_warning
 
@@ -64,6 +66,7 @@ def index_table(summary: dict[str, Any]) -> str:
     rates = Counter(r["sfreq"] for r in recs)
     lines.append("")
     lines.append("sample rates: " + ", ".join(f"{s:g} Hz ({n})" for s, n in sorted(rates.items())))
+    lines.append(coverage_line((r["channels"] for r in recs), STANDARD_1020))
     errs = summary["errors"]
     lines.append(f"errors: {len(errs)}")
     for e in errs[:20]:
