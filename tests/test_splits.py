@@ -100,3 +100,20 @@ def test_config_key_for_train_is_there_and_off_by_default():
     assert "allow_subject_overlap" not in load_config().to_dict()["train"]
     on = load_config(None, ["train.allow_subject_overlap=true"])
     assert on.to_dict()["train"]["allow_subject_overlap"] is True
+
+
+def test_subject_splits_give_a_generic_tree_its_splits(tmp_path):
+    # the README's EEGMMI example: subject from a regex, splits from the config
+    for name in ("S001/S001R04.edf", "S001/S001R08.edf", "S002/S002R04.edf", "S003/S003R04.edf"):
+        _write(tmp_path / "raw" / name, 0)
+    cfg = load_config(
+        None,
+        [r"corpus.filename_regex=(?P<subject>S\d{3})R(?P<session>\d\d)"]
+        + ['corpus.subject_splits={"train": [S001, S002], "eval": [S003]}'],
+    )
+    index = build_index(tmp_path / "raw", tmp_path / "i.npz", cfg, progress=False).index
+    got = list(
+        zip(index.subject.tolist(), index.session.tolist(), index.split.tolist(), strict=True)
+    )
+    assert sorted(got) == [("S001", "04", "train"), ("S001", "08", "train"), ("S002", "04", "train"),
+                           ("S003", "04", "eval")]  # fmt: skip

@@ -3,7 +3,8 @@
 Owns reading a BIDS tree's own description of its recordings, through mne-bids where it parses
 names: subject, session, task and run from each file name's entities; the label of each
 subject from a `participants.tsv` column (`corpus.label_column`); the split from another
-column (`corpus.split_column`) or from `corpus.subject_splits`; events from the recording's
+column (`corpus.split_column`; else `corpus.subject_splits`, which the index stage applies to
+every layout); events from the recording's
 `*_events.tsv` (onset, duration, `trial_type`, else `value`); bad channels from its
 `*_channels.tsv` (`status` = bad), which the index types `channels.BAD_TYPE` so that every
 consumer treats them as missing. This is how OpenNeuro datasets and CamCAN-style MEG arrive.
@@ -98,9 +99,6 @@ class BidsLayout:
             raise BrainpipeError(
                 f"{participants}: not found; corpus.label_column/split_column read it"
             )
-        self.subject_split = {
-            str(s): split for split, subs in corpus.subject_splits.items() for s in subs
-        }
 
     def _column(self, subject: str, column: str | None) -> str:
         if not column:
@@ -119,9 +117,8 @@ class BidsLayout:
             for key, full in (("task", "task"), ("acq", "acquisition"), ("run", "run"))
             if ent.get(full)
         )
-        split = self._column(subject, self.split_column) or self.subject_split.get(subject, "")
         return Facts(
-            split=split,
+            split=self._column(subject, self.split_column),
             label=self._column(subject, self.label_column),
             subject=subject,
             session=ent.get("session") or "",

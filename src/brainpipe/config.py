@@ -64,8 +64,9 @@ class CorpusConfig:
     # and the one holding its split (null: splits from `subject_splits`, else none).
     label_column: str | None = _added(None)
     split_column: str | None = _added(None)
-    # Splits by subject for layouts whose paths carry none (bids, generic without a split group):
-    # {"train": ["01", "02"], "eval": ["03"]}; subjects listed nowhere get no split.
+    # Splits by subject, for recordings whose layout gives them none (generic without a split
+    # group, bids without split_column): {"train": ["01", "02"], "eval": ["03"]}; subjects
+    # listed nowhere keep no split.
     subject_splits: dict[str, Any] = _added(dict)
 
 

@@ -183,6 +183,9 @@ class _Reader:
             else layout_parser(corpus.layout, corpus.filename_regex, corpus.manifest)
         )
         self.memo: dict = {}
+        self.subject_split = {
+            str(s): split for split, subs in corpus.subject_splits.items() for s in subs
+        }
 
     def many(self, items: list) -> list:
         return [self(item) for item in items]
@@ -196,6 +199,8 @@ class _Reader:
             edf = rel.lower().endswith(EDF_SUFFIXES)
             got = _read_edf(ab, self.memo) if edf else _read_mne(ab, c.reader_options)
             facts = facts_of(rel)
+            if not facts.split and facts.subject in self.subject_split:  # corpus.subject_splits
+                facts = dataclasses.replace(facts, split=self.subject_split[facts.subject])
             events: tuple[Event, ...] = ()
             ann_mtime = 0
             if c.layout == "bids":  # events and bad channels from the recording's sidecars
