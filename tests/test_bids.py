@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from brainpipe.bids import bids_recordings
-from brainpipe.cache import build_cache
+from brainpipe.cache import build_cache, verify_cache
 from brainpipe.cachefile import CacheReader
 from brainpipe.channels import BAD_TYPE
 from brainpipe.config import load_config
@@ -150,6 +150,8 @@ def test_bad_channels_from_channels_tsv_are_missing_for_build_cache(bids_root, t
         assert rec["mask"][sub02[0]].tolist() == [True, True, False, True]
         off, n = int(rec["offset"][sub02[0]]), int(rec["length"][sub02[0]])
         assert not r.read(off, n)[:, 2].any()  # the bad channel is zero-filled, not read
+    report = verify_cache(tmp_path / "zero.h5", n_windows=40)
+    assert report.ok, report.problems  # verify reads the recordings as the build did
 
 
 def test_subject_splits_from_config_and_derivatives_are_not_recordings(bids_root, tmp_path):

@@ -563,6 +563,15 @@ class VerifyReport:
         }
 
 
+def _source(cfg: Config, root: Path, relpath: str) -> dict:
+    """How build-cache's worker read a recording (reader options, BIDS bad channels), again."""
+    from brainpipe.bids import BidsLayout
+
+    bids = cfg.corpus.layout == "bids"
+    bad = BidsLayout(root, cfg.corpus).bad_channels(str(relpath)) if bids else ()
+    return {"reader_options": dict(cfg.corpus.reader_options), "bad": bad}
+
+
 def verify_cache(
     path: str | os.PathLike,
     n_windows: int = 8,
@@ -614,7 +623,7 @@ def verify_cache(
             try:
                 if i not in cache_recs:
                     cache_recs[i] = process_recording(
-                        src, cfg.preprocess, expected_length=int(length[i])
+                        src, cfg.preprocess, int(length[i]), **_source(cfg, root, rec["path"][i])
                     )[0]
             except BrainpipeError as e:
                 problems.append(f"window {k}: {e}")
