@@ -11,6 +11,10 @@ No start-up path builds per-window Python objects: windows are computed with vec
 from per-recording lengths, and `__getitem__` maps an index to (recording, offset) with
 `np.searchsorted`.
 
+Over 500 lines for a reason: the three datasets share the window arithmetic (`window_counts`,
+`locate`) and the pickling contract, and are read together; `EdfWindowDataset` is the piece to
+move out if this grows further.
+
     ds = EdfWindowDataset("data/index.npz", window_s=10.0, stride_s=5.0, channels=STANDARD_1020)
     x, y = ds[123]          # float32 (19, 10 * sfreq) in Volts, recording label (or -1)
 
