@@ -206,3 +206,23 @@ def test_inspect_counts_recordings_by_10_20_coverage_through_the_normalizer(mixe
     assert "EEG channels (10-20): 0 recordings with all 19, 2 with some, 0 with none" in (
         capsys.readouterr().out
     )
+
+
+def _window(args):
+    ds, i = args
+    return ds[i][0]
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_lazy_dataset_with_mne_rows_pickles_for_every_start_method(mixed, method):
+    import multiprocessing as mp
+    import pickle
+
+    ds = EdfWindowDataset(mixed[0], window_s=2.0, channels=["FP1", "T3"])
+    last = len(ds) - 1
+    want = [ds[0][0], ds[last][0]]  # opens an EDF header and an mne Raw in this process
+    assert pickle.loads(pickle.dumps(ds))._headers == {}
+    with mp.get_context(method).Pool(1) as pool:
+        got = pool.map(_window, [(ds, 0), (ds, last)])
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
