@@ -42,9 +42,7 @@ from brainpipe.corpus import Facts, layout_parser
 from brainpipe.edf import ANNOTATION_LABELS, read_header
 from brainpipe.errors import BrainpipeError
 from brainpipe.indexfile import Index, Recording
-from brainpipe.readers import is_directory_format, open_raw
-
-EDF_SUFFIXES = (".edf", ".bdf")
+from brainpipe.readers import EDF_SUFFIXES, is_directory_format, open_raw
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from brainpipe.cachefile import STATUS_DONE
 from brainpipe.errors import BrainpipeError
 
 
@@ -65,6 +64,8 @@ def check_subject_overlap(split, subject, allow: bool, source: str) -> None:
 
 def check_cache_subjects(reader, train_cfg) -> None:
     """`check_subject_overlap` over a cache's finished recordings (what `train` calls)."""
+    from brainpipe.cachefile import STATUS_DONE  # h5py stays off the `index` start-up path
+
     # recordings without a subject count as their own subject and so never overlap
     done = reader.recordings["status"] == STATUS_DONE
     subject = reader.recordings["subject"].astype(str)[done]
