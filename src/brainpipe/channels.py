@@ -25,8 +25,10 @@ Types. mne's conventions (eeg, eog, ecg, emg, stim, misc) from the label's first
 are eog, ECG/EKG ecg, EMG/CHIN emg, STATUS/TRIGGER/STI/PHOTIC/MARKER/EVENT stim (BDF's
 `Status` and mne's `STI 014`), respiration, temperature, oximetry and TUH's IBI/BURSTS/SUPPR
 misc; everything else eeg. Only channels of type eeg fill an EEG montage's electrodes (a
-montage that lists an EOG or ECG channel by name gets a channel of that type); a file's own types
-(mne's for FIF and the other formats) win over the label's. The index marks the bad channels a
+montage that lists an EOG or ECG channel by name gets a channel of that type). A file's own
+types (mne's for FIF and the other formats) win over the label's, except the generic `eeg`
+that EDF readers, and indexes written before this module, give every channel: the label
+refines it, so an old index and a new one plan the same channels. The index marks the bad channels a
 BIDS `*_channels.tsv` names with type `bad` (`BAD_TYPE`), which fills nothing: they count as
 missing.
 """
@@ -111,6 +113,10 @@ def locate(
         types = channel_types(tuple(labels))
     elif len(types) != len(labels):
         raise ValueError(f"{len(labels)} labels but {len(types)} channel types")
+    else:  # "eeg" is what EDF readers (and indexes written before) give every channel
+        types = [
+            channel_type(lab) if t == "eeg" else t for lab, t in zip(labels, types, strict=True)
+        ]
     by_name: dict[tuple[str, str], list[int]] = {}
     for i, (label, kind) in enumerate(zip(labels, types, strict=True)):
         by_name.setdefault((kind, canonical_name(label)), []).append(i)
