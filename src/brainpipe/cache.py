@@ -29,6 +29,7 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from brainpipe.corpus import TASK_LABELS, TUAB_LABELS, TUSZ_LABELS
 from brainpipe.errors import BrainpipeError, reason_kind
 from brainpipe.fsutil import check_writable_dir
 from brainpipe.reporting import window_counts_text
+from brainpipe.splits import overlap_warning
 
 CONFIG_SECTIONS = ("corpus", "preprocess", "window", "cache")
 
@@ -51,13 +53,20 @@ CONFIG_SECTIONS = ("corpus", "preprocess", "window", "cache")
 # ---------------------------------------------------------------------------------------------
 
 
-def load_recording(path: str | os.PathLike, cfg: PreprocessConfig) -> tuple[np.ndarray, float, Any]:
+def load_recording(
+    path: str | os.PathLike,
+    cfg: PreprocessConfig,
+    reader_options: dict | None = None,
+    bad: Collection[str] = (),
+) -> tuple[np.ndarray, float, Any]:
     """Read what the preprocessing of `path` needs: (block in Volts, its sample rate, the plan).
 
     EDF/BDF go through our memmap reader (only the picked channels' bytes); other formats
     through mne. The plan is made from the file's own header, so a file edited since indexing
-    is caught by the length check in `process_recording`.
+    is caught by the length check in `process_recording`. `reader_options` are
+    `corpus.reader_options`; `bad` the channel labels the index marks bad (BIDS), planned as missing.
     """
+    from brainpipe.channels import channel_types, mark_bad
     from brainpipe.preprocess import plan_channels
 
     path = str(path)
@@ -67,7 +76,7 @@ def load_recording(path: str | os.PathLike, cfg: PreprocessConfig) -> tuple[np.n
         h = read_header(path)
         sig = h.signal_indices
         labels = [h.labels[i] for i in sig]
-        plan = plan_channels(labels, cfg)
+        plan = plan_channels(labels, cfg, mark_bad(labels, channel_types(tuple(labels)), bad))
         picks = [sig[j] for j in plan.source]
         rates = {h.sfreq(i) for i in picks}
         if len(rates) > 1:
@@ -77,26 +86,25 @@ def load_recording(path: str | os.PathLike, cfg: PreprocessConfig) -> tuple[np.n
         sfreq = rates.pop() if rates else h.sfreq(sig[0])
         n = h.n_samples(picks[0]) if picks else 0
         return read_signals(h, picks, 0, n), float(sfreq), plan
-    import mne
+    from brainpipe.readers import open_raw
 
-    try:
-        raw = mne.io.read_raw(path, preload=False, verbose="error")
-    except Exception as e:  # mne raises many types for unreadable files
-        raise BrainpipeError(
-            f"{path}: unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-        ) from e
-    plan = plan_channels(raw.ch_names, cfg, raw.get_channel_types())
+    raw = open_raw(path, reader_options)
+    plan = plan_channels(raw.ch_names, cfg, mark_bad(raw.ch_names, raw.get_channel_types(), bad))
     data = raw.get_data(picks=list(plan.source)) if plan.source else np.zeros((0, raw.n_times))
     return data, float(raw.info["sfreq"]), plan
 
 
 def process_recording(
-    path: str | os.PathLike, cfg: PreprocessConfig, expected_length: int | None = None
+    path: str | os.PathLike,
+    cfg: PreprocessConfig,
+    expected_length: int | None = None,
+    reader_options: dict | None = None,
+    bad: Collection[str] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Preprocessed signal of one recording, time-major (n_samples, n_channels) float32, and its mask."""
     from brainpipe.preprocess import preprocess
 
-    data, sfreq, plan = load_recording(path, cfg)
+    data, sfreq, plan = load_recording(path, cfg, reader_options, bad)
     if data.size and not np.isfinite(data).all():
         raise BrainpipeError(f"{path}: non-finite samples (NaN/Inf) in the raw signal")
     out = preprocess(data, sfreq, plan, cfg)
@@ -107,12 +115,12 @@ def process_recording(
     return np.ascontiguousarray(out.T), np.asarray(plan.mask, dtype=bool)
 
 
-def _worker(job: tuple[int, str, dict, int, str]) -> tuple[int, bytes | None, str, int]:
+def _worker(job: tuple[int, str, dict, int, str, dict]) -> tuple[int, bytes | None, str, int]:
     """Process one recording; returns (row, signal bytes or None, error reason, raw bytes read)."""
-    i, path, pcfg, length, dtype = job
+    i, path, pcfg, length, dtype, source = job
     cfg = PreprocessConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in pcfg.items()})
     try:
-        x, _mask = process_recording(path, cfg, expected_length=length)
+        x, _mask = process_recording(path, cfg, expected_length=length, **source)
         return i, x.astype(dtype).tobytes(), "", os.path.getsize(path)
     except BrainpipeError as e:
         return i, None, _strip_path(str(e), path), 0
@@ -138,6 +146,8 @@ class Plan:
     raw_bytes: np.ndarray  # file size per planned recording
     window: int
     stride: int
+    # planned row -> channel labels the index marks bad (BIDS channels.tsv): read as missing
+    bad_channels: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 def label_names_for(layout: str, labels: list[str]) -> tuple[str, ...]:
@@ -169,7 +179,32 @@ def make_plan(index, cfg: Config) -> Plan:
         _provenance(index, cfg, layout_name),
         task="" if cfg.cache.task == "none" else cfg.cache.task,
     )
-    return Plan(layout, rows, skipped, index.arrays["size"][rows], window, stride)
+    return Plan(
+        layout,
+        rows,
+        skipped,
+        index.arrays["size"][rows],
+        window,
+        stride,
+        _bad_channels(index, rows),
+    )
+
+
+def _bad_channels(index, rows: np.ndarray) -> dict[int, tuple[str, ...]]:
+    from brainpipe.channels import BAD_TYPE
+
+    if BAD_TYPE not in set(index.arrays["chanset_types"].tolist()):
+        return {}
+    out = {}
+    for k, i in enumerate(rows.tolist()):
+        bad = tuple(
+            lab
+            for lab, t in zip(index.channels(i), index.channel_types(i), strict=True)
+            if t == BAD_TYPE
+        )
+        if bad:
+            out[k] = bad
+    return out
 
 
 def _plan_recordings(
@@ -192,7 +227,7 @@ def _plan_recordings(
         if s not in plans:
             try:
                 labels, types = index.channels(i), index.channel_types(i)
-                plans[s] = plan_channels(labels, p, types if p.montage == "meg" else None)
+                plans[s] = plan_channels(labels, p, types)
             except BrainpipeError as e:
                 plans[s] = e
         plan = plans[s]
@@ -307,6 +342,7 @@ class BuildResult:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     resumed: int = 0
     up_to_date: bool = False
+    warnings: list[str] = field(default_factory=list)  # e.g. subjects in several splits
 
 
 def build_cache(
@@ -368,7 +404,13 @@ def build_cache(
         raw_bytes,
         written.counts,
         writer.resumed,
+        warnings=_overlap(plan.layout.recordings, done),
     )
+
+
+def _overlap(recordings: dict, done: np.ndarray) -> list[str]:
+    line = overlap_warning(recordings["split"][done], recordings["subject"][done])
+    return [line] if line else []
 
 
 def _up_to_date(cache_path: Path, layout: Layout) -> BuildResult:
@@ -401,11 +443,20 @@ def _up_to_date(cache_path: Path, layout: Layout) -> BuildResult:
 
 
 def _jobs(plan: Plan, rows: list[int], root: Path, cfg: Config) -> list[tuple]:
-    """One picklable worker job per row: (row, raw file, preprocess config, length, dtype)."""
+    """One picklable worker job per row: (row, raw file, preprocess config, length, dtype,
+    how to read the file: reader options and bad channels)."""
     r = plan.layout.recordings
     pcfg = cfg.to_dict()["preprocess"]
+    opts = dict(cfg.corpus.reader_options)
     return [
-        (row, str(root / str(r["path"][row])), pcfg, int(r["length"][row]), cfg.cache.dtype)
+        (
+            row,
+            str(root / str(r["path"][row])),
+            pcfg,
+            int(r["length"][row]),
+            cfg.cache.dtype,
+            {"reader_options": opts, "bad": plan.bad_channels.get(row, ())},
+        )  # fmt: skip
         for row in rows
     ]
 
@@ -512,6 +563,15 @@ class VerifyReport:
         }
 
 
+def _source(cfg: Config, root: Path, relpath: str) -> dict:
+    """How build-cache's worker read a recording (reader options, BIDS bad channels), again."""
+    from brainpipe.bids import BidsLayout
+
+    bids = cfg.corpus.layout == "bids"
+    bad = BidsLayout(root, cfg.corpus).bad_channels(str(relpath)) if bids else ()
+    return {"reader_options": dict(cfg.corpus.reader_options), "bad": bad}
+
+
 def verify_cache(
     path: str | os.PathLike,
     n_windows: int = 8,
@@ -563,7 +623,7 @@ def verify_cache(
             try:
                 if i not in cache_recs:
                     cache_recs[i] = process_recording(
-                        src, cfg.preprocess, expected_length=int(length[i])
+                        src, cfg.preprocess, int(length[i]), **_source(cfg, root, rec["path"][i])
                     )[0]
             except BrainpipeError as e:
                 problems.append(f"window {k}: {e}")

@@ -30,12 +30,23 @@ STANDARD_1020 = (
 )  # fmt: skip
 
 
+def _added(default: Any) -> Any:
+    """A field added after caches and indexes were written: left out of `Config.to_dict()` (and
+    so of the config hash a cache or index stores) while it has its default, so an old cache
+    still matches an unchanged config. `default` may be a factory (dict)."""
+    meta = {"omit_at_default": True}
+    if callable(default):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class CorpusConfig:
     # tuab: edf/{train,eval}/{normal,abnormal}/01_tcp_ar/<subj>_s<sess>_t<tok>.edf
     # tusz: edf/{train,dev,eval}/<subj>/<sess>_<date>/<montage>/<subj>_s<sess>_t<tok>.edf + .csv_bi
     # generic: any tree; subject/label from `filename_regex` or `manifest`
-    layout: Literal["tuab", "tusz", "generic"] = "generic"
+    # bids: a BIDS dataset (brainpipe.bids): subject/session/task/run from the file names
+    layout: Literal["tuab", "tusz", "generic", "bids"] = "generic"
     # File suffixes the scan picks up (case-insensitive). mne reads the non-EDF ones.
     extensions: tuple[str, ...] = (".edf", ".bdf", ".fif")
     # generic layout: regex searched in the path relative to the raw root; named groups
@@ -46,6 +57,17 @@ class CorpusConfig:
     manifest: str | None = None
     # TUSZ annotation files beside each EDF, tried in this order.
     annotation_suffixes: tuple[str, ...] = (".csv_bi", ".csv")
+    # Keyword arguments for mne's reader per file suffix, e.g. {".fif": {"allow_maxshield": true}}
+    # (brainpipe.readers). Used by index, build-cache and EdfWindowDataset alike.
+    reader_options: dict[str, Any] = _added(dict)
+    # bids layout: the participants.tsv column holding each subject's label (null: no labels)
+    # and the one holding its split (null: splits from `subject_splits`, else none).
+    label_column: str | None = _added(None)
+    split_column: str | None = _added(None)
+    # Splits by subject, for recordings whose layout gives them none (generic without a split
+    # group, bids without split_column): {"train": ["01", "02"], "eval": ["03"]}; subjects
+    # listed nowhere keep no split.
+    subject_splits: dict[str, Any] = _added(dict)
 
 
 @dataclass(frozen=True)
@@ -130,6 +152,9 @@ class TrainConfig:
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     # Stop after this many steps per epoch (null: the whole epoch); for smoke runs and benchmarks.
     max_steps_per_epoch: int | None = None
+    # A subject in more than one split of the cache leaks it between training and evaluation:
+    # `train` refuses such a cache unless this is set.
+    allow_subject_overlap: bool = _added(False)
 
 
 @dataclass(frozen=True)
@@ -151,9 +176,19 @@ class Config:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _is_default(f: dataclasses.Field, value: Any) -> bool:
+    if f.default_factory is not dataclasses.MISSING:
+        return value == f.default_factory()
+    return value == f.default
+
+
 def _to_plain(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {
+            f.name: _to_plain(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if not (f.metadata.get("omit_at_default") and _is_default(f, getattr(obj, f.name)))
+        }
     if isinstance(obj, tuple | list):
         return [_to_plain(v) for v in obj]
     if isinstance(obj, dict):
@@ -404,6 +439,7 @@ def _check_semantics(cfg: Config) -> None:
         len(p.channels) > 0 or p.montage == "meg",
         "config key 'preprocess.channels' must not be empty",
     )
+    _check_corpus(cfg.corpus)
     if cfg.corpus.filename_regex is not None:
         try:
             re.compile(cfg.corpus.filename_regex)
@@ -416,3 +452,39 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     cfg = _build(Config, data, "")
     _check_semantics(cfg)
     return cfg
+
+
+def _check_corpus(c: CorpusConfig) -> None:
+    from brainpipe.readers import format_refusal
+
+    for ext in c.extensions:
+        why = format_refusal(ext) if ext.startswith(".") else "a suffix starts with '.'"
+        if why:
+            raise BrainpipeError(f"config key 'corpus.extensions': {ext!r}: {why}")
+    for ext, opts in c.reader_options.items():
+        if not str(ext).startswith(".") or not isinstance(opts, dict):
+            raise BrainpipeError(
+                f"config key 'corpus.reader_options': {ext!r}: {opts!r} is not valid; expected a "
+                'mapping of file suffix to mne reader arguments, e.g. {".fif": {"allow_maxshield": true}}'
+            )
+    seen: dict[str, str] = {}
+    for split, subjects in c.subject_splits.items():
+        if not isinstance(subjects, list | tuple) or not all(
+            isinstance(s, str | int) for s in subjects
+        ):
+            raise BrainpipeError(
+                f"config key 'corpus.subject_splits.{split}': {subjects!r} is not valid; expected "
+                "a list of subject ids"
+            )
+        for s in map(str, subjects):
+            if seen.setdefault(s, split) != split:
+                raise BrainpipeError(
+                    f"config key 'corpus.subject_splits': subject {s!r} is in both "
+                    f"{seen[s]!r} and {split!r}; a subject belongs to one split"
+                )
+    bids_only = {"label_column": c.label_column, "split_column": c.split_column}
+    for key, value in bids_only.items():
+        if value is not None and c.layout != "bids":
+            raise BrainpipeError(
+                f"config key 'corpus.{key}' reads participants.tsv, which only corpus.layout=bids has"
+            )

@@ -31,21 +31,6 @@ TUSZ_LABELS = ("bckg", "seiz")
 TASK_LABELS = {"abnormal": TUAB_LABELS, "seizure": TUSZ_LABELS}
 
 
-_EEG_PREFIX = re.compile(r"^EEG\s+")
-_REF_SUFFIX = re.compile(r"-(REF|LE|AR)$")
-
-
-@functools.lru_cache(maxsize=4096)
-def canonical_name(label: str) -> str:
-    """TUH/EDF channel label to an electrode name: "EEG FP1-REF" -> "FP1", "EEG T3-LE" -> "T3".
-
-    Upper-cases, drops the "EEG " prefix and the -REF/-LE/-AR reference suffix; other labels
-    ("EKG1-REF" -> "EKG1", "PHOTIC-REF" -> "PHOTIC", "IBI") stay recognisable. Lives here, not
-    in preprocess, so datasets can use it without importing scipy.
-    """
-    return _REF_SUFFIX.sub("", _EEG_PREFIX.sub("", label.strip().upper()))
-
-
 @dataclass(frozen=True, slots=True)
 class Facts:
     """What a path says about a recording; empty strings where the layout does not say."""

@@ -1,4 +1,4 @@
-"""Datasets: windows of raw EDF files (through an index) or of the cache, and pairs of windows.
+"""Datasets: windows of raw recordings (through an index) or of the cache, and pairs of windows.
 
 Owns `EdfWindowDataset`, `CacheWindowDataset` (with its augmentation), `SubjectPairDataset`,
 `window_table` (a cache's windows for any window length and stride) and `subject_keys`. They
@@ -10,6 +10,10 @@ methods. Samplers are in `samplers.py`, the worker -> trainer hand-over in `ring
 No start-up path builds per-window Python objects: windows are computed with vectorized numpy
 from per-recording lengths, and `__getitem__` maps an index to (recording, offset) with
 `np.searchsorted`.
+
+Over 500 lines for a reason: the three datasets share the window arithmetic (`window_counts`,
+`locate`) and the pickling contract, and are read together; `EdfWindowDataset` is the piece to
+move out if this grows further.
 
     ds = EdfWindowDataset("data/index.npz", window_s=10.0, stride_s=5.0, channels=STANDARD_1020)
     x, y = ds[123]          # float32 (19, 10 * sfreq) in Volts, recording label (or -1)
@@ -42,8 +46,10 @@ from typing import Any
 import numpy as np
 
 from brainpipe.cachefile import STATUS_DONE, CacheReader, compute_windows
+from brainpipe.channels import locate
 from brainpipe.edf import read_header, read_signals
 from brainpipe.errors import BrainpipeError
+from brainpipe.readers import EDF_SUFFIXES, open_raw
 from brainpipe.ring import BatchRing, RingSlot, SlotBatch
 
 
@@ -57,14 +63,21 @@ def window_counts(
 
 
 class EdfWindowDataset:
-    """Windows straight from raw EDF/BDF files through an index: no cache needed.
+    """Windows straight from the raw recordings of an index: no cache needed.
 
-    For quick experiments. Init is O(recordings) numpy; `ds[i]` reads one header per recording
-    (cached per process) and then only the bytes of that window.
+    For quick experiments. Init is O(recordings) numpy plus one channel lookup per distinct
+    channel set; `ds[i]` reads one header per recording (cached per process) and then only the
+    bytes of that window. EDF/BDF rows go through our reader; rows of mne's formats (FIF, KIT,
+    BrainVision, ...) through `mne.io.read_raw(preload=False)`, opened lazily in the worker that
+    reads them, with the index's `corpus.reader_options` (`read_other_formats=False` leaves them
+    out instead). Values are Volts (Tesla for MEG) either way.
 
-    Recordings whose rate differs from `sfreq` (default: the index's most common rate) are left
-    out, so every window has the same shape. Recordings lacking any of `channels` are left out too
-    (`excluded` lists both with reasons).
+    `channels` are found by `brainpipe.channels.locate`, the normalization build-cache uses
+    (case, `EEG `/`-REF` decorations, PhysioNet's dots, T3 <-> T7 aliases, EEG-typed channels
+    only), so a recording gives the same channels here as in the cache. Recordings whose rate
+    differs from `sfreq` (default: the index's most common rate), lacking any of `channels`, or
+    naming one of them twice are left out: `excluded` lists them with reasons and
+    `excluded_line()` sums them up in one line.
     """
 
     def __init__(
@@ -77,6 +90,8 @@ class EdfWindowDataset:
         split: str | None = None,
         raw_root: str | os.PathLike | None = None,
         label_names: Sequence[str] | None = None,
+        read_other_formats: bool = True,
+        reader_options: dict | None = None,
     ):
         from brainpipe.indexfile import Index
 
@@ -96,32 +111,46 @@ class EdfWindowDataset:
         self.window = int(round(window_s * self.sfreq))
         self.stride = int(round((stride_s or window_s) * self.sfreq))
         self.raw_root = str(raw_root or index.raw_root)
+        self.reader_options = dict(
+            reader_options
+            if reader_options is not None
+            else index.meta.get("corpus_config", {}).get("reader_options", {})
+        )
 
         keep = np.isclose(rates, self.sfreq)
         self.excluded: list[tuple[str, str]] = [
             (str(p), f"sample rate {r:g} Hz != {self.sfreq:g} Hz")
             for p, r in zip(a["path"][~keep], rates[~keep], strict=True)
         ]
+        is_edf = np.array(
+            [p.lower().endswith(EDF_SUFFIXES) for p in a["path"].tolist()], dtype=bool
+        ).reshape(n)
+        if not read_other_formats:
+            self.excluded += [
+                (str(p), "not EDF/BDF (read_other_formats=False)")
+                for p in a["path"][keep & ~is_edf]
+            ]
+            keep &= is_edf
         if split is not None:
             keep &= a["split"] == split
 
         chansets = a["chanset"]
-        wanted = list(channels) if channels is not None else None
-        set_picks, set_ok = (
-            index.channel_picks(wanted, self.sfreq)
-            if wanted is not None
-            else (np.zeros((0, 0), np.int64), None)
-        )
-        if wanted is not None:
-            lacking = keep & ~set_ok[chansets]
-            self.excluded += [(str(p), "missing channels") for p in a["path"][lacking]]
-            keep &= set_ok[chansets]
+        self.channels = tuple(channels) if channels is not None else None
+        set_picks = np.zeros((0, 0), np.int64)
+        if self.channels is not None:
+            set_picks, set_why = _chanset_picks(index, self.channels, self.sfreq)
+            bad = keep & (set_why[chansets] != "")
+            self.excluded += [
+                (str(p), str(why))
+                for p, why in zip(a["path"][bad], set_why[chansets][bad], strict=True)
+            ]
+            keep &= ~bad
 
         self.recordings = np.flatnonzero(keep)
         self.paths = a["path"][self.recordings]
+        self.is_edf = is_edf[self.recordings]
         self.picks_by_set = set_picks
         self.chanset = chansets[self.recordings]
-        self.channels = tuple(channels) if channels is not None else None
         counts = window_counts(a["n_samples"][self.recordings], self.window, self.stride)
         self.cum = np.cumsum(counts)
         labels = a["label"][self.recordings]
@@ -138,6 +167,18 @@ class EdfWindowDataset:
         )
         self._headers: dict[int, object] = {}
 
+    def excluded_line(self) -> str:
+        """One line: how many recordings are left out, by reason kind."""
+        from collections import Counter
+
+        from brainpipe.errors import reason_kind
+
+        kinds = Counter(reason_kind(why) for _, why in self.excluded)
+        detail = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+        return f"{len(self.recordings)} recordings used, {len(self.excluded)} left out" + (
+            f" ({detail})" if detail else ""
+        )
+
     def __len__(self) -> int:
         return int(self.cum[-1]) if len(self.cum) else 0
 
@@ -150,16 +191,24 @@ class EdfWindowDataset:
         return r, (i - first) * self.stride
 
     def _header(self, r: int):
+        """EDF header, or the mne Raw (not preloaded) of another format; opened once per process."""
         h = self._headers.get(r)
         if h is None:
-            h = read_header(Path(self.raw_root) / str(self.paths[r]))
+            path = str(Path(self.raw_root) / str(self.paths[r]))
+            h = read_header(path) if self.is_edf[r] else open_raw(path, self.reader_options)
             self._headers[r] = h
         return h
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-
         r, start = self.locate(int(i))
         h = self._header(r)
+        if not self.is_edf[r]:
+            if self.channels is None:
+                picks = list(range(len(h.ch_names)))
+            else:
+                picks = self.picks_by_set[self.chanset[r]].tolist()
+            x = h.get_data(picks=picks, start=start, stop=start + self.window)
+            return x.astype(np.float32, copy=False), int(self.labels[r])
         if self.channels is None:
             rate_of = [h.sfreq(j) for j in h.signal_indices]
             picks = [
@@ -176,8 +225,38 @@ class EdfWindowDataset:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_headers"] = {}
+        state["_headers"] = {}  # open files and mne Raws stay in the process that opened them
         return state
+
+
+def _chanset_picks(index, wanted: Sequence[str], sfreq: float) -> tuple[np.ndarray, np.ndarray]:
+    """For every channel set of the index: where each wanted channel sits (-1: absent), and why
+    the set cannot serve ("" when it can). Channels at another rate count as absent."""
+    a = index.arrays
+    off = a["chanset_offsets"]
+    n_sets = len(off) - 1
+    picks = np.full((n_sets, len(wanted)), -1, dtype=np.int64)
+    why = np.full(n_sets, "", dtype=object)
+    for s in range(n_sets):
+        lo, hi = int(off[s]), int(off[s + 1])
+        labels = a["chanset_labels"][lo:hi].tolist()
+        types = [
+            t if np.isclose(r, sfreq) else "other-rate"
+            for t, r in zip(
+                a["chanset_types"][lo:hi].tolist(), a["chanset_sfreqs"][lo:hi], strict=True
+            )
+        ]
+        try:
+            got = locate(labels, wanted, types)
+        except BrainpipeError as e:
+            why[s] = f"ambiguous channels: {e}"
+            continue
+        if None in got:
+            absent = [w for w, g in zip(wanted, got, strict=True) if g is None]
+            why[s] = f"missing channels: {', '.join(absent)}"
+        else:
+            picks[s] = got
+    return picks, why
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,13 +35,14 @@ import numpy as np
 
 from brainpipe import __version__
 from brainpipe.annotations import Event, merge_channel_events, parse_annotations
+from brainpipe.bids import BidsLayout, bids_recordings
+from brainpipe.channels import channel_types
 from brainpipe.config import Config
 from brainpipe.corpus import Facts, layout_parser
 from brainpipe.edf import ANNOTATION_LABELS, read_header
 from brainpipe.errors import BrainpipeError
 from brainpipe.indexfile import Index, Recording
-
-EDF_SUFFIXES = (".edf", ".bdf")
+from brainpipe.readers import EDF_SUFFIXES, is_directory_format, open_raw
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,9 @@ def _walk(
             except OSError:
                 is_dir = False
             if is_dir:
-                if not entry.name.startswith("."):
+                if entry.name.lower().endswith(suffixes) and is_directory_format(entry.name):
+                    found.append(entry.path[prefix:].replace(os.sep, "/"))  # CTF .ds, EGI .mff
+                elif not entry.name.startswith("."):
                     stack.append(entry.path)
                 continue
             rel = entry.path[prefix:].replace(os.sep, "/")
@@ -127,7 +130,7 @@ def _read_edf(abspath: str, memo: dict) -> _Read:
         h.start.isoformat(),
         labels,
         rates,
-        ("eeg",) * len(labels),
+        channel_types(labels),
     )
 
 
@@ -143,17 +146,11 @@ def _rates(samples_per_record: tuple[int, ...], record_duration: float) -> tuple
     return main, tuple(c / record_duration for c in counts)
 
 
-def _read_mne(abspath: str) -> _Read:
-    import mne
-
+def _read_mne(abspath: str, reader_options: dict | None = None) -> _Read:
     st = os.stat(abspath)
-    if st.st_size == 0:
+    if st.st_size == 0 and not is_directory_format(abspath):
         raise BrainpipeError(f"{abspath}: empty file: 0 bytes")
-    try:
-        raw = mne.io.read_raw(abspath, preload=False, verbose="error")
-    except Exception as e:  # mne raises many types for bad files; all mean "unreadable"
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise BrainpipeError(f"{abspath}: unreadable: {msg}") from e
+    raw = open_raw(abspath, reader_options)
     info = raw.info
     meas = info.get("meas_date")
     return (
@@ -178,8 +175,15 @@ class _Reader:
 
     def __init__(self, root: str, corpus: Any, on_read: Callable[[str], None] | None = None):
         self.root, self.corpus, self.on_read = root, corpus, on_read
-        self.facts_of = layout_parser(corpus.layout, corpus.filename_regex, corpus.manifest)
+        self.facts_of = (
+            BidsLayout(root, corpus)
+            if corpus.layout == "bids"
+            else layout_parser(corpus.layout, corpus.filename_regex, corpus.manifest)
+        )
         self.memo: dict = {}
+        self.subject_split = {
+            str(s): split for split, subs in corpus.subject_splits.items() for s in subs
+        }
 
     def many(self, items: list) -> list:
         return [self(item) for item in items]
@@ -191,10 +195,14 @@ class _Reader:
         ab = f"{root_s}/{rel}"
         try:
             edf = rel.lower().endswith(EDF_SUFFIXES)
-            got = _read_edf(ab, self.memo) if edf else _read_mne(ab)
+            got = _read_edf(ab, self.memo) if edf else _read_mne(ab, c.reader_options)
             facts = facts_of(rel)
+            if not facts.split and facts.subject in self.subject_split:  # corpus.subject_splits
+                facts = dataclasses.replace(facts, split=self.subject_split[facts.subject])
             events: tuple[Event, ...] = ()
             ann_mtime = 0
+            if c.layout == "bids":  # events and bad channels from the recording's sidecars
+                events, got = facts_of.sidecars(rel, got)
             if ann is not None:
                 ann_mtime = os.stat(f"{root_s}/{ann}").st_mtime_ns
                 evs = parse_annotations(f"{root_s}/{ann}")
@@ -245,6 +253,8 @@ def scan(
     c = cfg.corpus
     errors: list[tuple[str, str]] = []
     candidates, every = _walk(root, tuple(s.lower() for s in c.extensions), errors)
+    if c.layout == "bids":
+        candidates = bids_recordings(candidates)
     if force:
         previous = None
     reused, todo, n_removed = _match_previous(root, candidates, every, c, previous, errors)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
@@ -127,33 +126,6 @@ class Index:
 
     def channel_types(self, i: int) -> tuple[str, ...]:
         return tuple(self.arrays["chanset_types"][self._chanset_slice(i)].tolist())
-
-    def channel_picks(self, wanted: Sequence[str], sfreq: float) -> tuple[np.ndarray, np.ndarray]:
-        """For every channel set: where each of `wanted` (canonical names) sits among its
-        channels at `sfreq` (-1: absent), and whether all are present.
-
-        Vectorized over channel sets; the loop runs over the wanted channels only, so a corpus
-        with thousands of distinct channel sets costs the same as one with a handful.
-        """
-        from brainpipe.corpus import canonical_name
-
-        a = self.arrays
-        off = a["chanset_offsets"]
-        n_sets = len(off) - 1
-        uniq, inv = np.unique(a["chanset_labels"], return_inverse=True)
-        canon = (
-            np.array([canonical_name(u) for u in uniq.tolist()], dtype=str)[inv.reshape(-1)]
-            if len(uniq)
-            else uniq
-        )
-        rate_ok = np.isclose(a["chanset_sfreqs"], sfreq)
-        set_of = np.repeat(np.arange(n_sets), np.diff(off))
-        picks = np.full((n_sets, len(wanted)), -1, dtype=np.int64)
-        for k, name in enumerate(canonical_name(w) for w in wanted):
-            pos = np.flatnonzero((canon == name) & rate_ok)
-            sets, first = np.unique(set_of[pos], return_index=True)
-            picks[sets, k] = pos[first] - off[sets]
-        return picks, (picks >= 0).all(axis=1)
 
     def events(self, i: int) -> list[Event]:
         rec = self.arrays["event_recording"]

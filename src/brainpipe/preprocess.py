@@ -66,8 +66,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import signal
 
+from brainpipe.channels import BAD_TYPE, canonical_name, locate
 from brainpipe.config import STANDARD_1020, PreprocessConfig
-from brainpipe.corpus import canonical_name
 from brainpipe.errors import BrainpipeError
 
 __all__ = [
@@ -92,11 +92,6 @@ TCP_PAIRS: tuple[tuple[str, str], ...] = (
     ("FP1", "F3"), ("F3", "C3"), ("C3", "P3"), ("P3", "O1"),
     ("FP2", "F4"), ("F4", "C4"), ("C4", "P4"), ("P4", "O2"),
 )  # fmt: skip
-
-# 10-10 renamed four 10-20 electrodes at the same positions; TUH uses the old names. A recording
-# (or a config) using the other name still matches.
-_ALIASES = {"T3": "T7", "T4": "T8", "T5": "P7", "T6": "P8"}
-_ALIASES.update({v: k for k, v in _ALIASES.items()})
 
 # Factor to the stored unit under normalize="none": float16 has ~3 significant digits and no
 # normal numbers below 6e-5, so Volts and Tesla would lose everything.
@@ -139,24 +134,16 @@ def plan_channels(
 
     referential: outputs `cfg.channels` in that order; tcp: the 22 `TCP_PAIRS` derivations
     (`cfg.channels` is not used); meg: channels whose `ch_types` (mne's names) match
-    `cfg.meg_picks`, named by their labels. EEG labels are compared by `canonical_name`, the
-    first of duplicates wins, and 10-10 names (T7/T8/P7/P8) stand in for T3/T4/T5/T6.
-    `ch_types` is only used for meg. A missing required channel raises `BrainpipeError` when
-    `cfg.on_missing == "skip"` and is zero-filled (mask False) when "zero".
+    `cfg.meg_picks`, named by their labels. EEG electrodes are found by `channels.locate`:
+    canonical names, 10-10 names (T7/T8/P7/P8) standing in for T3/T4/T5/T6 and back, only
+    channels of type eeg (`ch_types` when given, else typed from the labels), and two channels
+    for one electrode are an error naming both. A missing required channel raises
+    `BrainpipeError` when `cfg.on_missing == "skip"` and is zero-filled (mask False) when "zero".
     """
     if ch_types is not None and len(ch_types) != len(labels):
         raise ValueError(f"{len(labels)} labels but {len(ch_types)} channel types")
     if cfg.montage == "meg":
         return _plan_meg(labels, cfg, ch_types)
-
-    index: dict[str, int] = {}
-    for i, label in enumerate(labels):
-        index.setdefault(canonical_name(label), i)
-
-    def find(name: str) -> int | None:
-        name = canonical_name(name)
-        hit = index.get(name)
-        return hit if hit is not None else index.get(_ALIASES.get(name, ""))
 
     if cfg.montage == "tcp":
         pairs = TCP_PAIRS
@@ -165,11 +152,20 @@ def plan_channels(
         pairs = tuple((canonical_name(ch), None) for ch in cfg.channels)
         names = tuple(a for a, _ in pairs)
     needed = list(dict.fromkeys(e for pair in pairs for e in pair if e is not None))
-    where = {e: find(e) for e in needed}
+    where = dict(zip(needed, locate(labels, needed, ch_types), strict=True))
     missing = tuple(e for e in needed if where[e] is None)
 
     if (missing and cfg.on_missing == "skip") or len(missing) == len(needed):
-        have = ", ".join(dict.fromkeys(canonical_name(x) for x in labels)) or "no channels"
+        marks = ch_types or ("",) * len(labels)
+        have = (
+            ", ".join(
+                dict.fromkeys(
+                    canonical_name(x) + (" (bad)" if t == BAD_TYPE else "")
+                    for x, t in zip(labels, marks, strict=True)
+                )
+            )
+            or "no channels"
+        )
         what = (
             "none of the required channels is present"
             if len(missing) == len(needed)

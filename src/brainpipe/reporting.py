@@ -15,7 +15,10 @@ import os
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from brainpipe.channels import coverage_line
+from brainpipe.config import STANDARD_1020
 from brainpipe.errors import reason_kind
+from brainpipe.splits import overlap_warning
 
 if TYPE_CHECKING:
     from brainpipe.index import ScanResult
@@ -33,10 +36,12 @@ def scan_line(result: ScanResult) -> str:
         else ""
     )
     hours = float(idx.duration_s.sum()) / 3600 if len(idx) else 0.0
-    return (
+    line = (
         f"indexed {len(idx)} recordings ({hours:.1f} h, {len(set(idx.subject.tolist()))} subjects) in "
         f"{result.seconds:.2f} s: {result.n_read} read, {result.n_reused} unchanged, {result.n_removed} removed{skipped}"
     )
+    warning = overlap_warning(idx.split, idx.subject) if len(idx) else ""
+    return f"{line}\n{warning}" if warning else line
 
 
 def index_output_line(result: ScanResult, index_path: str | os.PathLike) -> str:
@@ -61,6 +66,7 @@ def index_table(summary: dict[str, Any]) -> str:
     rates = Counter(r["sfreq"] for r in recs)
     lines.append("")
     lines.append("sample rates: " + ", ".join(f"{s:g} Hz ({n})" for s, n in sorted(rates.items())))
+    lines.append(coverage_line((r["channels"] for r in recs), STANDARD_1020))
     errs = summary["errors"]
     lines.append(f"errors: {len(errs)}")
     for e in errs[:20]:
@@ -94,7 +100,7 @@ def build_summary_text(result) -> str:
     for reason, n in reasons.most_common(10):
         lines.append(f"  {n:>5}  {reason}")
     lines.append("windows per split and label: " + window_counts_text(result.counts))
-    return "\n".join(lines)
+    return "\n".join(lines + list(result.warnings))
 
 
 def window_counts_text(counts: dict[str, dict[str, int]]) -> str:

@@ -80,6 +80,7 @@ from brainpipe.runtime import (
     resolve_device,
 )
 from brainpipe.samplers import WindowBatchSampler
+from brainpipe.splits import check_cache_subjects
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -147,6 +148,7 @@ def prepare(cache_path: str | os.PathLike, run_dir: Path, cfg: Config, resume: b
     env = DistEnv.from_environ()
     device = resolve_device(t.device, env.local_rank)
     reader = open_cache(cache_path, cfg)
+    check_cache_subjects(reader, t)
     data = make_datasets(reader, cfg)
     ckpt = check_run_dir(run_dir, cfg, resume)
     margs = (
