@@ -73,6 +73,9 @@ class Recording:
     ann_mtime_ns: int = 0
 
 
+# Per-event columns beside `event_recording`.
+_EVENT_COLUMNS = ("event_onset_s", "event_offset_s", "event_label")
+
 # Recording attributes stored as columns, and the corpus facts stored beside them.
 _ROW_FIELDS = tuple(c for c in (*_STR_COLUMNS, *_NUM_COLUMNS) if c in Recording.__annotations__)
 _FACT_FIELDS = tuple(c for c in _STR_COLUMNS if c in Facts.__slots__)
@@ -233,9 +236,13 @@ class Index:
         pos = np.full(len(self), -1, np.int64)
         pos[rows] = np.arange(len(rows))
         ev = pos[a["event_recording"]] if len(a["event_recording"]) else np.zeros(0, np.int64)
-        keep = ev >= 0
+        # `rows` may reorder recordings (the incremental merge sorts by path): the events must
+        # follow, sorted by their new row and in file order within it, or `events(i)`'s
+        # binary search finds another recording's events.
+        keep = np.flatnonzero(ev >= 0)
+        keep = keep[np.argsort(ev[keep], kind="stable")]
         out["event_recording"] = ev[keep]
-        for k in ("event_onset_s", "event_offset_s", "event_label"):
+        for k in _EVENT_COLUMNS:
             out[k] = a[k][keep]
         out["error_path"], out["error_reason"] = np.zeros(0, "U1"), np.zeros(0, "U1")
         return Index(out, dict(self.meta))
@@ -252,9 +259,7 @@ class Index:
             "chanset_labels",
             "chanset_sfreqs",
             "chanset_types",
-            "event_onset_s",
-            "event_offset_s",
-            "event_label",
+            *_EVENT_COLUMNS,
         ):
             out[k] = np.concatenate([p.arrays[k] for p in parts])
         n_sets = np.cumsum([0] + [len(p.arrays["chanset_offsets"]) - 1 for p in parts])
