@@ -3,12 +3,17 @@ events after an incremental re-index, corrupt or foreign index files, paths outs
 root, torn temporary files."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import edfio
 import numpy as np
+import pytest
 
+from brainpipe.cli import main
 from brainpipe.config import load_config
+from brainpipe.errors import BrainpipeError
 from brainpipe.index import build_index
 from brainpipe.indexfile import Index
 
@@ -80,3 +85,105 @@ def test_events_belong_to_their_recording_after_a_partial_reindex(tmp_path):
     fresh = build_index(root, tmp_path / "fresh.npz", TUSZ, progress=False).index
     for i in range(len(fresh)):
         assert fresh.events(i) == Index.load(out).events(i)
+
+
+# --- 16.13 / 16.20: corrupt, truncated or foreign index files --------------------------------
+
+
+def _one_line_error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    return err
+
+
+@pytest.fixture
+def indexed(tmp_path):
+    raw = tuab_tree(tmp_path / "raw")
+    out = tmp_path / "index.npz"
+    build_index(raw, out, TUAB, progress=False)
+    return raw, out
+
+
+def test_truncated_index_gives_one_line_and_index_replaces_it(indexed, tmp_path, capsys):
+    raw, out = indexed
+    data = out.read_bytes()
+    out.write_bytes(data[: len(data) // 2])
+    for argv in (
+        ["inspect", str(out)],
+        ["build-cache", "--index", str(out), "--cache", str(tmp_path / "c.h5")],
+    ):
+        err = _one_line_error(capsys, argv)
+        assert str(out) in err and "brainpipe index" in err and "Traceback" not in err, err
+    with pytest.raises(BrainpipeError, match="corrupt or truncated"):
+        Index.load(out)
+    assert not (tmp_path / "c.h5").exists()
+    res = build_index(raw, out, TUAB, progress=False)  # a broken output of ours is replaced
+    assert res.written and res.n_read == 3 and len(Index.load(out)) == 3
+
+
+def test_a_cache_or_other_file_passed_as_index_gives_one_line(indexed, tmp_path, capsys):
+    import h5py
+
+    raw, out = indexed
+    fake_cache = tmp_path / "cache.h5"
+    with h5py.File(fake_cache, "w") as f:
+        f.attrs["index_hash"] = "x"
+        f.create_dataset("signals", data=np.zeros((4, 2), np.float16))
+    np.save(tmp_path / "arr.npy", np.array([object()], dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "other.npz", x=np.array([object()], dtype=object))
+    (tmp_path / "notes.txt").write_text("hello\n")
+    for bad in ("cache.h5", "arr.npy", "other.npz", "notes.txt"):
+        argv = ["build-cache", "--index", str(tmp_path / bad), "--cache", str(tmp_path / "c.h5")]
+        err = _one_line_error(capsys, argv)
+        assert str(tmp_path / bad) in err and "not a brainpipe index" in err, err
+        assert "pickle" not in err, err
+    assert "cache" in _one_line_error(
+        capsys, ["build-cache", "--index", str(fake_cache), "--cache", str(tmp_path / "c.h5")]
+    )
+    # `brainpipe index` never overwrites a file that is not one of its indexes.
+    with pytest.raises(BrainpipeError, match="not a brainpipe index"):
+        build_index(raw, fake_cache, TUAB, progress=False)
+    with h5py.File(fake_cache, "r") as f:
+        assert f.attrs["index_hash"] == "x"
+
+
+# --- 16.14: index paths outside the raw root ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad", ["../outside.edf", "edf/../../outside.edf", "/etc/hostname", "edf/train/.."]
+)
+def test_index_rows_outside_the_raw_root_are_refused(indexed, tmp_path, capsys, bad):
+    raw, out = indexed
+    outside = tmp_path / "outside.edf"
+    write_edf(outside)
+    idx = Index.load(out)
+    paths = idx.path.tolist()
+    paths[1] = bad
+    idx.arrays["path"] = np.array(paths)
+    idx.save(out)
+    with pytest.raises(BrainpipeError, match="outside the raw root"):
+        Index.load(out)
+    err = _one_line_error(
+        capsys, ["build-cache", "--index", str(out), "--cache", str(tmp_path / "c.h5")]
+    )
+    assert str(out) in err and repr(bad) in err and "brainpipe index" in err, err
+    assert not (tmp_path / "c.h5").exists()
+
+
+# --- 16.7: torn temporary files of an index --------------------------------------------------
+
+
+def test_torn_tmp_files_of_a_killed_index_run_are_removed(indexed, tmp_path):
+    raw, out = indexed
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    torn = tmp_path / f".index.npz.tmp-{int(dead.stdout)}"
+    torn.write_bytes(b"PK\x03\x04 half an index")
+    live = tmp_path / f".index.npz.tmp-{os.getpid()}"  # a live process's write in progress
+    live.write_bytes(b"PK")
+    other = tmp_path / ".other.npz.tmp-1"
+    other.write_bytes(b"")
+    build_index(raw, out, TUAB, progress=False)
+    assert not torn.exists() and live.exists() and other.exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -176,24 +177,23 @@ class Index:
     # -- file I/O -------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike) -> Index:
+        """Read an index; a missing, foreign, corrupt or unsafe file is one BrainpipeError line
+        naming the file and the fix."""
         p = Path(path)
+        arrays = _read_arrays(p)
         try:
-            with np.load(p, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except FileNotFoundError as e:
-            raise BrainpipeError(
-                f"{p}: index not found; create it with `brainpipe index --raw DIR --index {p}`"
-            ) from e
-        except (OSError, ValueError) as e:
-            raise BrainpipeError(f"{p}: not a brainpipe index ({e})") from e
-        if "meta" not in arrays:
-            raise BrainpipeError(f"{p}: not a brainpipe index (no 'meta' entry)")
-        meta = json.loads(str(arrays.pop("meta")))
+            meta = json.loads(str(arrays.pop("meta")))
+        except ValueError as e:
+            raise BrainpipeError(f"{p}: {_CORRUPT} (meta: {e}); {_rebuild(p)}") from e
         version = meta.get("format_version")
         if version != INDEX_FORMAT_VERSION:
             raise BrainpipeError(
                 f"{p}: index format version {version}, this brainpipe reads version {INDEX_FORMAT_VERSION}; re-run `brainpipe index --force`"
             )
+        missing = sorted(_REQUIRED - set(arrays))
+        if missing:
+            raise BrainpipeError(f"{p}: {_CORRUPT} (missing {', '.join(missing)}); {_rebuild(p)}")
+        _check_contained(p, arrays["path"])
         return cls(arrays, meta)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -314,6 +314,109 @@ class Index:
             "recordings": recs,
             "errors": self.errors,
         }
+
+
+_CORRUPT = "index file is corrupt or truncated"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_REQUIRED = frozenset(
+    (
+        *_STR_COLUMNS,
+        *_NUM_COLUMNS,
+        "chanset_offsets",
+        "chanset_labels",
+        "chanset_sfreqs",
+        "chanset_types",
+        "event_recording",
+        *_EVENT_COLUMNS,
+        "error_path",
+        "error_reason",
+    )
+)
+
+
+def _rebuild(p: Path) -> str:
+    return f"re-run `brainpipe index --raw DIR --index {p}` to rebuild it"
+
+
+def is_replaceable(path: str | os.PathLike) -> bool:
+    """Whether `brainpipe index` may overwrite `path`: absent, empty, or a zip archive (an index
+    of ours, perhaps truncated); never a cache or any other file a user passed by mistake."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError:  # absent, or unreachable: the write itself reports why
+        return True
+    return magic in (b"", b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _read_arrays(p: Path) -> dict[str, np.ndarray]:
+    try:
+        with open(p, "rb") as f:
+            magic = f.read(8)
+    except FileNotFoundError as e:
+        raise BrainpipeError(
+            f"{p}: index not found; create it with `brainpipe index --raw DIR --index {p}`"
+        ) from e
+    except OSError as e:
+        raise BrainpipeError(f"{p}: cannot read the index ({e.strerror or e})") from e
+    if magic == _HDF5_MAGIC:
+        raise BrainpipeError(
+            f"{p}: not a brainpipe index: an HDF5 file (a cache?); pass the .npz that "
+            f"`brainpipe index` wrote"
+        )
+    if not magic.startswith(b"PK"):
+        if magic == b"":
+            raise BrainpipeError(f"{p}: {_CORRUPT} (0 bytes); {_rebuild(p)}")
+        raise BrainpipeError(
+            f"{p}: not a brainpipe index (not an .npz archive); pass the .npz that "
+            f"`brainpipe index` wrote"
+        )
+    # Reading every entry decompresses and checks each member's CRC; a truncated archive fails
+    # here (BadZipFile, EOFError, zlib or struct errors) rather than at first use.
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            names = z.files
+            if "meta" not in names:
+                raise BrainpipeError(
+                    f"{p}: not a brainpipe index (no 'meta' entry); pass the .npz that "
+                    f"`brainpipe index` wrote"
+                )
+            return {k: z[k] for k in names}
+    except BrainpipeError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e):  # object arrays: never ours, and never to be unpickled
+            raise BrainpipeError(
+                f"{p}: not a brainpipe index (it holds Python objects); pass the .npz that "
+                f"`brainpipe index` wrote"
+            ) from e
+        raise BrainpipeError(f"{p}: {_CORRUPT} ({e}); {_rebuild(p)}") from e
+    except Exception as e:  # zipfile/zlib/struct/EOF errors all mean a damaged archive
+        raise BrainpipeError(f"{p}: {_CORRUPT} ({type(e).__name__}: {e}); {_rebuild(p)}") from e
+
+
+# A stored path that leaves the raw root: absolute, or with a `..` component.
+_OUTSIDE = re.compile(r"^/|(?:^|/)\.\.(?:/|$)", re.MULTILINE)
+
+
+def _outside(q: str) -> bool:
+    return q.startswith("/") or ".." in q.split("/")
+
+
+def _check_contained(p: Path, paths: np.ndarray) -> None:
+    """Every recording path must stay under the raw root: the index names files to open, and a
+    crafted or damaged one must not make build-cache read `/etc/...` or a sibling tree."""
+    if not len(paths):
+        return
+    listed = paths.tolist()
+    if not _OUTSIDE.search("\n".join(listed)):  # one regex pass over all rows
+        return
+    row = next((i for i, q in enumerate(listed) if _outside(q)), None)
+    if row is not None:
+        raise BrainpipeError(
+            f"{p}: row {row} path {listed[row]!r} points outside the raw root; refusing to "
+            f"read it. Re-run `brainpipe index --raw DIR --index {p}` to rebuild the index"
+        )
 
 
 def _content_hash(arrays: dict[str, np.ndarray]) -> str:
