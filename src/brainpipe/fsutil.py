@@ -18,6 +18,38 @@ def tmp_path_for(target: Path) -> Path:
     return target.with_name(f".{target.name}.tmp-{os.getpid()}")
 
 
+def remove_stale_tmp(target: str | os.PathLike) -> list[Path]:
+    """Remove temp files of `target` left by killed writers (`tmp_path_for` names them after
+    the writer's pid); a live process's temp file is left alone. Returns what was removed."""
+    target = Path(target)
+    prefix = f".{target.name}.tmp-"
+    removed = []
+    try:
+        names = [n for n in os.listdir(target.parent) if n.startswith(prefix)]
+    except OSError:
+        return removed
+    for name in names:
+        pid = name[len(prefix) :]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            (target.parent / name).unlink()
+            removed.append(target.parent / name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's live process
+        return True
+    return True
+
+
 def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):  # some filesystems (e.g. certain FUSE mounts) refuse it
         fd = os.open(path, os.O_RDONLY)

@@ -38,7 +38,8 @@ from brainpipe.config import Config
 from brainpipe.corpus import Event, Facts, layout_parser, merge_channel_events, parse_annotations
 from brainpipe.edf import ANNOTATION_LABELS, read_header
 from brainpipe.errors import BrainpipeError
-from brainpipe.indexfile import Index, Recording
+from brainpipe.fsutil import remove_stale_tmp
+from brainpipe.indexfile import Index, Recording, is_replaceable
 
 EDF_SUFFIXES = (".edf", ".bdf")
 
@@ -378,12 +379,18 @@ def build_index(
     errors are unchanged is left as it is (a read-only output directory is then no error)."""
     index_path = Path(index_path)
     force = force or os.environ.get("BRAINPIPE_FORCE_REINDEX", "") not in ("", "0")
+    if not is_replaceable(index_path):
+        raise BrainpipeError(
+            f"{index_path}: exists and is not a brainpipe index (not an .npz archive); "
+            f"refusing to overwrite it: choose another --index path"
+        )
+    remove_stale_tmp(index_path)  # torn temp files of a killed run
     previous = None
     if index_path.exists() and not force:
         try:
             previous = Index.load(index_path)
         except BrainpipeError:
-            previous = None  # unreadable or older format: rebuild from scratch
+            previous = None  # corrupt, truncated or older format: rebuild from scratch
         if previous is not None and (
             previous.raw_root != str(Path(raw).resolve())
             or previous.meta.get("corpus_config") != cfg.to_dict()["corpus"]
