@@ -16,6 +16,7 @@ from brainpipe.config import load_config
 from brainpipe.errors import BrainpipeError
 from brainpipe.index import build_index
 from brainpipe.indexfile import Index
+from brainpipe.reporting import scan_line
 
 TUAB = load_config(None, ["corpus.layout=tuab"])
 TUSZ = load_config(None, ["corpus.layout=tusz"])
@@ -187,3 +188,56 @@ def test_torn_tmp_files_of_a_killed_index_run_are_removed(indexed, tmp_path):
     other.write_bytes(b"")
     build_index(raw, out, TUAB, progress=False)
     assert not torn.exists() and live.exists() and other.exists()
+
+
+# --- 16.9: symlink loops ------------------------------------------------------------------------
+
+
+def test_symlink_loops_are_followed_once_and_reported(tmp_path):
+    raw = tuab_tree(tmp_path / "raw")
+    montage = raw / "edf/train/normal/01_tcp_ar"
+    (montage / "loop").symlink_to(".")
+    (raw / "edf/train/up").symlink_to("..")  # a second loop, through a parent
+    (raw / "alias").symlink_to(raw / "edf", target_is_directory=True)  # same tree, twice
+    res = build_index(raw, tmp_path / "index.npz", TUAB, progress=False)
+    assert res.index.path.tolist() == [
+        f"edf/train/normal/01_tcp_ar/aaaaaaa{k}_s001_t000.edf" for k in range(3)
+    ]
+    notes = {e["path"]: e["reason"] for e in res.index.errors}
+    assert set(notes) == {"edf/train/normal/01_tcp_ar/loop", "edf/train/up", "alias"}, notes
+    assert notes["edf/train/normal/01_tcp_ar/loop"].startswith("symlink loop:")
+    assert notes["edf/train/up"].startswith("symlink loop:")
+    assert notes["alias"].startswith("directory already indexed:") and "'edf'" in notes["alias"]
+    line = scan_line(res)
+    assert "2 symlink loop" in line and "1 directory already indexed" in line, line
+
+
+# --- 16.10: file names that are not UTF-8 -------------------------------------------------------
+
+
+def test_non_utf8_file_name_is_skipped_with_a_reason_and_build_cache_runs(tmp_path, capsys):
+    raw = tuab_tree(tmp_path / "raw")
+    montage = raw / "edf/train/normal/01_tcp_ar"
+    good = (montage / "aaaaaaa0_s001_t000.edf").read_bytes()
+    bad_dir = os.fsencode(montage) + b"/caf\xe9"
+    os.mkdir(bad_dir)
+    for name in (b"/bbbbbbb\xff_s001_t000.edf", b"/caf\xe9/ccccccc0_s001_t000.edf"):
+        with open(os.fsencode(montage) + name, "wb") as f:
+            f.write(good)
+    out, cache = tmp_path / "index.npz", tmp_path / "cache.h5"
+    assert (
+        main(["index", "--raw", str(raw), "--index", str(out), "--set", "corpus.layout=tuab"]) == 0
+    )
+    assert "skipped 2 (2 non-UTF-8 file name)" in capsys.readouterr().out
+    idx = Index.load(out)
+    assert len(idx) == 3
+    errors = {e["path"]: e["reason"] for e in idx.errors}
+    assert set(errors) == {
+        "edf/train/normal/01_tcp_ar/bbbbbbb\\xff_s001_t000.edf",
+        "edf/train/normal/01_tcp_ar/caf\\xe9",
+    }, errors
+    assert all(r.startswith("non-UTF-8 file name:") and "rename" in r for r in errors.values())
+    argv = ["build-cache", "--index", str(out), "--cache", str(cache)]
+    argv += ["--set", "preprocess.channels=[FP1,FP2,C3,C4,O1,O2]", "--set", "cache.workers=1"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert cache.exists() and not list(tmp_path.glob("*.partial"))
