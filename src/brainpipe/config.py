@@ -46,6 +46,15 @@ class CorpusConfig:
     manifest: str | None = None
     # TUSZ annotation files beside each EDF, tried in this order.
     annotation_suffixes: tuple[str, ...] = (".csv_bi", ".csv")
+    # generic layout: pairs an annotation-only EDF+ file with its recording. A regex searched in
+    # each path relative to the raw root; files whose named group `key` matches are a pair (one
+    # recording, its annotation-only files). Default: Sleep-EDF's SC4001E0-PSG.edf beside
+    # SC4001EC-Hypnogram.edf. null: no pairing (an annotation-only file is an error).
+    annotation_pairing: str | None = r"(?i)^(?P<key>.+)[^/]{2}-(?:PSG|Hypnogram)\.edf$"
+    # EDF+/BDF+ annotation description -> event label (exact text, else a regex matching the
+    # whole description; the first match in file order wins), e.g. {"Sleep stage W": "W",
+    # "T1": "left"}. Stored with the index's events; unmatched events keep label "".
+    event_labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -145,10 +154,24 @@ class Config:
         return _to_plain(self)
 
     def section_hash(self, *sections: str) -> str:
-        """Stable hash of the named sections; decides whether a cache matches a config."""
+        """Stable hash of the named sections; decides whether a cache matches a config.
+
+        Keys added after caches were first written hash only when set away from their default,
+        so a cache built before they existed still matches its unchanged config."""
         d = self.to_dict()
+        for dotted, default in _HASHED_WHEN_SET.items():
+            section, key = dotted.split(".")
+            if section in d and d[section].get(key) == default:
+                del d[section][key]
         blob = json.dumps({s: d[s] for s in sections}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# section.key -> default (as to_dict gives it) for the keys section_hash leaves out at default.
+_HASHED_WHEN_SET: dict[str, Any] = {
+    "corpus.annotation_pairing": CorpusConfig.annotation_pairing,
+    "corpus.event_labels": {},
+}
 
 
 def _to_plain(obj: Any) -> Any:
@@ -404,6 +427,28 @@ def _check_semantics(cfg: Config) -> None:
         len(p.channels) > 0 or p.montage == "meg",
         "config key 'preprocess.channels' must not be empty",
     )
+    if cfg.corpus.annotation_pairing is not None:
+        try:
+            rx = re.compile(cfg.corpus.annotation_pairing)
+        except re.error as e:
+            raise BrainpipeError(
+                f"config key 'corpus.annotation_pairing': invalid regex ({e})"
+            ) from e
+        need(
+            "key" in rx.groupindex,
+            "config key 'corpus.annotation_pairing' needs a named group (?P<key>...) that pairs files",
+        )
+    for desc, label in cfg.corpus.event_labels.items():
+        need(
+            isinstance(label, str) and isinstance(desc, str),
+            f"config key 'corpus.event_labels': {desc!r}: {label!r} must map text to a label name",
+        )
+        try:
+            re.compile(desc)
+        except re.error as e:
+            raise BrainpipeError(
+                f"config key 'corpus.event_labels': {desc!r} is neither plain text nor a valid regex ({e})"
+            ) from e
     if cfg.corpus.filename_regex is not None:
         try:
             re.compile(cfg.corpus.filename_regex)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,8 +36,15 @@ import numpy as np
 
 from brainpipe import __version__
 from brainpipe.config import Config
-from brainpipe.corpus import Event, Facts, layout_parser, merge_channel_events, parse_annotations
-from brainpipe.edf import ANNOTATION_LABELS, read_header
+from brainpipe.corpus import (
+    Event,
+    Facts,
+    event_labeler,
+    layout_parser,
+    merge_channel_events,
+    parse_annotations,
+)
+from brainpipe.edf import ANNOTATION_LABELS, EdfHeader, read_annotations, read_header
 from brainpipe.errors import BrainpipeError
 from brainpipe.fsutil import remove_stale_tmp
 from brainpipe.indexfile import Index, Recording, is_replaceable
@@ -169,19 +177,62 @@ def _annotation_file(rel: str, every: set[str], suffixes: tuple[str, ...]) -> st
     return None
 
 
+def _pair_annotation_files(
+    root: str, candidates: list[str], pairing: str | None, memo: dict
+) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    """The candidates without the annotation-only EDF+ files that pair with a recording, and
+    recording -> its annotation files (Sleep-EDF: SC4001EC-Hypnogram.edf for SC4001E0-PSG.edf).
+
+    Files pair when corpus.annotation_pairing gives them the same `key`; a group pairs when it
+    holds exactly one recording. Only grouped files' headers are read here (a Sleep-EDF tree:
+    a few hundred); an annotation-only file left unpaired stays a candidate and is reported."""
+    if pairing is None:
+        return candidates, {}
+    rx = re.compile(pairing)
+    groups: dict[str, list[str]] = {}
+    for rel in candidates:
+        m = rx.search(rel)
+        if m is not None and m["key"] is not None:
+            groups.setdefault(m["key"], []).append(rel)
+    paired: dict[str, tuple[str, ...]] = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        only = [rel for rel in members if _annotation_only(f"{root}/{rel}", memo)]
+        recordings = [rel for rel in members if rel not in only]
+        if only and len(recordings) == 1:
+            paired[recordings[0]] = tuple(only)
+    if not paired:
+        return candidates, {}
+    taken = {a for anns in paired.values() for a in anns}
+    return [rel for rel in candidates if rel not in taken], paired
+
+
+def _annotation_only(abspath: str, memo: dict) -> bool:
+    if not abspath.lower().endswith(EDF_SUFFIXES):
+        return False
+    try:
+        return ANNOTATION_LABELS.issuperset(read_header(abspath, memo).labels)
+    except BrainpipeError:
+        return False  # the read of the file itself reports it
+
+
 # What a reader gives for one file: size, mtime_ns, format, n_samples, sfreq, duration_s, start,
 # channel labels, channel rates, channel types.
 _Read = tuple[int, int, str, int, float, float, str, tuple, tuple, tuple]
 
 
-def _read_edf(abspath: str, memo: dict) -> _Read:
+def _read_edf(abspath: str, memo: dict) -> tuple[_Read, EdfHeader]:
     h = read_header(abspath, memo)
     labels, spr = h.labels, h.samples_per_record
     if not ANNOTATION_LABELS.isdisjoint(labels):  # EDF+: leave out the annotation signals
         picks = h.signal_indices
         labels, spr = tuple(labels[i] for i in picks), tuple(spr[i] for i in picks)
     if not labels:
-        raise BrainpipeError(f"{abspath}: no signals: file holds only annotations")
+        raise BrainpipeError(
+            f"{abspath}: no signals: file holds only annotations (no recording pairs with it "
+            f"under corpus.annotation_pairing)"
+        )
     main, rates = _rates(spr, h.record_duration)
     return (
         h.file_size,
@@ -190,11 +241,11 @@ def _read_edf(abspath: str, memo: dict) -> _Read:
         h.n_records * main,
         main / h.record_duration,
         h.duration,
-        h.start.isoformat(),
+        h.start.isoformat() if h.start is not None else "",
         labels,
         rates,
         ("eeg",) * len(labels),
-    )
+    ), h
 
 
 @functools.lru_cache(maxsize=4096)
@@ -209,14 +260,27 @@ def _rates(samples_per_record: tuple[int, ...], record_duration: float) -> tuple
     return main, tuple(c / record_duration for c in counts)
 
 
-def _read_mne(abspath: str) -> _Read:
+@functools.cache
+def _quiet_mne() -> Any:
+    """mne, with its logging set to errors once for the whole process.
+
+    mne's per-call `verbose=` sets the shared logger's level and restores it on return, which
+    is not thread-safe: one thread restoring INFO while another reads let "Opening raw data
+    file ..." lines into the output of a threaded `index`. One global level has no such race."""
     import mne
+
+    mne.set_log_level("ERROR")
+    return mne
+
+
+def _read_mne(abspath: str) -> _Read:
+    mne = _quiet_mne()
 
     st = os.stat(abspath)
     if st.st_size == 0:
         raise BrainpipeError(f"{abspath}: empty file: 0 bytes")
     try:
-        raw = mne.io.read_raw(abspath, preload=False, verbose="error")
+        raw = mne.io.read_raw(abspath, preload=False)
     except Exception as e:  # mne raises many types for bad files; all mean "unreadable"
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise BrainpipeError(f"{abspath}: unreadable: {msg}") from e
@@ -245,24 +309,37 @@ class _Reader:
     def __init__(self, root: str, corpus: Any, on_read: Callable[[str], None] | None = None):
         self.root, self.corpus, self.on_read = root, corpus, on_read
         self.facts_of = layout_parser(corpus.layout, corpus.filename_regex, corpus.manifest)
+        self.label_of = event_labeler(dict(corpus.event_labels))
         self.memo: dict = {}
 
     def many(self, items: list) -> list:
         return [self(item) for item in items]
 
-    def __call__(self, item: tuple[str, str | None]) -> Recording | tuple[str, str]:
-        """item: the recording's path relative to the root, and its annotation file's (or None)."""
-        rel, ann = item
+    def __call__(self, item: tuple[str, tuple[str, ...]]) -> Recording | tuple[str, str]:
+        """item: the recording's path relative to the root, and its annotation files' (TUSZ
+        .csv_bi/.csv, or paired annotation-only EDF+ files)."""
+        rel, anns = item
         root_s, c, facts_of, on_read = self.root, self.corpus, self.facts_of, self.on_read
         ab = f"{root_s}/{rel}"
         try:
-            edf = rel.lower().endswith(EDF_SUFFIXES)
-            got = _read_edf(ab, self.memo) if edf else _read_mne(ab)
+            header = None
+            if rel.lower().endswith(EDF_SUFFIXES):
+                got, header = _read_edf(ab, self.memo)
+            else:
+                got = _read_mne(ab)
             facts = facts_of(rel)
             events: tuple[Event, ...] = ()
             ann_mtime = 0
-            if ann is not None:
-                ann_mtime = os.stat(f"{root_s}/{ann}").st_mtime_ns
+            annotations = (
+                self._annotations(header)
+                if header is not None and not ANNOTATION_LABELS.isdisjoint(header.labels)
+                else []
+            )
+            for ann in anns:
+                ann_mtime = max(ann_mtime, os.stat(f"{root_s}/{ann}").st_mtime_ns)
+                if ann.lower().endswith(EDF_SUFFIXES):
+                    annotations += self._annotations(read_header(f"{root_s}/{ann}", self.memo))
+                    continue
                 evs = parse_annotations(f"{root_s}/{ann}")
                 if ann.endswith(".csv") and not ann.endswith(".csv_bi"):
                     evs = merge_channel_events(evs)
@@ -276,11 +353,24 @@ class _Reader:
                 )
             if on_read is not None:
                 on_read(rel)
-            return Recording(rel, *got, facts, events, ann_mtime)
+            notes = header.notes if header is not None else ()
+            if annotations:
+                annotations.sort()
+            return Recording(rel, *got, facts, events, ann_mtime, tuple(annotations), notes)
         except BrainpipeError as e:
             return (rel, _one_line(e, ab, root_s))
         except OSError as e:
             return (rel, f"unreadable: {e.strerror or e}")
+
+    def _annotations(self, header: EdfHeader) -> list[tuple[float, float, str, str]]:
+        """EDF+/BDF+ annotations as (onset_s, offset_s, label, description)."""
+        if ANNOTATION_LABELS.isdisjoint(header.labels):
+            return []
+        label = self.label_of
+        return [
+            (a.onset_s, a.onset_s + a.duration_s, label(a.description), a.description)
+            for a in read_annotations(header)
+        ]
 
 
 def _one_line(e: BaseException, abspath: str, root: str) -> str:
@@ -313,8 +403,13 @@ def scan(
     candidates, every = _walk(root, tuple(s.lower() for s in c.extensions), errors)
     if force:
         previous = None
-    reused, todo, n_removed = _match_previous(root, candidates, every, c, previous, errors)
     reader = _Reader(str(root), c, on_read)
+    paired: dict[str, tuple[str, ...]] = {}
+    if c.layout == "generic":
+        candidates, paired = _pair_annotation_files(
+            str(root), candidates, c.annotation_pairing, reader.memo
+        )
+    reused, todo, n_removed = _match_previous(root, candidates, every, c, previous, errors, paired)
     results = _read_all(reader, todo, workers or cfg.index.workers, progress)
     fresh = [r for r in results if isinstance(r, Recording)]
     errors += [r for r in results if not isinstance(r, Recording)]
@@ -340,9 +435,10 @@ def _match_previous(
     corpus: Any,
     previous: Index | None,
     errors: list[tuple[str, str]],
-) -> tuple[list[int], list[tuple[str, str | None]], int]:
-    """Rows of `previous` whose files are unchanged, the (path, annotation file) pairs to read,
-    and how many of its recordings are gone from the tree.
+    paired: dict[str, tuple[str, ...]],
+) -> tuple[list[int], list[tuple[str, tuple[str, ...]]], int]:
+    """Rows of `previous` whose files are unchanged, the (path, annotation files) pairs to
+    read, and how many of its recordings are gone from the tree.
 
     Unchanged files are matched as arrays: a re-run builds no per-recording Python objects
     for them."""
@@ -351,11 +447,15 @@ def _match_previous(
         prev_rows = dict(zip(previous.path.tolist(), range(len(previous)), strict=True))
         p_size, p_mtime, p_ann = previous.size, previous.mtime_ns, previous.ann_mtime_ns
     reused: list[int] = []
-    todo: list[tuple[str, str | None]] = []
+    todo: list[tuple[str, tuple[str, ...]]] = []
     root_s = str(root)
     tusz = corpus.layout == "tusz"
     for rel in candidates:
-        ann = _annotation_file(rel, every, corpus.annotation_suffixes) if tusz else None
+        if tusz:
+            csv = _annotation_file(rel, every, corpus.annotation_suffixes)
+            ann: tuple[str, ...] = (csv,) if csv is not None else ()
+        else:
+            ann = paired.get(rel, ())
         j = prev_rows.get(rel)
         if j is None:  # new (or a cold scan): the read itself stats the file
             todo.append((rel, ann))
@@ -366,11 +466,12 @@ def _match_previous(
             errors.append((rel, f"unreadable: {e.strerror}"))
             continue
         ann_mtime = 0
-        if ann is not None:
+        for a in ann:
             try:
-                ann_mtime = os.stat(f"{root_s}/{ann}").st_mtime_ns
+                ann_mtime = max(ann_mtime, os.stat(f"{root_s}/{a}").st_mtime_ns)
             except OSError:
                 ann_mtime = -1
+                break
         if p_size[j] == st.st_size and p_mtime[j] == st.st_mtime_ns and p_ann[j] == ann_mtime:
             reused.append(j)
         else:
@@ -380,7 +481,7 @@ def _match_previous(
 
 
 def _read_all(
-    reader: _Reader, todo: list[tuple[str, str | None]], n_workers: int, progress: bool
+    reader: _Reader, todo: list[tuple[str, tuple[str, ...]]], n_workers: int, progress: bool
 ) -> list[Recording | tuple[str, str]]:
     """Every file of `todo` read, serially or on threads, in order."""
     if not todo:

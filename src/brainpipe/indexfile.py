@@ -72,10 +72,16 @@ class Recording:
     facts: Facts = field(default_factory=Facts)
     events: tuple[Event, ...] = ()
     ann_mtime_ns: int = 0
+    # EDF+/BDF+ annotations: (onset_s, offset_s, label, description); label "" when
+    # corpus.event_labels maps no label onto the description.
+    annotations: tuple[tuple[float, float, str, str], ...] = ()
+    # Header repairs and warnings, one line each (stored in meta["warnings"]).
+    notes: tuple[str, ...] = ()
 
 
-# Per-event columns beside `event_recording`.
-_EVENT_COLUMNS = ("event_onset_s", "event_offset_s", "event_label")
+# Per-event columns beside `event_recording`. `event_description` came with EDF+ annotations:
+# an index written before it has none, and loads with "" for every event.
+_EVENT_COLUMNS = ("event_onset_s", "event_offset_s", "event_label", "event_description")
 
 # Recording attributes stored as columns, and the corpus facts stored beside them.
 _ROW_FIELDS = tuple(c for c in (*_STR_COLUMNS, *_NUM_COLUMNS) if c in Recording.__annotations__)
@@ -89,6 +95,8 @@ class Index:
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]):
+        if "event_description" not in arrays and "event_recording" in arrays:
+            arrays["event_description"] = np.zeros(len(arrays["event_recording"]), "U1")
         self.arrays = arrays
         self.meta = meta
 
@@ -109,6 +117,16 @@ class Index:
     @property
     def index_hash(self) -> str:
         return self.meta["index_hash"]
+
+    @property
+    def warnings(self) -> list[dict[str, str]]:
+        """Recordings indexed with a repair or a warning (e.g. an unparsable start date)."""
+        return [{"path": p, "reason": r} for p, r in self.meta.get("warnings", [])]
+
+    @property
+    def event_labels(self) -> dict[str, str]:
+        """corpus.event_labels of the scan: annotation description (or regex) -> label."""
+        return dict(self.meta.get("corpus_config", {}).get("event_labels") or {})
 
     @property
     def errors(self) -> list[dict[str, str]]:
@@ -171,6 +189,22 @@ class Index:
             for k in range(lo, hi)
         ]
 
+    def event_table(self, i: int) -> dict[str, np.ndarray]:
+        """Recording i's events as columns: onset_s, offset_s, duration_s, label, description.
+
+        TUSZ annotation-file events have description ""; EDF+/BDF+ annotations keep their text
+        in description and the label corpus.event_labels gave it ("" when none matched)."""
+        lo, hi = np.searchsorted(self.arrays["event_recording"], [i, i + 1])
+        a = self.arrays
+        on, off = a["event_onset_s"][lo:hi], a["event_offset_s"][lo:hi]
+        return {
+            "onset_s": on,
+            "offset_s": off,
+            "duration_s": off - on,
+            "label": a["event_label"][lo:hi],
+            "description": a["event_description"][lo:hi],
+        }
+
     def abspath(self, i: int, raw_root: str | os.PathLike | None = None) -> Path:
         return Path(raw_root or self.raw_root) / str(self.arrays["path"][i])
 
@@ -190,7 +224,7 @@ class Index:
             raise BrainpipeError(
                 f"{p}: index format version {version}, this brainpipe reads version {INDEX_FORMAT_VERSION}; re-run `brainpipe index --force`"
             )
-        missing = sorted(_REQUIRED - set(arrays))
+        missing = sorted(_REQUIRED - set(arrays) - {"event_description"})
         if missing:
             raise BrainpipeError(f"{p}: {_CORRUPT} (missing {', '.join(missing)}); {_rebuild(p)}")
         _check_contained(p, arrays["path"])
@@ -214,7 +248,8 @@ class Index:
         for k, v in arrays.items():  # empty string columns must still be unicode, not float
             if v.size == 0 and k in _TEXT_ARRAYS:
                 arrays[k] = np.zeros(0, dtype="U1")
-        return cls(arrays, _final_meta(meta, arrays))
+        warnings = [[r.path, n] for r in recordings for n in r.notes]
+        return cls(arrays, _final_meta({**meta, "warnings": warnings}, arrays))
 
     def take(self, rows: np.ndarray) -> Index:
         """The index restricted to `rows` (sorted), with its channel sets and events compacted."""
@@ -245,7 +280,11 @@ class Index:
         for k in _EVENT_COLUMNS:
             out[k] = a[k][keep]
         out["error_path"], out["error_reason"] = np.zeros(0, "U1"), np.zeros(0, "U1")
-        return Index(out, dict(self.meta))
+        meta = dict(self.meta)
+        if meta.get("warnings"):
+            kept = set(out["path"].tolist())
+            meta["warnings"] = [w for w in meta["warnings"] if w[0] in kept]
+        return Index(out, meta)
 
     @classmethod
     def concat(
@@ -278,7 +317,9 @@ class Index:
         merged = Index(out, {})
         result = merged.take(order) if len(order) else merged
         result.arrays.update(_error_arrays(errors))
-        result.meta = _final_meta(meta, result.arrays)
+        kept = set(result.arrays["path"].tolist())
+        warnings = sorted(w for p in parts for w in p.meta.get("warnings", []) if w[0] in kept)
+        result.meta = _final_meta({**meta, "warnings": warnings}, result.arrays)
         return result
 
     # -- summaries ------------------------------------------------------------------------
@@ -313,6 +354,7 @@ class Index:
             "n_events": int(len(a["event_recording"])),
             "recordings": recs,
             "errors": self.errors,
+            "warnings": self.warnings,
         }
 
 
@@ -424,6 +466,8 @@ def _content_hash(arrays: dict[str, np.ndarray]) -> str:
     for k in sorted(arrays):
         if k.startswith("error_"):
             continue  # skipped files do not change what a cache built from the index holds
+        if k == "event_description" and not (arrays[k] != "").any():
+            continue  # no EDF+ annotations: hash as an index written before the column
         v = np.ascontiguousarray(arrays[k])
         h.update(k.encode())
         h.update(str(v.dtype).encode())
@@ -433,7 +477,15 @@ def _content_hash(arrays: dict[str, np.ndarray]) -> str:
 
 # Arrays of text; an empty one is stored as "<U1", not numpy's default float.
 _TEXT_ARRAYS = frozenset(
-    (*_STR_COLUMNS, "chanset_labels", "chanset_types", "event_label", "error_path", "error_reason")
+    (
+        *_STR_COLUMNS,
+        "chanset_labels",
+        "chanset_types",
+        "event_label",
+        "event_description",
+        "error_path",
+        "error_reason",
+    )
 )
 
 
@@ -496,12 +548,19 @@ def _chanset_arrays(recordings: list[Recording]) -> dict[str, np.ndarray]:
 
 
 def _event_arrays(recordings: list[Recording]) -> dict[str, np.ndarray]:
-    ev = [(i, e) for i, r in enumerate(recordings) for e in r.events]
+    # Per recording: its annotation-file events (TUSZ) in file order, then its EDF+ annotations.
+    ev = [
+        (i, e.onset_s, e.offset_s, e.label, "") for i, r in enumerate(recordings) for e in r.events
+    ]
+    ev += [(i, *a) for i, r in enumerate(recordings) for a in r.annotations]
+    ev.sort(key=lambda row: row[0])  # stable: keeps each recording's order
+    cols = list(zip(*ev, strict=True)) if ev else [()] * 5
     return {
-        "event_recording": np.array([i for i, _ in ev], np.int64),
-        "event_onset_s": np.array([e.onset_s for _, e in ev], np.float64),
-        "event_offset_s": np.array([e.offset_s for _, e in ev], np.float64),
-        "event_label": np.array([e.label for _, e in ev], dtype=str),
+        "event_recording": np.array(cols[0], np.int64),
+        "event_onset_s": np.array(cols[1], np.float64),
+        "event_offset_s": np.array(cols[2], np.float64),
+        "event_label": np.array(cols[3], dtype=str),
+        "event_description": np.array(cols[4], dtype=str),
     }
 
 
