@@ -16,7 +16,11 @@ across the corpus are converted once per scan, in a memo the scan owns): seriall
 are fast, on a thread pool sized for network filesystems where each open costs milliseconds of
 latency and no CPU. A re-run stats every indexed file and re-reads only new or changed ones
 (size or mtime); `force=True` (or BRAINPIPE_FORCE_REINDEX=1) re-reads all. Bad files go to the
-error list with one-line reasons.
+error list with one-line reasons; so do symlink loops and names that are not UTF-8
+(`fsutil.walk_tree`). EDF+/BDF+ annotations become events (labelled by corpus.event_labels), and
+in the generic layout annotation-only files (Sleep-EDF hypnograms) are paired with their
+recordings by corpus.annotation_pairing. Header repairs and doubts (a colon-separated or
+unparsable start date) are kept as warnings.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from brainpipe.corpus import (
 )
 from brainpipe.edf import ANNOTATION_LABELS, EdfHeader, read_annotations, read_header
 from brainpipe.errors import BrainpipeError
-from brainpipe.fsutil import remove_stale_tmp
+from brainpipe.fsutil import remove_stale_tmp, walk_tree
 from brainpipe.indexfile import Index, Recording, is_replaceable
 
 EDF_SUFFIXES = (".edf", ".bdf")
@@ -68,105 +72,6 @@ class ScanResult:
 # file must have spent waiting (wall minus CPU) for it to choose them.
 _PROBE_FILES = 24
 _IO_BOUND_WAIT_S = 300e-6
-
-
-def _walk(
-    root: Path, suffixes: tuple[str, ...], errors: list[tuple[str, str]]
-) -> tuple[list[str], set[str]]:
-    """Relative paths of candidate recordings, and the set of all relative file paths.
-
-    Each real directory is walked once, keyed by (device, inode): a symlink loop (`loop -> .`)
-    or a second link to a walked directory is reported in `errors` and not followed (a loop
-    once indexed every file ~40 times over, and two never finished). Directories reached by
-    their own path are walked before those reached through a symlink, so the names stored are
-    the real ones whatever order the filesystem lists them in. A name that is not UTF-8 is
-    skipped with a reason: it cannot be stored in the index or the cache as text."""
-    found: list[str] = []
-    every: set[str] = set()
-    prefix = len(str(root)) + 1
-    seen: dict[tuple[int, int], str] = {}
-    st = root.stat()
-    seen[(st.st_dev, st.st_ino)] = ""
-    stack, linked = [str(root)], []
-    while stack or linked:
-        if not stack:  # real directories done: now those reached through symlinks, in order
-            linked.sort(reverse=True)
-            stack.append(linked.pop())
-            if not _first_visit(stack[-1], root, prefix, seen, errors):
-                stack.pop()
-                continue
-        d = stack.pop()
-        try:
-            with os.scandir(d) as it:
-                entries = list(it)
-        except OSError as e:
-            errors.append((os.path.relpath(d, root), f"unreadable directory: {e.strerror}"))
-            continue
-        for entry in entries:
-            try:
-                is_dir = entry.is_dir()
-            except OSError:
-                is_dir = False
-            name = entry.name
-            if name.startswith("."):
-                if not is_dir:
-                    every.add(entry.path[prefix:].replace(os.sep, "/"))
-                continue
-            if not name.isascii() and not _utf8(name):
-                rel = entry.path[prefix:].replace(os.sep, "/")
-                errors.append((_printable(rel), _NON_UTF8))
-                continue
-            if is_dir:
-                if entry.is_symlink():
-                    linked.append(entry.path)
-                elif _first_visit(entry.path, root, prefix, seen, errors):
-                    stack.append(entry.path)
-                continue
-            rel = entry.path[prefix:].replace(os.sep, "/")
-            every.add(rel)
-            if name.lower().endswith(suffixes):
-                found.append(rel)
-    found.sort()
-    return found, every
-
-
-_NON_UTF8 = "non-UTF-8 file name: rename it to UTF-8 to index it (shown with \\x escapes)"
-
-
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # undecodable bytes, kept by os as lone surrogates
-        return False
-    return True
-
-
-def _printable(rel: str) -> str:
-    """A path with undecodable bytes as `\\xNN` text, safe to store and print."""
-    return os.fsencode(rel).decode("utf-8", "backslashreplace")
-
-
-def _first_visit(
-    path: str, root: Path, prefix: int, seen: dict, errors: list[tuple[str, str]]
-) -> bool:
-    """Whether `path` is a directory not walked yet; records why not in `errors`."""
-    rel = path[prefix:].replace(os.sep, "/")
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        errors.append((rel, f"unreadable directory: {e.strerror}"))
-        return False
-    key = (st.st_dev, st.st_ino)
-    first = seen.get(key)
-    if first is None:
-        seen[key] = rel
-        return True
-    if first == "" or rel.startswith(first + "/"):
-        where = "the raw root" if first == "" else repr(first)
-        errors.append((rel, f"symlink loop: points back to {where}, not followed"))
-    else:
-        errors.append((rel, f"directory already indexed: same as {first!r}, not followed"))
-    return False
 
 
 def _annotation_file(rel: str, every: set[str], suffixes: tuple[str, ...]) -> str | None:
@@ -400,7 +305,7 @@ def scan(
     root = root.resolve()
     c = cfg.corpus
     errors: list[tuple[str, str]] = []
-    candidates, every = _walk(root, tuple(s.lower() for s in c.extensions), errors)
+    candidates, every = walk_tree(root, tuple(s.lower() for s in c.extensions), errors)
     if force:
         previous = None
     reader = _Reader(str(root), c, on_read)

@@ -6,8 +6,13 @@ re-runs, channel and event accessors, `summary()` data), the content hash a cach
 INDEX_FORMAT_VERSION. Scanning a raw tree lives in the `index` stage (`brainpipe.index`);
 rendering summaries for people in `brainpipe.reporting`. See docs/index-format.md.
 
+Loading checks what a damaged, foreign or crafted file could do (truncated archives, a cache
+passed as an index, pickled objects, paths outside the raw root) and answers with one line.
+Over 500 lines for a reason: the format's columns, writer, reader and those checks are one
+contract and read best in one place.
+
     idx = Index.load("data/index.npz")
-    idx.path[0], idx.sfreq[0], idx.channels(0)[:3], idx.events(0)
+    idx.path[0], idx.sfreq[0], idx.channels(0)[:3], idx.events(0), idx.event_table(0)
 """
 
 from __future__ import annotations
