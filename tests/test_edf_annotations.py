@@ -14,6 +14,8 @@ import mne
 import numpy as np
 import pyedflib
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from brainpipe.config import load_config
 from brainpipe.edf import read_annotations, read_header, read_signals
@@ -363,3 +365,60 @@ def test_threaded_index_of_fif_files_prints_only_its_own_lines(tmp_path):
         assert lines[1].startswith("wrote") or lines[1].startswith("index unchanged"), lines
         assert proc.stderr == "", proc.stderr
         (tmp_path / "i.npz").unlink()
+
+
+# --- property: any annotations edfio writes read back; any bytes fail only with EdfError ------
+
+_TEXT = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\x14\x15"),
+    min_size=1,
+    max_size=12,
+).filter(lambda t: t.strip() == t and t)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 1900).map(lambda k: k / 100),
+            st.one_of(st.none(), st.integers(0, 500).map(lambda k: k / 100)),
+            _TEXT,
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_annotations_round_trip_through_edfio(tmp_path, written):
+    p = edfio_file(tmp_path / "rt.edf", written, seconds=20)
+    got = sorted(_ours(p), key=lambda a: (a[0], a[2]))  # writers may reorder equal onsets
+    want = sorted(
+        ((on, min(dur or 0.0, 20 - on), text) for on, dur, text in written),
+        key=lambda a: (a[0], a[2]),
+    )
+    assert [a[2] for a in got] == [a[2] for a in want]
+    assert [a[0] for a in got] == pytest.approx([a[0] for a in want])
+    assert [a[1] for a in got] == pytest.approx([a[1] for a in want])
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.binary(min_size=120, max_size=120), st.sampled_from(["EDF+C", "EDF+D"]))
+def test_any_annotation_bytes_read_or_fail_with_one_line(tmp_path, blob, kind):
+    from brainpipe.edf import EdfError
+
+    p = write_edf_plus_d(tmp_path / "fuzz.edf", [0.0, 1.0], [([], []), ([], [])])
+    data = bytearray(p.read_bytes())
+    h = read_header(p)
+    rec0 = h.header_bytes + 100  # the first record's first annotation signal
+    data[rec0 : rec0 + 120] = blob
+    data[192:197] = kind.encode()
+    p.write_bytes(bytes(data))
+    try:
+        out = read_annotations(read_header(p))
+    except EdfError as e:
+        assert str(p) in str(e) and "\n" not in str(e)
+    else:
+        assert all(isinstance(a.description, str) and a.description for a in out)
