@@ -87,6 +87,10 @@ def test_edfio_annotations_match_mne(tmp_path):
     p = edfio_file(tmp_path / "a.edf", ann)
     _same(_ours(p), _mne(p))
     assert [a[2] for a in _ours(p)] == ["T0", "T1 ü", "Sleep stage W", "W2"]
+    empty = edfio_file(tmp_path / "none.edf", [])  # EDF+C whose slot fits no annotation
+    assert read_header(empty).format == "EDF+C" and _ours(empty) == [] == _mne(empty)
+    one = edfio_file(tmp_path / "one.edf", [(12.0, None, "x")])  # the smallest slot with text
+    assert _ours(one) == [(12.0, 0.0, "x")] == _mne(one)
 
 
 @pytest.mark.parametrize("bdf", [False, True])
@@ -392,10 +396,10 @@ _TEXT = st.text(
 )
 def test_annotations_round_trip_through_edfio(tmp_path, written):
     p = edfio_file(tmp_path / "rt.edf", written, seconds=20)
-    got = sorted(_ours(p), key=lambda a: (a[0], a[2]))  # writers may reorder equal onsets
+    got = sorted(_ours(p), key=lambda a: (a[0], a[2], a[1]))  # writers reorder equal onsets
     want = sorted(
         ((on, min(dur or 0.0, 20 - on), text) for on, dur, text in written),
-        key=lambda a: (a[0], a[2]),
+        key=lambda a: (a[0], a[2], a[1]),
     )
     assert [a[2] for a in got] == [a[2] for a in want]
     assert [a[0] for a in got] == pytest.approx([a[0] for a in want])
