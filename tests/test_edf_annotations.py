@@ -274,6 +274,11 @@ def test_sleep_edf_hypnograms_pair_with_their_recordings(tmp_path):
     assert (res.n_read, res.n_reused) == (1, 1)
     assert Index.load(out).event_table(1)["description"].tolist() == ["Sleep stage W"]
     assert Index.load(out).event_table(0)["description"].tolist()[0] == "Sleep stage W"
+    # As mne (read_annotations, then set_annotations on the recording), a paired file's onsets
+    # count from its own first record, whatever start date its header gives.
+    psg = mne.io.read_raw_edf(root / "SC4012E0-PSG.edf", verbose="error")
+    psg.set_annotations(mne.read_annotations(hyp))
+    assert Index.load(out).event_table(1)["onset_s"].tolist() == psg.annotations.onset.tolist()
 
 
 def test_unpaired_annotation_only_file_is_reported_and_pairing_can_be_off(tmp_path):
