@@ -121,6 +121,10 @@ def test_truncated_index_gives_one_line_and_index_replaces_it(indexed, tmp_path,
     assert not (tmp_path / "c.h5").exists()
     res = build_index(raw, out, TUAB, progress=False)  # a broken output of ours is replaced
     assert res.written and res.n_read == 3 and len(Index.load(out)) == 3
+    for cut in (0, 3):  # cut to nothing, or inside the zip magic
+        out.write_bytes(data[:cut])
+        assert build_index(raw, out, TUAB, progress=False).written
+        assert len(Index.load(out)) == 3
 
 
 def test_a_cache_or_other_file_passed_as_index_gives_one_line(indexed, tmp_path, capsys):

@@ -392,7 +392,8 @@ def is_replaceable(path: str | os.PathLike) -> bool:
             magic = f.read(4)
     except OSError:  # absent, or unreachable: the write itself reports why
         return True
-    return magic in (b"", b"PK\x03\x04", b"PK\x05\x06")
+    # A zip archive's magic, or the start of one (an index cut short a few bytes in).
+    return any(zip_magic.startswith(magic) for zip_magic in (b"PK\x03\x04", b"PK\x05\x06"))
 
 
 def _read_arrays(p: Path) -> dict[str, np.ndarray]:
