@@ -154,5 +154,7 @@ def test_event_labeler_exact_text_then_first_whole_regex():
         "unknown", "W", "N3", "N3",
     ]  # fmt: skip
     assert label("Sleep stage R") == "REM" and label("T1") == "left" and label("T2") == "imagery"
-    assert label("Sleep stage") == "" and label("T12") == "" and label("xT1") == ""
+    assert label("T12") == "" and label("xT1") == "" and label("Sleep stage 5") == ""
+    # Every key is also a regex: "Sleep stage ?" matches "Sleep stage" (the space optional).
+    assert label("Sleep stage") == "unknown"
     assert event_labeler({})("anything") == ""
