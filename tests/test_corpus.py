@@ -83,3 +83,26 @@ def test_manifest(tmp_path):
 def test_path_parsers_never_raise(path):
     for parse in (parse_tuab_path, parse_tusz_path):
         assert isinstance(parse(path), Facts)
+
+
+def test_event_labeler_exact_text_then_first_whole_regex():
+    from brainpipe.corpus import event_labeler
+
+    label = event_labeler(
+        {
+            "Sleep stage ?": "unknown",  # exact text, though "?" is a regex operator
+            "Sleep stage W": "W",
+            "Sleep stage [34]": "N3",
+            "Sleep stage R": "REM",
+            "T[12]": "imagery",
+            "T1": "left",  # exact text wins over an earlier regex
+        }
+    )
+    assert [label(d) for d in ("Sleep stage ?", "Sleep stage W", "Sleep stage 3", "Sleep stage 4")] == [
+        "unknown", "W", "N3", "N3",
+    ]  # fmt: skip
+    assert label("Sleep stage R") == "REM" and label("T1") == "left" and label("T2") == "imagery"
+    assert label("T12") == "" and label("xT1") == "" and label("Sleep stage 5") == ""
+    # Every key is also a regex: "Sleep stage ?" matches "Sleep stage" (the space optional).
+    assert label("Sleep stage") == "unknown"
+    assert event_labeler({})("anything") == ""

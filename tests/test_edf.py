@@ -700,13 +700,46 @@ def test_truncated_inside_signal_header(tuh):
         (244, "nan", 8, "data record duration field is 'nan', not a finite number"),
         (244, "-1", 8, "data record duration is -1.0 s"),
         (244, "0", 8, "data record duration is 0 s but the file has data signals"),
-        (168, "31.02.03", 8, "start date/time fields are '31.02.03' '10.20.30'"),
-        (176, "25.00.00", 8, "start date/time fields are '15.07.03' '25.00.00'"),
     ],
 )
 def test_corrupt_fixed_header_fields(tuh, offset, value, width, reason):
     _patch(tuh, offset, value, width)
     _bad(tuh, reason)
+
+
+@pytest.mark.parametrize(
+    ("offset", "value", "width", "reason"),
+    [
+        (168, "31.02.03", 8, "start date/time fields are '31.02.03' '10.20.30'"),
+        (176, "25.00.00", 8, "start date/time fields are '15.07.03' '25.00.00'"),
+        (168, "15.07:03", 8, "start date/time fields are '15.07:03' '10.20.30'"),
+    ],
+)
+def test_unparsable_start_date(tuh, offset, value, width, reason):
+    """An error on request; by default the header reads with no start and a note saying why,
+    so a clinical file with a broken date still indexes and its signals still read."""
+    _patch(tuh, offset, value, width)
+    with pytest.raises(EdfError, match=reason) as info:
+        read_header(tuh, on_bad_date="raise")
+    assert str(tuh) in str(info.value) and "\n" not in str(info.value)
+    h = read_header(tuh)
+    assert h.start is None and h.notes == (
+        f"{reason}, expected 'dd.mm.yy' 'hh.mm.ss'; start time left empty",
+    )
+    assert h.n_records == read_header(tuh, {}).n_records > 0
+    assert read_signals(h, [0], 0, 10).shape == (1, 10)
+
+
+def test_start_date_written_with_colons(tuh):
+    """TUSZ has files whose date field reads "01:01:85": read as 01.01.85, with the repair noted."""
+    _patch(tuh, 168, "01:01:85", 8)
+    h = read_header(tuh)
+    assert h.start == datetime.datetime(1985, 1, 1, 10, 20, 30)
+    assert h.notes == ("start date '01:01:85' written with colons, read as 'dd.mm.yy'",)
+    raw = mne.io.read_raw_edf(tuh, preload=False, verbose="error")
+    assert raw.n_times == h.n_records * h.samples_per_record[0]
+    _patch(tuh, 168, "01.01.85", 8)
+    assert read_header(tuh).notes == ()
 
 
 @pytest.mark.parametrize(

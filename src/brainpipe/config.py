@@ -68,6 +68,15 @@ class CorpusConfig:
     # group, bids without split_column): {"train": ["01", "02"], "eval": ["03"]}; subjects
     # listed nowhere keep no split.
     subject_splits: dict[str, Any] = _added(dict)
+    # generic layout: pairs an annotation-only EDF+ file with its recording. A regex searched in
+    # each path relative to the raw root; files whose named group `key` matches are a pair (one
+    # recording, its annotation-only files). Default: Sleep-EDF's SC4001E0-PSG.edf beside
+    # SC4001EC-Hypnogram.edf. null: no pairing (an annotation-only file is an error).
+    annotation_pairing: str | None = _added(r"(?i)^(?P<key>.+)[^/]{2}-(?:PSG|Hypnogram)\.edf$")
+    # EDF+/BDF+ annotation description -> event label (exact text, else a regex matching the
+    # whole description; the first match in file order wins), e.g. {"Sleep stage W": "W",
+    # "T1": "left"}. Stored with the index's events; unmatched events keep label "".
+    event_labels: dict[str, str] = _added(dict)
 
 
 @dataclass(frozen=True)
@@ -170,7 +179,10 @@ class Config:
         return _to_plain(self)
 
     def section_hash(self, *sections: str) -> str:
-        """Stable hash of the named sections; decides whether a cache matches a config."""
+        """Stable hash of the named sections; decides whether a cache matches a config.
+
+        Keys added after caches were first written (`_added`) are left out of `to_dict` while at
+        their default, so a cache built before they existed still matches its unchanged config."""
         d = self.to_dict()
         blob = json.dumps({s: d[s] for s in sections}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -440,6 +452,28 @@ def _check_semantics(cfg: Config) -> None:
         "config key 'preprocess.channels' must not be empty",
     )
     _check_corpus(cfg.corpus)
+    if cfg.corpus.annotation_pairing is not None:
+        try:
+            rx = re.compile(cfg.corpus.annotation_pairing)
+        except re.error as e:
+            raise BrainpipeError(
+                f"config key 'corpus.annotation_pairing': invalid regex ({e})"
+            ) from e
+        need(
+            "key" in rx.groupindex,
+            "config key 'corpus.annotation_pairing' needs a named group (?P<key>...) that pairs files",
+        )
+    for desc, label in cfg.corpus.event_labels.items():
+        need(
+            isinstance(label, str) and isinstance(desc, str),
+            f"config key 'corpus.event_labels': {desc!r}: {label!r} must map text to a label name",
+        )
+        try:
+            re.compile(desc)
+        except re.error as e:
+            raise BrainpipeError(
+                f"config key 'corpus.event_labels': {desc!r} is neither plain text nor a valid regex ({e})"
+            ) from e
     if cfg.corpus.filename_regex is not None:
         try:
             re.compile(cfg.corpus.filename_regex)

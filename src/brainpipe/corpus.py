@@ -152,3 +152,20 @@ def layout_parser(layout: str, filename_regex: str | None = None, manifest: str 
     if layout == "tusz":
         return parse_tusz_path
     return GenericLayout(filename_regex, read_manifest(manifest) if manifest else None)
+
+
+def event_labeler(mapping: dict[str, str]) -> Callable[[str], str]:
+    """corpus.event_labels as a function: annotation description -> label ("" when unmapped).
+
+    A key matches a description exactly, else as a regex matching the whole description
+    ("Sleep stage [34]" -> "N3"); the first key in mapping order that matches wins."""
+    exact = dict(mapping)
+    patterns = [(re.compile(k), v) for k, v in mapping.items()]
+
+    @functools.lru_cache(maxsize=1024)  # a corpus has few distinct descriptions
+    def label(description: str) -> str:
+        if description in exact:
+            return exact[description]
+        return next((v for rx, v in patterns if rx.fullmatch(description)), "")
+
+    return label

@@ -16,7 +16,11 @@ across the corpus are converted once per scan, in a memo the scan owns): seriall
 are fast, on a thread pool sized for network filesystems where each open costs milliseconds of
 latency and no CPU. A re-run stats every indexed file and re-reads only new or changed ones
 (size or mtime); `force=True` (or BRAINPIPE_FORCE_REINDEX=1) re-reads all. Bad files go to the
-error list with one-line reasons.
+error list with one-line reasons; so do symlink loops and names that are not UTF-8
+(`fsutil.walk_tree`). EDF+/BDF+ annotations become events (labelled by corpus.event_labels), and
+in the generic layout annotation-only files (Sleep-EDF hypnograms) are paired with their
+recordings by corpus.annotation_pairing. Header repairs and doubts (a colon-separated or
+unparsable start date) are kept as warnings.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -38,10 +43,11 @@ from brainpipe.annotations import Event, merge_channel_events, parse_annotations
 from brainpipe.bids import BidsLayout, bids_recordings
 from brainpipe.channels import channel_types
 from brainpipe.config import Config
-from brainpipe.corpus import Facts, layout_parser
-from brainpipe.edf import ANNOTATION_LABELS, read_header
+from brainpipe.corpus import Facts, event_labeler, layout_parser
+from brainpipe.edf import ANNOTATION_LABELS, EdfHeader, read_annotations, read_header
 from brainpipe.errors import BrainpipeError
-from brainpipe.indexfile import Index, Recording
+from brainpipe.fsutil import remove_stale_tmp, walk_tree
+from brainpipe.indexfile import Index, Recording, is_replaceable
 from brainpipe.readers import EDF_SUFFIXES, is_directory_format, open_raw
 
 
@@ -63,41 +69,6 @@ _PROBE_FILES = 24
 _IO_BOUND_WAIT_S = 300e-6
 
 
-def _walk(
-    root: Path, suffixes: tuple[str, ...], errors: list[tuple[str, str]]
-) -> tuple[list[str], set[str]]:
-    """Relative paths of candidate recordings, and the set of all relative file paths."""
-    found: list[str] = []
-    every: set[str] = set()
-    prefix = len(str(root)) + 1
-    stack = [str(root)]
-    while stack:
-        d = stack.pop()
-        try:
-            with os.scandir(d) as it:
-                entries = list(it)
-        except OSError as e:
-            errors.append((os.path.relpath(d, root), f"unreadable directory: {e.strerror}"))
-            continue
-        for entry in entries:
-            try:
-                is_dir = entry.is_dir()
-            except OSError:
-                is_dir = False
-            if is_dir:
-                if entry.name.lower().endswith(suffixes) and is_directory_format(entry.name):
-                    found.append(entry.path[prefix:].replace(os.sep, "/"))  # CTF .ds, EGI .mff
-                elif not entry.name.startswith("."):
-                    stack.append(entry.path)
-                continue
-            rel = entry.path[prefix:].replace(os.sep, "/")
-            every.add(rel)
-            if entry.name.lower().endswith(suffixes) and not entry.name.startswith("."):
-                found.append(rel)
-    found.sort()
-    return found, every
-
-
 def _annotation_file(rel: str, every: set[str], suffixes: tuple[str, ...]) -> str | None:
     stem = rel.rsplit(".", 1)[0]
     for s in suffixes:
@@ -106,19 +77,62 @@ def _annotation_file(rel: str, every: set[str], suffixes: tuple[str, ...]) -> st
     return None
 
 
+def _pair_annotation_files(
+    root: str, candidates: list[str], pairing: str | None, memo: dict
+) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    """The candidates without the annotation-only EDF+ files that pair with a recording, and
+    recording -> its annotation files (Sleep-EDF: SC4001EC-Hypnogram.edf for SC4001E0-PSG.edf).
+
+    Files pair when corpus.annotation_pairing gives them the same `key`; a group pairs when it
+    holds exactly one recording. Only grouped files' headers are read here (a Sleep-EDF tree:
+    a few hundred); an annotation-only file left unpaired stays a candidate and is reported."""
+    if pairing is None:
+        return candidates, {}
+    rx = re.compile(pairing)
+    groups: dict[str, list[str]] = {}
+    for rel in candidates:
+        m = rx.search(rel)
+        if m is not None and m["key"] is not None:
+            groups.setdefault(m["key"], []).append(rel)
+    paired: dict[str, tuple[str, ...]] = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        only = [rel for rel in members if _annotation_only(f"{root}/{rel}", memo)]
+        recordings = [rel for rel in members if rel not in only]
+        if only and len(recordings) == 1:
+            paired[recordings[0]] = tuple(only)
+    if not paired:
+        return candidates, {}
+    taken = {a for anns in paired.values() for a in anns}
+    return [rel for rel in candidates if rel not in taken], paired
+
+
+def _annotation_only(abspath: str, memo: dict) -> bool:
+    if not abspath.lower().endswith(EDF_SUFFIXES):
+        return False
+    try:
+        return ANNOTATION_LABELS.issuperset(read_header(abspath, memo).labels)
+    except BrainpipeError:
+        return False  # the read of the file itself reports it
+
+
 # What a reader gives for one file: size, mtime_ns, format, n_samples, sfreq, duration_s, start,
 # channel labels, channel rates, channel types.
 _Read = tuple[int, int, str, int, float, float, str, tuple, tuple, tuple]
 
 
-def _read_edf(abspath: str, memo: dict) -> _Read:
+def _read_edf(abspath: str, memo: dict) -> tuple[_Read, EdfHeader]:
     h = read_header(abspath, memo)
     labels, spr = h.labels, h.samples_per_record
     if not ANNOTATION_LABELS.isdisjoint(labels):  # EDF+: leave out the annotation signals
         picks = h.signal_indices
         labels, spr = tuple(labels[i] for i in picks), tuple(spr[i] for i in picks)
     if not labels:
-        raise BrainpipeError(f"{abspath}: no signals: file holds only annotations")
+        raise BrainpipeError(
+            f"{abspath}: no signals: file holds only annotations (no recording pairs with it "
+            f"under corpus.annotation_pairing)"
+        )
     main, rates = _rates(spr, h.record_duration)
     return (
         h.file_size,
@@ -127,11 +141,11 @@ def _read_edf(abspath: str, memo: dict) -> _Read:
         h.n_records * main,
         main / h.record_duration,
         h.duration,
-        h.start.isoformat(),
+        h.start.isoformat() if h.start is not None else "",
         labels,
         rates,
         channel_types(labels),
-    )
+    ), h
 
 
 @functools.lru_cache(maxsize=4096)
@@ -180,6 +194,7 @@ class _Reader:
             if corpus.layout == "bids"
             else layout_parser(corpus.layout, corpus.filename_regex, corpus.manifest)
         )
+        self.label_of = event_labeler(dict(corpus.event_labels))
         self.memo: dict = {}
         self.subject_split = {
             str(s): split for split, subs in corpus.subject_splits.items() for s in subs
@@ -188,14 +203,18 @@ class _Reader:
     def many(self, items: list) -> list:
         return [self(item) for item in items]
 
-    def __call__(self, item: tuple[str, str | None]) -> Recording | tuple[str, str]:
-        """item: the recording's path relative to the root, and its annotation file's (or None)."""
-        rel, ann = item
+    def __call__(self, item: tuple[str, tuple[str, ...]]) -> Recording | tuple[str, str]:
+        """item: the recording's path relative to the root, and its annotation files' (TUSZ
+        .csv_bi/.csv, or paired annotation-only EDF+ files)."""
+        rel, anns = item
         root_s, c, facts_of, on_read = self.root, self.corpus, self.facts_of, self.on_read
         ab = f"{root_s}/{rel}"
         try:
-            edf = rel.lower().endswith(EDF_SUFFIXES)
-            got = _read_edf(ab, self.memo) if edf else _read_mne(ab, c.reader_options)
+            header = None
+            if rel.lower().endswith(EDF_SUFFIXES):
+                got, header = _read_edf(ab, self.memo)
+            else:
+                got = _read_mne(ab, c.reader_options)
             facts = facts_of(rel)
             if not facts.split and facts.subject in self.subject_split:  # corpus.subject_splits
                 facts = dataclasses.replace(facts, split=self.subject_split[facts.subject])
@@ -203,8 +222,20 @@ class _Reader:
             ann_mtime = 0
             if c.layout == "bids":  # events and bad channels from the recording's sidecars
                 events, got = facts_of.sidecars(rel, got)
-            if ann is not None:
-                ann_mtime = os.stat(f"{root_s}/{ann}").st_mtime_ns
+            # BIDS: events.tsv is the record of events (as mne-bids' read_raw_bids has it); the
+            # EDF+ annotations mne-bids also writes into the file would count them twice.
+            annotations = (
+                self._annotations(header)
+                if header is not None
+                and c.layout != "bids"
+                and not ANNOTATION_LABELS.isdisjoint(header.labels)
+                else []
+            )
+            for ann in anns:
+                ann_mtime = max(ann_mtime, os.stat(f"{root_s}/{ann}").st_mtime_ns)
+                if ann.lower().endswith(EDF_SUFFIXES):
+                    annotations += self._annotations(read_header(f"{root_s}/{ann}", self.memo))
+                    continue
                 evs = parse_annotations(f"{root_s}/{ann}")
                 if ann.endswith(".csv") and not ann.endswith(".csv_bi"):
                     evs = merge_channel_events(evs)
@@ -218,11 +249,24 @@ class _Reader:
                 )
             if on_read is not None:
                 on_read(rel)
-            return Recording(rel, *got, facts, events, ann_mtime)
+            notes = header.notes if header is not None else ()
+            if annotations:
+                annotations.sort()
+            return Recording(rel, *got, facts, events, ann_mtime, tuple(annotations), notes)
         except BrainpipeError as e:
             return (rel, _one_line(e, ab, root_s))
         except OSError as e:
             return (rel, f"unreadable: {e.strerror or e}")
+
+    def _annotations(self, header: EdfHeader) -> list[tuple[float, float, str, str]]:
+        """EDF+/BDF+ annotations as (onset_s, offset_s, label, description)."""
+        if ANNOTATION_LABELS.isdisjoint(header.labels):
+            return []
+        label = self.label_of
+        return [
+            (a.onset_s, a.onset_s + a.duration_s, label(a.description), a.description)
+            for a in read_annotations(header)
+        ]
 
 
 def _one_line(e: BaseException, abspath: str, root: str) -> str:
@@ -252,13 +296,20 @@ def scan(
     root = root.resolve()
     c = cfg.corpus
     errors: list[tuple[str, str]] = []
-    candidates, every = _walk(root, tuple(s.lower() for s in c.extensions), errors)
+    candidates, every = walk_tree(
+        root, tuple(s.lower() for s in c.extensions), errors, is_directory_format
+    )
     if c.layout == "bids":
         candidates = bids_recordings(candidates)
     if force:
         previous = None
-    reused, todo, n_removed = _match_previous(root, candidates, every, c, previous, errors)
     reader = _Reader(str(root), c, on_read)
+    paired: dict[str, tuple[str, ...]] = {}
+    if c.layout == "generic":
+        candidates, paired = _pair_annotation_files(
+            str(root), candidates, c.annotation_pairing, reader.memo
+        )
+    reused, todo, n_removed = _match_previous(root, candidates, every, c, previous, errors, paired)
     results = _read_all(reader, todo, workers or cfg.index.workers, progress)
     fresh = [r for r in results if isinstance(r, Recording)]
     errors += [r for r in results if not isinstance(r, Recording)]
@@ -284,9 +335,10 @@ def _match_previous(
     corpus: Any,
     previous: Index | None,
     errors: list[tuple[str, str]],
-) -> tuple[list[int], list[tuple[str, str | None]], int]:
-    """Rows of `previous` whose files are unchanged, the (path, annotation file) pairs to read,
-    and how many of its recordings are gone from the tree.
+    paired: dict[str, tuple[str, ...]],
+) -> tuple[list[int], list[tuple[str, tuple[str, ...]]], int]:
+    """Rows of `previous` whose files are unchanged, the (path, annotation files) pairs to
+    read, and how many of its recordings are gone from the tree.
 
     Unchanged files are matched as arrays: a re-run builds no per-recording Python objects
     for them."""
@@ -295,11 +347,15 @@ def _match_previous(
         prev_rows = dict(zip(previous.path.tolist(), range(len(previous)), strict=True))
         p_size, p_mtime, p_ann = previous.size, previous.mtime_ns, previous.ann_mtime_ns
     reused: list[int] = []
-    todo: list[tuple[str, str | None]] = []
+    todo: list[tuple[str, tuple[str, ...]]] = []
     root_s = str(root)
     tusz = corpus.layout == "tusz"
     for rel in candidates:
-        ann = _annotation_file(rel, every, corpus.annotation_suffixes) if tusz else None
+        if tusz:
+            csv = _annotation_file(rel, every, corpus.annotation_suffixes)
+            ann: tuple[str, ...] = (csv,) if csv is not None else ()
+        else:
+            ann = paired.get(rel, ())
         j = prev_rows.get(rel)
         if j is None:  # new (or a cold scan): the read itself stats the file
             todo.append((rel, ann))
@@ -310,11 +366,12 @@ def _match_previous(
             errors.append((rel, f"unreadable: {e.strerror}"))
             continue
         ann_mtime = 0
-        if ann is not None:
+        for a in ann:
             try:
-                ann_mtime = os.stat(f"{root_s}/{ann}").st_mtime_ns
+                ann_mtime = max(ann_mtime, os.stat(f"{root_s}/{a}").st_mtime_ns)
             except OSError:
                 ann_mtime = -1
+                break
         if p_size[j] == st.st_size and p_mtime[j] == st.st_mtime_ns and p_ann[j] == ann_mtime:
             reused.append(j)
         else:
@@ -324,7 +381,7 @@ def _match_previous(
 
 
 def _read_all(
-    reader: _Reader, todo: list[tuple[str, str | None]], n_workers: int, progress: bool
+    reader: _Reader, todo: list[tuple[str, tuple[str, ...]]], n_workers: int, progress: bool
 ) -> list[Recording | tuple[str, str]]:
     """Every file of `todo` read, serially or on threads, in order."""
     if not todo:
@@ -389,12 +446,18 @@ def build_index(
     errors are unchanged is left as it is (a read-only output directory is then no error)."""
     index_path = Path(index_path)
     force = force or os.environ.get("BRAINPIPE_FORCE_REINDEX", "") not in ("", "0")
+    if not is_replaceable(index_path):
+        raise BrainpipeError(
+            f"{index_path}: exists and is not a brainpipe index (not an .npz archive); "
+            f"refusing to overwrite it: choose another --index path"
+        )
+    remove_stale_tmp(index_path)  # torn temp files of a killed run
     previous = None
     if index_path.exists() and not force:
         try:
             previous = Index.load(index_path)
         except BrainpipeError:
-            previous = None  # unreadable or older format: rebuild from scratch
+            previous = None  # corrupt, truncated or older format: rebuild from scratch
         if previous is not None and (
             previous.raw_root != str(Path(raw).resolve())
             or previous.meta.get("corpus_config") != cfg.to_dict()["corpus"]

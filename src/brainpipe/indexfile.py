@@ -6,8 +6,13 @@ re-runs, channel and event accessors, `summary()` data), the content hash a cach
 INDEX_FORMAT_VERSION. Scanning a raw tree lives in the `index` stage (`brainpipe.index`);
 rendering summaries for people in `brainpipe.reporting`. See docs/index-format.md.
 
+Loading checks what a damaged, foreign or crafted file could do (truncated archives, a cache
+passed as an index, pickled objects, paths outside the raw root) and answers with one line.
+Over 500 lines for a reason: the format's columns, writer, reader and those checks are one
+contract and read best in one place.
+
     idx = Index.load("data/index.npz")
-    idx.path[0], idx.sfreq[0], idx.channels(0)[:3], idx.events(0)
+    idx.path[0], idx.sfreq[0], idx.channels(0)[:3], idx.events(0), idx.event_table(0)
 """
 
 from __future__ import annotations
@@ -71,7 +76,16 @@ class Recording:
     facts: Facts = field(default_factory=Facts)
     events: tuple[Event, ...] = ()
     ann_mtime_ns: int = 0
+    # EDF+/BDF+ annotations: (onset_s, offset_s, label, description); label "" when
+    # corpus.event_labels maps no label onto the description.
+    annotations: tuple[tuple[float, float, str, str], ...] = ()
+    # Header repairs and warnings, one line each (stored in meta["warnings"]).
+    notes: tuple[str, ...] = ()
 
+
+# Per-event columns beside `event_recording`. `event_description` came with EDF+ annotations:
+# an index written before it has none, and loads with "" for every event.
+_EVENT_COLUMNS = ("event_onset_s", "event_offset_s", "event_label", "event_description")
 
 # Recording attributes stored as columns, and the corpus facts stored beside them.
 _ROW_FIELDS = tuple(c for c in (*_STR_COLUMNS, *_NUM_COLUMNS) if c in Recording.__annotations__)
@@ -85,6 +99,8 @@ class Index:
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]):
+        if "event_description" not in arrays and "event_recording" in arrays:
+            arrays["event_description"] = np.zeros(len(arrays["event_recording"]), "U1")
         self.arrays = arrays
         self.meta = meta
 
@@ -105,6 +121,16 @@ class Index:
     @property
     def index_hash(self) -> str:
         return self.meta["index_hash"]
+
+    @property
+    def warnings(self) -> list[dict[str, str]]:
+        """Recordings indexed with a repair or a warning (e.g. an unparsable start date)."""
+        return [{"path": p, "reason": r} for p, r in self.meta.get("warnings", [])]
+
+    @property
+    def event_labels(self) -> dict[str, str]:
+        """corpus.event_labels of the scan: annotation description (or regex) -> label."""
+        return dict(self.meta.get("corpus_config", {}).get("event_labels") or {})
 
     @property
     def errors(self) -> list[dict[str, str]]:
@@ -140,30 +166,45 @@ class Index:
             for k in range(lo, hi)
         ]
 
+    def event_table(self, i: int) -> dict[str, np.ndarray]:
+        """Recording i's events as columns: onset_s, offset_s, duration_s, label, description.
+
+        TUSZ annotation-file events have description ""; EDF+/BDF+ annotations keep their text
+        in description and the label corpus.event_labels gave it ("" when none matched)."""
+        lo, hi = np.searchsorted(self.arrays["event_recording"], [i, i + 1])
+        a = self.arrays
+        on, off = a["event_onset_s"][lo:hi], a["event_offset_s"][lo:hi]
+        return {
+            "onset_s": on,
+            "offset_s": off,
+            "duration_s": off - on,
+            "label": a["event_label"][lo:hi],
+            "description": a["event_description"][lo:hi],
+        }
+
     def abspath(self, i: int, raw_root: str | os.PathLike | None = None) -> Path:
         return Path(raw_root or self.raw_root) / str(self.arrays["path"][i])
 
     # -- file I/O -------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike) -> Index:
+        """Read an index; a missing, foreign, corrupt or unsafe file is one BrainpipeError line
+        naming the file and the fix."""
         p = Path(path)
+        arrays = _read_arrays(p)
         try:
-            with np.load(p, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except FileNotFoundError as e:
-            raise BrainpipeError(
-                f"{p}: index not found; create it with `brainpipe index --raw DIR --index {p}`"
-            ) from e
-        except (OSError, ValueError) as e:
-            raise BrainpipeError(f"{p}: not a brainpipe index ({e})") from e
-        if "meta" not in arrays:
-            raise BrainpipeError(f"{p}: not a brainpipe index (no 'meta' entry)")
-        meta = json.loads(str(arrays.pop("meta")))
+            meta = json.loads(str(arrays.pop("meta")))
+        except ValueError as e:
+            raise BrainpipeError(f"{p}: {_CORRUPT} (meta: {e}); {_rebuild(p)}") from e
         version = meta.get("format_version")
         if version != INDEX_FORMAT_VERSION:
             raise BrainpipeError(
                 f"{p}: index format version {version}, this brainpipe reads version {INDEX_FORMAT_VERSION}; re-run `brainpipe index --force`"
             )
+        missing = sorted(_REQUIRED - set(arrays) - {"event_description"})
+        if missing:
+            raise BrainpipeError(f"{p}: {_CORRUPT} (missing {', '.join(missing)}); {_rebuild(p)}")
+        _check_contained(p, arrays["path"])
         return cls(arrays, meta)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -184,7 +225,8 @@ class Index:
         for k, v in arrays.items():  # empty string columns must still be unicode, not float
             if v.size == 0 and k in _TEXT_ARRAYS:
                 arrays[k] = np.zeros(0, dtype="U1")
-        return cls(arrays, _final_meta(meta, arrays))
+        warnings = [[r.path, n] for r in recordings for n in r.notes]
+        return cls(arrays, _final_meta({**meta, "warnings": warnings}, arrays))
 
     def take(self, rows: np.ndarray) -> Index:
         """The index restricted to `rows` (sorted), with its channel sets and events compacted."""
@@ -206,12 +248,20 @@ class Index:
         pos = np.full(len(self), -1, np.int64)
         pos[rows] = np.arange(len(rows))
         ev = pos[a["event_recording"]] if len(a["event_recording"]) else np.zeros(0, np.int64)
-        keep = ev >= 0
+        # `rows` may reorder recordings (the incremental merge sorts by path): the events must
+        # follow, sorted by their new row and in file order within it, or `events(i)`'s
+        # binary search finds another recording's events.
+        keep = np.flatnonzero(ev >= 0)
+        keep = keep[np.argsort(ev[keep], kind="stable")]
         out["event_recording"] = ev[keep]
-        for k in ("event_onset_s", "event_offset_s", "event_label"):
+        for k in _EVENT_COLUMNS:
             out[k] = a[k][keep]
         out["error_path"], out["error_reason"] = np.zeros(0, "U1"), np.zeros(0, "U1")
-        return Index(out, dict(self.meta))
+        meta = dict(self.meta)
+        if meta.get("warnings"):
+            kept = set(out["path"].tolist())
+            meta["warnings"] = [w for w in meta["warnings"] if w[0] in kept]
+        return Index(out, meta)
 
     @classmethod
     def concat(
@@ -225,9 +275,7 @@ class Index:
             "chanset_labels",
             "chanset_sfreqs",
             "chanset_types",
-            "event_onset_s",
-            "event_offset_s",
-            "event_label",
+            *_EVENT_COLUMNS,
         ):
             out[k] = np.concatenate([p.arrays[k] for p in parts])
         n_sets = np.cumsum([0] + [len(p.arrays["chanset_offsets"]) - 1 for p in parts])
@@ -246,7 +294,9 @@ class Index:
         merged = Index(out, {})
         result = merged.take(order) if len(order) else merged
         result.arrays.update(_error_arrays(errors))
-        result.meta = _final_meta(meta, result.arrays)
+        kept = set(result.arrays["path"].tolist())
+        warnings = sorted(w for p in parts for w in p.meta.get("warnings", []) if w[0] in kept)
+        result.meta = _final_meta({**meta, "warnings": warnings}, result.arrays)
         return result
 
     # -- summaries ------------------------------------------------------------------------
@@ -281,7 +331,110 @@ class Index:
             "n_events": int(len(a["event_recording"])),
             "recordings": recs,
             "errors": self.errors,
+            "warnings": self.warnings,
         }
+
+
+_CORRUPT = "index file is corrupt or truncated"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_REQUIRED = frozenset(
+    (
+        *_STR_COLUMNS,
+        *_NUM_COLUMNS,
+        "chanset_offsets",
+        "chanset_labels",
+        "chanset_sfreqs",
+        "chanset_types",
+        "event_recording",
+        *_EVENT_COLUMNS,
+        "error_path",
+        "error_reason",
+    )
+)
+
+
+def _rebuild(p: Path) -> str:
+    return f"re-run `brainpipe index --raw DIR --index {p}` to rebuild it"
+
+
+def is_replaceable(path: str | os.PathLike) -> bool:
+    """Whether `brainpipe index` may overwrite `path`: absent, empty, or a zip archive (an index
+    of ours, perhaps truncated); never a cache or any other file a user passed by mistake."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError:  # absent, or unreachable: the write itself reports why
+        return True
+    # A zip archive's magic, or the start of one (an index cut short a few bytes in).
+    return any(zip_magic.startswith(magic) for zip_magic in (b"PK\x03\x04", b"PK\x05\x06"))
+
+
+def _read_arrays(p: Path) -> dict[str, np.ndarray]:
+    try:
+        with open(p, "rb") as f:
+            magic = f.read(8)
+    except FileNotFoundError as e:
+        raise BrainpipeError(
+            f"{p}: index not found; create it with `brainpipe index --raw DIR --index {p}`"
+        ) from e
+    except OSError as e:
+        raise BrainpipeError(f"{p}: cannot read the index ({e.strerror or e})") from e
+    if magic == _HDF5_MAGIC:
+        raise BrainpipeError(
+            f"{p}: not a brainpipe index: an HDF5 file (a cache?); pass the .npz that "
+            f"`brainpipe index` wrote"
+        )
+    if not magic.startswith(b"PK"):
+        if magic == b"":
+            raise BrainpipeError(f"{p}: {_CORRUPT} (0 bytes); {_rebuild(p)}")
+        raise BrainpipeError(
+            f"{p}: not a brainpipe index (not an .npz archive); pass the .npz that "
+            f"`brainpipe index` wrote"
+        )
+    # Reading every entry decompresses and checks each member's CRC; a truncated archive fails
+    # here (BadZipFile, EOFError, zlib or struct errors) rather than at first use.
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            names = z.files
+            if "meta" not in names:
+                raise BrainpipeError(
+                    f"{p}: not a brainpipe index (no 'meta' entry); pass the .npz that "
+                    f"`brainpipe index` wrote"
+                )
+            return {k: z[k] for k in names}
+    except BrainpipeError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e):  # object arrays: never ours, and never to be unpickled
+            raise BrainpipeError(
+                f"{p}: not a brainpipe index (it holds Python objects); pass the .npz that "
+                f"`brainpipe index` wrote"
+            ) from e
+        raise BrainpipeError(f"{p}: {_CORRUPT} ({e}); {_rebuild(p)}") from e
+    except Exception as e:  # zipfile/zlib/struct/EOF errors all mean a damaged archive
+        raise BrainpipeError(f"{p}: {_CORRUPT} ({type(e).__name__}: {e}); {_rebuild(p)}") from e
+
+
+# A stored path that leaves the raw root: absolute, or with a `..` component.
+def _outside(q: str) -> bool:
+    return q.startswith("/") or ".." in q.split("/")
+
+
+def _check_contained(p: Path, paths: np.ndarray) -> None:
+    """Every recording path must stay under the raw root: the index names files to open, and a
+    crafted or damaged one must not make build-cache read `/etc/...` or a sibling tree."""
+    if not len(paths):
+        return
+    listed = paths.tolist()
+    joined = "\n" + "\n".join(listed)
+    if "\n/" not in joined and ".." not in joined:  # two substring scans in C: 0.1 ms per 1k rows
+        return
+    row = next((i for i, q in enumerate(listed) if _outside(q)), None)
+    if row is not None:
+        raise BrainpipeError(
+            f"{p}: row {row} path {listed[row]!r} points outside the raw root; refusing to "
+            f"read it. Re-run `brainpipe index --raw DIR --index {p}` to rebuild the index"
+        )
 
 
 def _content_hash(arrays: dict[str, np.ndarray]) -> str:
@@ -289,6 +442,8 @@ def _content_hash(arrays: dict[str, np.ndarray]) -> str:
     for k in sorted(arrays):
         if k.startswith("error_"):
             continue  # skipped files do not change what a cache built from the index holds
+        if k == "event_description" and not (arrays[k] != "").any():
+            continue  # no EDF+ annotations: hash as an index written before the column
         v = np.ascontiguousarray(arrays[k])
         h.update(k.encode())
         h.update(str(v.dtype).encode())
@@ -298,7 +453,15 @@ def _content_hash(arrays: dict[str, np.ndarray]) -> str:
 
 # Arrays of text; an empty one is stored as "<U1", not numpy's default float.
 _TEXT_ARRAYS = frozenset(
-    (*_STR_COLUMNS, "chanset_labels", "chanset_types", "event_label", "error_path", "error_reason")
+    (
+        *_STR_COLUMNS,
+        "chanset_labels",
+        "chanset_types",
+        "event_label",
+        "event_description",
+        "error_path",
+        "error_reason",
+    )
 )
 
 
@@ -361,12 +524,19 @@ def _chanset_arrays(recordings: list[Recording]) -> dict[str, np.ndarray]:
 
 
 def _event_arrays(recordings: list[Recording]) -> dict[str, np.ndarray]:
-    ev = [(i, e) for i, r in enumerate(recordings) for e in r.events]
+    # Per recording: its annotation-file events (TUSZ) in file order, then its EDF+ annotations.
+    ev = [
+        (i, e.onset_s, e.offset_s, e.label, "") for i, r in enumerate(recordings) for e in r.events
+    ]
+    ev += [(i, *a) for i, r in enumerate(recordings) for a in r.annotations]
+    ev.sort(key=lambda row: row[0])  # stable: keeps each recording's order
+    cols = list(zip(*ev, strict=True)) if ev else [()] * 5
     return {
-        "event_recording": np.array([i for i, _ in ev], np.int64),
-        "event_onset_s": np.array([e.onset_s for _, e in ev], np.float64),
-        "event_offset_s": np.array([e.offset_s for _, e in ev], np.float64),
-        "event_label": np.array([e.label for _, e in ev], dtype=str),
+        "event_recording": np.array(cols[0], np.int64),
+        "event_onset_s": np.array(cols[1], np.float64),
+        "event_offset_s": np.array(cols[2], np.float64),
+        "event_label": np.array(cols[3], dtype=str),
+        "event_description": np.array(cols[4], dtype=str),
     }
 
 

@@ -15,6 +15,7 @@ inside a `.ds` does not change them, so re-index with `--force` after editing on
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,13 +81,25 @@ def options_for(path: str, reader_options: Mapping[str, Any] | None) -> dict[str
     return dict(reader_options[best]) if best is not None else {}
 
 
-def open_raw(path: str, reader_options: Mapping[str, Any] | None = None):
-    """`mne.io.read_raw(path, preload=False, **options)`; any failure is one `BrainpipeError`."""
+@functools.cache
+def _quiet_mne() -> Any:
+    """mne, with its logging set to errors once for the whole process.
+
+    mne's per-call `verbose=` sets the shared logger's level and restores it on return, which
+    is not thread-safe: one thread restoring INFO while another reads let "Opening raw data
+    file ..." lines into the output of a threaded `index`. One global level has no such race."""
     import mne
 
+    mne.set_log_level("ERROR")
+    return mne
+
+
+def open_raw(path: str, reader_options: Mapping[str, Any] | None = None):
+    """`mne.io.read_raw(path, preload=False, **options)`; any failure is one `BrainpipeError`."""
+    mne = _quiet_mne()
     opts = options_for(path, reader_options)
     try:
-        return mne.io.read_raw(path, preload=False, verbose="error", **opts)
+        return mne.io.read_raw(path, preload=False, **opts)
     except Exception as e:  # mne raises many types for bad files; all mean "unreadable"
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         hint = ""

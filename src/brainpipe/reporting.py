@@ -35,10 +35,12 @@ def scan_line(result: ScanResult) -> str:
         if errs
         else ""
     )
+    n_warn = len(idx.warnings)
+    warned = f", {n_warn} warning{'s' if n_warn != 1 else ''} (see inspect)" if n_warn else ""
     hours = float(idx.duration_s.sum()) / 3600 if len(idx) else 0.0
     line = (
         f"indexed {len(idx)} recordings ({hours:.1f} h, {len(set(idx.subject.tolist()))} subjects) in "
-        f"{result.seconds:.2f} s: {result.n_read} read, {result.n_reused} unchanged, {result.n_removed} removed{skipped}"
+        f"{result.seconds:.2f} s: {result.n_read} read, {result.n_reused} unchanged, {result.n_removed} removed{skipped}{warned}"
     )
     warning = overlap_warning(idx.split, idx.subject) if len(idx) else ""
     return f"{line}\n{warning}" if warning else line
@@ -73,6 +75,12 @@ def index_table(summary: dict[str, Any]) -> str:
         lines.append(f"  {e['path']}: {e['reason']}")
     if len(errs) > 20:
         lines.append(f"  ... and {len(errs) - 20} more (see --json)")
+    warns = summary.get("warnings", [])
+    if warns:  # indexed, with a repair or a doubt (e.g. an unparsable start date)
+        lines.append(f"warnings: {len(warns)}")
+        lines += [f"  {w['path']}: {w['reason']}" for w in warns[:20]]
+        if len(warns) > 20:
+            lines.append(f"  ... and {len(warns) - 20} more (see --json)")
     return "\n".join(lines)
 
 
