@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import pickle
 import subprocess
 import sys
@@ -269,8 +270,11 @@ def test_local_roots_work_through_the_same_interface(raw):
 _worker_store: ObjectStore | None = None
 
 
-def _set_store(store: ObjectStore) -> None:
+def _set_store(store: ObjectStore, env: dict[str, str]) -> None:
+    # A forkserver started by an earlier test keeps the environment of that moment; the test's
+    # endpoint and credentials (set per test) must reach the worker as a real user's would.
     global _worker_store
+    os.environ.update(env)
     _worker_store = store
 
 
@@ -288,6 +292,7 @@ def test_store_works_in_worker_processes(s3, method):
     objects = store.list(suffixes=(".edf",))
     store.fetch(objects[0])  # the parent's filesystem has a live session and event loop
     ctx = multiprocessing.get_context(method)
-    with ctx.Pool(2, initializer=_set_store, initargs=(store,)) as pool:
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    with ctx.Pool(2, initializer=_set_store, initargs=(store, env)) as pool:
         sizes = pool.map(_fetch_size, objects)
     assert sizes == [o.size for o in objects]
