@@ -133,6 +133,26 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class PostprocessConfig:
+    """Window seizure probabilities -> events (`detection.detect_events`), for `predict` and the
+    validation event metrics of `train`. The defaults are the values `brainpipe predict
+    --tune-on dev` chose on the synthetic TUSZ corpus's dev split (never on eval); tune them on
+    your own validation split the same way (see README, "Seizure detection (TUSZ)")."""
+
+    # Centred moving average of the probabilities over this many windows (1: none).
+    smooth_windows: int = 3
+    # A window is positive when its smoothed probability is >= threshold.
+    threshold: float = 0.5
+    # Events shorter than this are dropped (s).
+    min_duration_s: float = 4.0
+    # Events closer than this are merged into one (s).
+    merge_gap_s: float = 10.0
+    # `predict --tune-on SPLIT`: the false-alarm budget the tuned parameters must meet (FA/24h,
+    # NEDC OVLP); among the settings within it, the one with the highest sensitivity wins.
+    tune_fa_per_24h: float = 10.0
+
+
+@dataclass(frozen=True)
 class Config:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
@@ -140,6 +160,7 @@ class Config:
     window: WindowConfig = field(default_factory=WindowConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)
@@ -358,6 +379,11 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.max_steps_per_epoch": (1, None, True, False),
     "train.augment.amplitude_scale": (0, 1, True, False),
     "train.augment.channel_dropout": (0, 1, True, False),
+    "postprocess.smooth_windows": (1, None, True, False),
+    "postprocess.threshold": (0, 1, True, True),
+    "postprocess.min_duration_s": (0, None, True, False),
+    "postprocess.merge_gap_s": (0, None, True, False),
+    "postprocess.tune_fa_per_24h": (0, None, True, False),
 }
 
 
