@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from test_data import SFREQ, make_cache, small_config
 
 from brainpipe.annotations import Event, read_annotations, write_hypothesis
@@ -23,6 +24,7 @@ from brainpipe.config import load_config
 from brainpipe.errors import BrainpipeError
 from brainpipe.metrics import event_metrics, selection_score
 from brainpipe.models import build_model, model_args
+from brainpipe.objectives import class_weights, train_step
 from brainpipe.predict import predict
 from brainpipe.rundir import save_checkpoint
 from brainpipe.scoring import cache_references
@@ -230,8 +232,30 @@ def test_event_metrics_by_hand(tusz_cache):
     assert selection_score(good) > selection_score(bad)
 
 
+def test_pos_weight_weights_the_seizure_windows_loss():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 5, 2))
+    x = torch.randn(8, 5, 3).half()  # (B, T, C) as the loader hands it
+    y = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1])
+    with torch.no_grad():
+        nll = F.cross_entropy(model(x.float().transpose(1, 2)), y, reduction="none")
+    w = class_weights(4.0, ("bckg", "seiz"), torch.device("cpu"))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    loss, _ = train_step(model, opt, sched, (x, y), torch.device("cpu"), False, None, w)
+    expected = (nll[:6].sum() + 4 * nll[6:].sum()) / (6 + 4 * 2)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(loss) != pytest.approx(float(nll.mean()), rel=1e-3)
+    assert class_weights(1.0, ("bckg", "seiz"), torch.device("cpu")) is None
+    with pytest.raises(BrainpipeError, match="two-class task"):
+        class_weights(2.0, ("a", "b", "c"), torch.device("cpu"))
+    with pytest.raises(BrainpipeError, match="train.pos_weight"):
+        load_config(None, ["train.pos_weight=0"])
+
+
 def test_train_on_a_seizure_cache_reports_events(tusz_cache, tmp_path):
-    s = train(tusz_cache, tmp_path / "run", small_config(*FAST, "train.epochs=1"))
+    cfg = small_config(*FAST, "train.epochs=1", "train.pos_weight=3")
+    s = train(tusz_cache, tmp_path / "run", cfg)
     ev = s["eval"]["events"]
     assert ev["method"] == "nedc-ovlp"
     assert set(ev["sensitivity_at_fa_per_24h"]) == {"1", "2.5", "5", "10"}

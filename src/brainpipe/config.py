@@ -123,7 +123,12 @@ class TrainConfig:
     channels_last: bool = False
     seed: int = 0
     val_fraction: float = 0.2
+    # Class imbalance (TUSZ: seizures are a few percent of windows), two ways, alone or together:
+    # balanced_sampling draws training windows with replacement so each class is equally likely;
+    # pos_weight multiplies the cross-entropy of class 1 (seizure, abnormal) windows by this
+    # factor (two-class caches only; 1: unweighted).
     balanced_sampling: bool = False
+    pos_weight: float = 1.0
     eval_split: str = "eval"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     wandb_project: str | None = None
@@ -382,6 +387,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.num_workers": (0, None, True, False),
     "train.prefetch_factor": (1, None, True, False),
     "train.val_fraction": (0, 1, True, False),
+    "train.pos_weight": (0, None, False, False),
     "train.max_steps_per_epoch": (1, None, True, False),
     "train.augment.amplitude_scale": (0, 1, True, False),
     "train.augment.channel_dropout": (0, 1, True, False),

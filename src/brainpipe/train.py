@@ -59,7 +59,7 @@ from brainpipe.config import Config
 from brainpipe.datasets import subject_keys
 from brainpipe.metrics import event_metrics, seizure_column, selection_score, window_starts_s
 from brainpipe.models import build_model, model_args
-from brainpipe.objectives import OBJECTIVES
+from brainpipe.objectives import OBJECTIVES, class_weights
 from brainpipe.objectives import predict as predict_probs
 from brainpipe.ring import host_batch
 from brainpipe.rundir import (
@@ -205,6 +205,8 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
     steps_per_epoch = loaders.steps_per_epoch
     total_steps = steps_per_epoch * t.epochs
     warmup_steps = int(round(t.warmup_epochs * steps_per_epoch))
+    weight = class_weights(t.pos_weight, s.reader.label_names, device)
+    step_kw = {} if weight is None else {"class_weight": weight}  # train.pos_weight
 
     # -------- model, optimizer, schedule --------
     raw_model = s.model.to(device)
@@ -257,7 +259,7 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
             batch = host_batch(next(batches))
             t1 = time.perf_counter()
             loss, n_correct = objective.step(
-                model, optimizer, scheduler, batch, device, t.amp, t.grad_clip
+                model, optimizer, scheduler, batch, device, t.amp, t.grad_clip, **step_kw
             )
             loss_sum += loss * len(batch[1])
             correct += n_correct
