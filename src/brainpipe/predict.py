@@ -33,6 +33,7 @@ keeps the settings with the highest NEDC OVLP sensitivity at no more than
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -61,7 +62,7 @@ from brainpipe.objectives import predict as predict_probs
 from brainpipe.rundir import load_checkpoint, write_json
 from brainpipe.runtime import make_loader, open_cache, resolve_device
 from brainpipe.samplers import WindowBatchSampler, carve_validation
-from brainpipe.scoring import CacheReferences, cache_references, score
+from brainpipe.scoring import CacheReferences, LabelScore, cache_references, score
 
 # The grid `--tune-on` searches (the detection threshold runs over metrics.SWEEP_THRESHOLDS)
 TUNE_SMOOTH_WINDOWS = (1, 3, 5, 9)
@@ -166,15 +167,23 @@ def split_rows(reader: CacheReader, ds: CacheWindowDataset, split: str) -> np.nd
     return np.flatnonzero((r["status"] == STATUS_DONE) & (r["split"] == split))
 
 
-def _scores(w: WindowProbs, refs: CacheReferences, rows: np.ndarray, pp: PostprocessConfig):
+def detect_split(
+    w: WindowProbs, refs: CacheReferences, rows: np.ndarray, pp: PostprocessConfig
+) -> dict[int, np.ndarray]:
+    """Each recording of `rows`: its events (n, 3) onset_s, offset_s, confidence."""
     pos = {int(r): i for i, r in enumerate(refs.rows.tolist())}
     durations = {int(r): refs.durations_s[pos[int(r)]] for r in rows.tolist()}
-    hyp = detect_recordings(w.prob, w.recording, w.start_s, w.window_s, durations, pp)
-    keys = sorted(durations)
+    return detect_recordings(w.prob, w.recording, w.start_s, w.window_s, durations, pp)
+
+
+def score_split(refs: CacheReferences, hyp: dict[int, np.ndarray]) -> LabelScore:
+    """NEDC OVLP seizure scores of detected events against the cache's references."""
+    pos = {int(r): i for i, r in enumerate(refs.rows.tolist())}
+    keys = sorted(hyp)
     s = score(
         [refs.events[pos[k]] for k in keys],
         [hyp[k][:, :2] for k in keys],
-        [durations[k] for k in keys],
+        [refs.durations_s[pos[k]] for k in keys],
     )
     return s.labels["seiz"]
 
@@ -185,33 +194,33 @@ def tune_postprocess(
     """The grid's settings with the highest OVLP sensitivity within `base.tune_fa_per_24h`
     false alarms per 24 h (ties: fewer false alarms, then the grid's order); when none is
     within the budget, the fewest false alarms. Returns them and a record of the search."""
-    best_key, best, best_scores, n = None, base, {}, 0
-    for k in TUNE_SMOOTH_WINDOWS:
-        for m in TUNE_MIN_DURATION_WINDOWS:
-            for gap in TUNE_MERGE_GAP_S:
-                for th in TUNE_THRESHOLDS:
-                    pp = replace(
-                        base, smooth_windows=k, threshold=th, min_duration_s=m * w.window_s,
-                        merge_gap_s=gap,
-                    )  # fmt: skip
-                    s = _scores(w, refs, rows, pp)
-                    n += 1
-                    within = s.fa_per_24h <= base.tune_fa_per_24h
-                    key = (
-                        (within, s.sensitivity, -s.fa_per_24h)
-                        if within
-                        else (False, -s.fa_per_24h, s.sensitivity)
-                    )
-                    if best_key is None or key > best_key:
-                        best_key, best = key, pp
-                        best_scores = {
-                            "sensitivity": s.sensitivity,
-                            "precision": s.precision,
-                            "f1": s.f1,
-                            "fa_per_24h": s.fa_per_24h,
-                            "within_budget": within,
-                        }
-    return best, {"settings_tried": n, "scores": best_scores}
+    grid = list(
+        itertools.product(
+            TUNE_SMOOTH_WINDOWS, TUNE_MIN_DURATION_WINDOWS, TUNE_MERGE_GAP_S, TUNE_THRESHOLDS
+        )
+    )
+    best_key, best, best_scores = None, base, {}
+    for k, m, gap, th in grid:
+        pp = replace(
+            base, smooth_windows=k, threshold=th, min_duration_s=m * w.window_s, merge_gap_s=gap
+        )
+        s = score_split(refs, detect_split(w, refs, rows, pp))
+        within = s.fa_per_24h <= base.tune_fa_per_24h
+        key = (
+            (True, s.sensitivity, -s.fa_per_24h)
+            if within
+            else (False, -s.fa_per_24h, s.sensitivity)
+        )
+        if best_key is None or key > best_key:
+            best_key, best = key, pp
+            best_scores = {
+                "sensitivity": s.sensitivity,
+                "precision": s.precision,
+                "f1": s.f1,
+                "fa_per_24h": s.fa_per_24h,
+                "within_budget": within,
+            }
+    return best, {"settings_tried": len(grid), "scores": best_scores}
 
 
 def predict(
@@ -256,20 +265,20 @@ def predict(
 
     ds = split_dataset(reader, cfg, split)
     w = window_probabilities(model, ds, cfg, device)
-    rows = split_rows(reader, ds, split)
-    paths = write_predictions(out, reader, refs, w, rows, pp)
-    scored = _scores(w, refs, rows, pp)
+    hyp = detect_split(w, refs, split_rows(reader, ds, split), pp)
+    write_predictions(out, reader, refs, w, hyp)
+    scored = score_split(refs, hyp)
     summary = {
         "cache": str(reader.path),
         "checkpoint": str(checkpoint),
         "split": split,
-        "n_recordings": len(rows),
+        "n_recordings": len(hyp),
         "n_windows": len(w.prob),
         "windows_per_s": len(w.prob) / w.seconds if w.seconds > 0 else None,
         "device": str(device),
         "postprocess": asdict(pp),
         "postprocess_source": source,
-        "n_events": paths["n_events"],
+        "n_events": sum(len(e) for e in hyp.values()),
         # the cache's own references, for a first look; `brainpipe score` is the full report
         "nedc_ovlp": asdict(scored),
         "out": {"windows": str(out / "windows.npz"), "hyp": str(out / "hyp")},
@@ -280,19 +289,11 @@ def predict(
 
 
 def write_predictions(
-    out: Path,
-    reader: CacheReader,
-    refs: CacheReferences,
-    w: WindowProbs,
-    rows: np.ndarray,
-    pp: PostprocessConfig,
-) -> dict[str, Any]:
-    """windows.npz and one hypothesis .csv_bi per recording of `rows`."""
+    out: Path, reader: CacheReader, refs: CacheReferences, w: WindowProbs, hyp: dict
+) -> None:
+    """windows.npz, and one hypothesis .csv_bi per recording of `hyp` (row -> its events)."""
     r = reader.recordings
     pos = {int(x): i for i, x in enumerate(refs.rows.tolist())}
-    durations = {int(x): refs.durations_s[pos[int(x)]] for x in rows.tolist()}
-    hyp = detect_recordings(w.prob, w.recording, w.start_s, w.window_s, durations, pp)
-    n_events = 0
     for row, events in hyp.items():
         rel = Path(str(r["path"][row])).with_suffix(".csv_bi")
         if rel.is_absolute():  # a generic corpus may index absolute paths
@@ -302,8 +303,7 @@ def write_predictions(
             Event(float(a), float(b), "seiz", "TERM", min(max(float(c), 0.0), 1.0))
             for a, b, c in events
         ]
-        write_hypothesis(out / "hyp" / rel, evs, durations[row])
-        n_events += len(evs)
+        write_hypothesis(out / "hyp" / rel, evs, refs.durations_s[pos[row]])
     with atomic_output(out / "windows.npz") as tmp, open(tmp, "wb") as f:
         np.savez(
             f,
@@ -313,4 +313,3 @@ def write_predictions(
             prob=w.prob,
             window_s=np.float64(w.window_s),
         )
-    return {"n_events": n_events}

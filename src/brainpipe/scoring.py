@@ -47,7 +47,8 @@ sensitivity of the whole curve (exact: no threshold needs more false alarms) and
 `"beyond_curve": true`.
 
 Longer than ~500 lines because the three NEDC rule sets are reproduced in full, one commented
-function per rule, beside the SzCORE wrapper, the curve and the tree pairing they all share.
+function per rule, beside the SzCORE wrapper, the curve and the pairing they all share (with
+references from an annotation tree or from a cache's events, `cache_references`).
 """
 
 from __future__ import annotations
