@@ -22,13 +22,15 @@ Configuration: the checkpoint's own (the window and preprocessing it was trained
 `--config FILE` in its place if given, then `--set` overrides (e.g. `--set
 postprocess.threshold=0.7`, `--set train.device=cuda`). Batches come through the same loader as
 training's (`runtime.make_loader`: the dataset, batch sampler and worker settings), every
-window once, in order.
+window once, in order, in one process on one device (`train.device`; no DDP: inference of a
+TUSZ split takes minutes, not hours).
 
 Post-processing (`detection.detect_events`): the config's `postprocess` section; with
 `--tune-on SPLIT` its values are instead chosen on that split (a validation split: TUSZ's
 `dev`, or `val`, the subjects `train` carved out of the train split) by a grid search that
 keeps the settings with the highest NEDC OVLP sensitivity at no more than
-`postprocess.tune_fa_per_24h` false alarms per 24 h. Never tune on the split you report.
+`postprocess.tune_fa_per_24h` false alarms per 24 h (ties: the setting nearest the config's
+own). Never tune on the split you report.
 """
 
 from __future__ import annotations
@@ -192,8 +194,9 @@ def tune_postprocess(
     w: WindowProbs, refs: CacheReferences, rows: np.ndarray, base: PostprocessConfig
 ) -> tuple[PostprocessConfig, dict[str, Any]]:
     """The grid's settings with the highest OVLP sensitivity within `base.tune_fa_per_24h`
-    false alarms per 24 h (ties: fewer false alarms, then the grid's order); when none is
-    within the budget, the fewest false alarms. Returns them and a record of the search."""
+    false alarms per 24 h (ties: fewer false alarms, then the nearest to `base`: threshold,
+    smoothing, minimum duration, merge gap); when none is within the budget, the fewest false
+    alarms. Returns them and a record of the search."""
     grid = list(
         itertools.product(
             TUNE_SMOOTH_WINDOWS, TUNE_MIN_DURATION_WINDOWS, TUNE_MERGE_GAP_S, TUNE_THRESHOLDS
@@ -206,10 +209,18 @@ def tune_postprocess(
         )
         s = score_split(refs, detect_split(w, refs, rows, pp))
         within = s.fa_per_24h <= base.tune_fa_per_24h
+        # ties go to the setting nearest the config's own: on a small validation split many
+        # settings tie, and the first of the grid (no smoothing, lowest threshold) overfits it
+        near = (
+            -abs(th - base.threshold),
+            -abs(k - base.smooth_windows),
+            -abs(pp.min_duration_s - base.min_duration_s),
+            -abs(gap - base.merge_gap_s),
+        )
         key = (
-            (True, s.sensitivity, -s.fa_per_24h)
+            (True, s.sensitivity, -s.fa_per_24h, *near)
             if within
-            else (False, -s.fa_per_24h, s.sensitivity)
+            else (False, -s.fa_per_24h, s.sensitivity, *near)
         )
         if best_key is None or key > best_key:
             best_key, best = key, pp
