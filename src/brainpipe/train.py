@@ -57,7 +57,13 @@ from brainpipe import __version__
 from brainpipe.cachefile import CacheReader
 from brainpipe.config import Config
 from brainpipe.datasets import subject_keys
-from brainpipe.metrics import event_metrics, seizure_column, selection_score, window_starts_s
+from brainpipe.metrics import (
+    compute_metrics,
+    event_metrics,
+    seizure_column,
+    selection_score,
+    window_starts_s,
+)
 from brainpipe.models import build_model, model_args
 from brainpipe.objectives import OBJECTIVES, class_weights
 from brainpipe.objectives import predict as predict_probs
@@ -292,9 +298,10 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
         }
         row.update(val=None, eval=None)
         for name, loader in loaders.evaluated.items():
-            row[name] = objective.evaluate(raw_model, loader, device, t.amp, env.world_size)
-            if s.reader.task == "seizure":
-                row[name]["events"] = seizure_events(s, raw_model, loader)
+            if s.reader.task == "seizure":  # window metrics and OVLP events, one inference
+                row[name] = evaluate_seizures(s, raw_model, loader)
+            else:
+                row[name] = objective.evaluate(raw_model, loader, device, t.amp, env.world_size)
         done.epoch = epoch + 1
         done.history.append(row)
         score = selection_score(row["val"]) if data.val is not None else None
@@ -337,13 +344,14 @@ def resume(s: Setup, trainee: Trainee) -> Progress:
     return done
 
 
-def seizure_events(s: Setup, model: torch.nn.Module, loader: Any) -> dict[str, Any]:
-    """NEDC OVLP event metrics of a scored split of a seizure cache (`metrics.event_metrics`,
-    post-processed with the config's `postprocess`). A second inference pass over the split:
-    the objective's `evaluate` does not hand its probabilities out."""
+def evaluate_seizures(s: Setup, model: torch.nn.Module, loader: Any) -> dict[str, Any]:
+    """A scored split of a seizure cache: the window metrics `evaluate_classifier` gives, plus
+    `events`, NEDC OVLP event metrics after the config's `postprocess` (see
+    `metrics.event_metrics`), from one inference pass."""
     ds, t = loader.dataset, s.cfg.train
     probs = predict_probs(model, loader, s.device, t.amp, s.env.world_size)
-    return event_metrics(
+    m = compute_metrics(probs, ds.label, ds.recording, s.reader.task)
+    m["events"] = event_metrics(
         probs[:, seizure_column(ds.label_names)],
         ds.recording,
         window_starts_s(s.reader, ds.recording, ds.start),
@@ -351,6 +359,7 @@ def seizure_events(s: Setup, model: torch.nn.Module, loader: Any) -> dict[str, A
         cache_references(s.reader),
         s.cfg.postprocess,
     )
+    return m
 
 
 def make_checkpoint(s: Setup, trainee: Trainee, done: Progress, rngs: list[Any]) -> dict[str, Any]:
