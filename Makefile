@@ -5,7 +5,10 @@ PYTHON ?= python3
 DEMO   ?= demo
 CONFIG ?= configs/smoke.yaml
 
-.PHONY: help install demo test test-fast test-cluster lint bench clean
+TUSZ_CONFIG ?= configs/tusz_smoke.yaml
+TUSZ   ?= $(DEMO)/tusz
+
+.PHONY: help install demo demo-tusz test test-fast test-cluster lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -23,6 +26,15 @@ demo: install  ## synthetic TUAB corpus -> index -> build-cache -> train (CPU, m
 	rm -rf $(DEMO)/runs/smoke
 	$(PYTHON) -m brainpipe train --cache $(DEMO)/cache.h5 --run-dir $(DEMO)/runs/smoke --config $(CONFIG)
 
+demo-tusz: install  ## synthetic TUSZ -> index -> build-cache -> train -> predict -> score (CPU, minutes)
+	$(PYTHON) -m brainpipe synth --layout tusz --out $(TUSZ)/raw --n-subjects 24 --seed 0 --overwrite
+	$(PYTHON) -m brainpipe index --raw $(TUSZ)/raw --index $(TUSZ)/index.npz --config $(TUSZ_CONFIG)
+	$(PYTHON) -m brainpipe build-cache --index $(TUSZ)/index.npz --cache $(TUSZ)/cache.h5 --config $(TUSZ_CONFIG) --force
+	rm -rf $(TUSZ)/runs/smoke $(TUSZ)/pred
+	$(PYTHON) -m brainpipe train --cache $(TUSZ)/cache.h5 --run-dir $(TUSZ)/runs/smoke --config $(TUSZ_CONFIG)
+	$(PYTHON) -m brainpipe predict --cache $(TUSZ)/cache.h5 --checkpoint $(TUSZ)/runs/smoke/best.pt --split eval --out $(TUSZ)/pred --tune-on dev
+	$(PYTHON) -m brainpipe score --ref $(TUSZ)/raw/edf/eval --hyp $(TUSZ)/pred/hyp --sweep --curve $(TUSZ)/pred/curve.csv
+
 test: install  ## lint, format check and the whole test suite
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
@@ -38,10 +50,11 @@ lint:  ## ruff fix and format
 	$(PYTHON) -m ruff check --fix .
 	$(PYTHON) -m ruff format .
 
-bench:  ## the benchmarks (index, cache, loader); each prints ours beside the baseline
+bench:  ## the benchmarks (index, cache, loader, predict); each prints ours beside the baseline
 	$(PYTHON) scripts/bench_index.py
 	$(PYTHON) scripts/bench_cache.py
 	$(PYTHON) scripts/bench_loader.py
+	$(PYTHON) scripts/bench_predict.py
 
 clean:  ## remove demo data and caches
 	rm -rf $(DEMO) .pytest_cache .ruff_cache

@@ -1,6 +1,16 @@
-"""Benchmark event scoring and post-processing for 1,000 recordings, in one run.
+"""Benchmark prediction throughput, post-processing and event scoring for 1,000 recordings.
 
     python scripts/bench_predict.py [--n-recordings 1000] [--keep DIR]
+    python scripts/bench_predict.py --cache data/tusz.h5 --checkpoint runs/tusz/best.pt \
+        [--split eval] [--set train.device=cuda ...]
+
+Prediction (first, when torch is installed): the windows/s of `predict`'s batch inference
+(`predict.window_probabilities`: the training loader, the model, softmax, every window of the
+split once) beside the training read rate (the training loader alone, shuffled batches through
+the batch ring, no model): the first is bounded by the second plus the model's forward pass.
+Without --cache/--checkpoint it builds a synthetic TUSZ cache (configs/tusz_smoke.yaml, 24
+subjects) and an untrained checkpoint in a temporary directory; the model's weights do not
+change its speed.
 
 On TUSZ-like recordings (5-60 min, seizures in one in three; an imperfect detector's window
 probabilities at 4 s windows, 1 s stride: a fifth of the seizures missed, artifact bursts):
@@ -9,8 +19,7 @@ probabilities at 4 s windows, 1 s stride: a fifth of the seizures missed, artifa
 (c) the `brainpipe score` path: hypothesis `.csv_bi` files written, both trees read and paired,
     scored with NEDC OVLP (`scoring.score_trees`), then once with `--sweep` (about 100
     thresholds).
-Prints seconds and recordings/s for each (best of 3). Prediction throughput (windows/s through
-the model) is measured by `predict`'s own benchmark when that command lands.
+Prints seconds and recordings/s for each (best of 3).
 """
 
 from __future__ import annotations
@@ -29,6 +38,74 @@ from brainpipe.detection import detect_events
 from brainpipe.scoring import METHODS, score, score_trees
 
 WINDOW_S, STRIDE_S = 4.0, 1.0
+REPO = Path(__file__).resolve().parents[1]
+
+
+def synthetic_checkpoint(tmp: Path) -> tuple[Path, Path]:
+    """A synthetic TUSZ cache and an untrained checkpoint of tusz_smoke.yaml's model."""
+    from brainpipe.cache import build_cache
+    from brainpipe.cachefile import CacheReader
+    from brainpipe.config import load_config
+    from brainpipe.index import build_index
+    from brainpipe.models import build_model, model_args
+    from brainpipe.rundir import save_checkpoint
+    from brainpipe.synthetic import make_corpus
+
+    cfg = load_config(REPO / "configs" / "tusz_smoke.yaml")
+    make_corpus(tmp / "raw", "tusz", n_subjects=24, seed=0)
+    build_index(tmp / "raw", tmp / "index.npz", cfg, progress=False)
+    build_cache(tmp / "index.npz", tmp / "cache.h5", cfg, progress=False)
+    with CacheReader(tmp / "cache.h5") as r:
+        n_times = int(round(cfg.window.seconds * r.sfreq))
+        margs = model_args(cfg.train.model, cfg.train.model_kwargs, r.n_channels, n_times,
+                           len(r.label_names), r.sfreq)  # fmt: skip
+    model = build_model(margs)
+    ckpt = {"model": model.state_dict(), "model_args": margs, "config": cfg.to_dict()}
+    save_checkpoint(ckpt, tmp / "best.pt")
+    return tmp / "cache.h5", tmp / "best.pt"
+
+
+def bench_prediction(cache: Path, checkpoint: Path, split: str, overrides: list[str]) -> None:
+    from brainpipe.models import build_model
+    from brainpipe.predict import (
+        open_checkpoint,
+        resolve_config,
+        split_dataset,
+        window_probabilities,
+    )
+    from brainpipe.ring import host_batch
+    from brainpipe.runtime import DistEnv, make_datasets, make_loaders, open_cache, resolve_device
+
+    ckpt = open_checkpoint(checkpoint)
+    cfg = resolve_config(ckpt, None, overrides)
+    reader = open_cache(cache, cfg)
+    device = resolve_device(cfg.train.device)
+    data = make_datasets(reader, cfg)
+    loaders = make_loaders(data, cfg, DistEnv(), device)
+    try:
+        batches, n, t = iter(loaders.train), 0, time.perf_counter()
+        for _ in range(loaders.steps_per_epoch):
+            n += len(host_batch(next(batches))[1])
+        read_s = time.perf_counter() - t
+    finally:
+        if loaders.ring is not None:
+            loaders.ring.close()
+    print(
+        f"training read rate ({cfg.train.num_workers} workers, no model): {n / read_s:,.0f} windows/s"
+    )
+    model = build_model(ckpt["model_args"])
+    model.load_state_dict(ckpt["model"])
+    model.to(device)
+    ds = split_dataset(reader, cfg, split)
+    window_probabilities(model, ds, cfg, device)  # warm-up: workers, kernels, page cache
+    w = min(
+        (window_probabilities(model, ds, cfg, device) for _ in range(3)), key=lambda w: w.seconds
+    )
+    print(
+        f"predict {split!r}: {len(w.prob):,} windows of {len(set(w.recording.tolist()))} recordings "
+        f"in {w.seconds:.2f} s: {len(w.prob) / w.seconds:,.0f} windows/s on {device} "
+        f"({ckpt['model_args']['name']}, batch {cfg.train.batch_size})"
+    )
 
 
 def corpus(n: int, seed: int = 0):
@@ -77,7 +154,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-recordings", type=int, default=1000)
     ap.add_argument("--keep", metavar="DIR", help="write the trees here and keep them")
+    ap.add_argument("--cache", help="seizure cache for the prediction benchmark")
+    ap.add_argument("--checkpoint", help="checkpoint for the prediction benchmark")
+    ap.add_argument("--split", default="eval", help="split to predict (default: eval)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--no-predict", action="store_true", help="scoring benchmarks only")
     args = ap.parse_args()
+    if not args.no_predict:
+        with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
+            if args.cache and args.checkpoint:
+                cache, ckpt = Path(args.cache), Path(args.checkpoint)
+            else:
+                print("building a synthetic TUSZ cache and an untrained checkpoint ...")
+                cache, ckpt = synthetic_checkpoint(Path(tmp))
+            bench_prediction(cache, ckpt, args.split, args.overrides)
     n = args.n_recordings
     durations, refs, probs = corpus(n)
     n_windows = sum(len(s) for s, _ in probs)

@@ -401,7 +401,7 @@ def test_score_errors_name_the_fix(trees, tmp_path, capsys):
     cache = tmp_path / "cache.h5"
     cache.write_bytes(b"\x89HDF\r\n\x1a\n")
     assert main(["score", "--ref", str(cache), "--hyp", str(hyp)]) == 1
-    assert "from a cache are not read yet" in capsys.readouterr().err
+    assert "not a readable HDF5 cache" in capsys.readouterr().err
     assert main(["score", "--ref", str(ref), "--hyp", str(hyp), "--method", "ovlp"]) == 1
     assert "is not one of" in capsys.readouterr().err
 

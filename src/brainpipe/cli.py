@@ -5,7 +5,9 @@
     brainpipe build-cache --index data/index.npz --cache data/cache.h5 --config configs/smoke.yaml
     brainpipe train --cache data/cache.h5 --run-dir runs/smoke --config configs/smoke.yaml
     brainpipe inspect data/index.npz --json
+    brainpipe predict --cache data/tusz.h5 --checkpoint runs/x/best.pt --split eval --out runs/x/pred
     brainpipe score --ref tusz/edf/eval --hyp runs/x/hyp --method nedc-ovlp --json
+    brainpipe score --ref data/tusz.h5 --hyp runs/x/pred/hyp
 
 Stage modules are imported inside their command so `brainpipe index` never pays for torch or mne.
 """
@@ -105,9 +107,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser(
+        "predict",
+        help="seizure probabilities and events (.csv_bi) of a cache split from a checkpoint",
+    )
+    p.add_argument("--cache", required=True, metavar="PATH", help="seizure cache (.h5)")
+    p.add_argument("--checkpoint", required=True, metavar="PT", help="e.g. runs/x/best.pt")
+    p.add_argument("--split", default="eval", help="split to predict, or 'val' (default: eval)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument(
+        "--tune-on", metavar="SPLIT",
+        help="choose postprocess.* on this validation split (e.g. dev or val), never on eval",
+    )  # fmt: skip
+    p.add_argument("--config", metavar="FILE", help="YAML config in place of the checkpoint's own")
+    p.add_argument(
+        "--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+        help="override a config value, e.g. --set postprocess.threshold=0.7 (repeatable)",
+    )  # fmt: skip
+
+    p = sub.add_parser(
         "score", help="score hypothesis seizure events against references (NEDC, SzCORE)"
     )
-    p.add_argument("--ref", required=True, metavar="DIR", help="reference annotation tree")
+    p.add_argument(
+        "--ref", required=True, metavar="DIR_OR_CACHE",
+        help="reference annotation tree, or a seizure cache (its stored events)",
+    )  # fmt: skip
     p.add_argument("--hyp", required=True, metavar="DIR", help="hypothesis .csv_bi tree")
     p.add_argument(
         "--method",
@@ -248,6 +271,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from brainpipe.predict import predict
+
+    s = predict(
+        args.cache, args.checkpoint, args.out, args.split, args.config, args.overrides,
+        args.tune_on,
+    )  # fmt: skip
+    pp = ", ".join(f"{k}={v:g}" for k, v in s["postprocess"].items())
+    ovlp = s["nedc_ovlp"]
+    print(
+        f"predicted {s['n_windows']} windows of {s['n_recordings']} recordings ({s['split']}) at "
+        f"{s['windows_per_s'] or 0:,.0f} windows/s on {s['device']}: {s['n_events']} events"
+    )
+    print(f"postprocess ({s['postprocess_source']['from']}): {pp}")
+    print(
+        f"against the cache's events (NEDC OVLP): sensitivity {ovlp['sensitivity']:.4f}, "
+        f"{ovlp['fa_per_24h']:.2f} FA/24h; full report: brainpipe score --ref {s['cache']} "
+        f"--hyp {s['out']['hyp']}"
+    )
+    print(f"wrote {s['out']['hyp']}, {s['out']['windows']}")
+    return 0
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from brainpipe.scoring import METHODS, format_report, results_json, score_trees
 
@@ -265,6 +311,7 @@ COMMANDS = {
     "train": cmd_train,
     "inspect": cmd_inspect,
     "verify": cmd_verify,
+    "predict": cmd_predict,
     "score": cmd_score,
 }
 

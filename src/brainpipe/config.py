@@ -154,7 +154,12 @@ class TrainConfig:
     channels_last: bool = False
     seed: int = 0
     val_fraction: float = 0.2
+    # Class imbalance (TUSZ: seizures are a few percent of windows), two ways, alone or together:
+    # balanced_sampling draws training windows with replacement so each class is equally likely;
+    # pos_weight multiplies the cross-entropy of class 1 (seizure, abnormal) windows by this
+    # factor (two-class caches only; 1: unweighted).
     balanced_sampling: bool = False
+    pos_weight: float = 1.0
     eval_split: str = "eval"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     wandb_project: str | None = None
@@ -167,6 +172,32 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class PostprocessConfig:
+    """Window seizure probabilities -> events (`detection.detect_events`), for `predict` and the
+    validation event metrics of `train`.
+
+    The defaults are conventional, not fitted: a 3-window moving average, threshold 0.5, events
+    of at least 4 s (one window of the smoke config), events closer than 10 s merged. On the
+    synthetic TUSZ corpus's dev split (never eval) they score OVLP sensitivity 1.0 at 0 FA/24h,
+    as `predict --tune-on dev`'s best settings do. Real data needs its own values: choose them
+    on a validation split with `brainpipe predict --tune-on dev` (README, "Seizure detection
+    (TUSZ)"), which writes the chosen values to the output's postprocess.json.
+    """
+
+    # Centred moving average of the probabilities over this many windows (1: none).
+    smooth_windows: int = 3
+    # A window is positive when its smoothed probability is >= threshold.
+    threshold: float = 0.5
+    # Events shorter than this are dropped (s).
+    min_duration_s: float = 4.0
+    # Events closer than this are merged into one (s).
+    merge_gap_s: float = 10.0
+    # `predict --tune-on SPLIT`: the false-alarm budget the tuned parameters must meet (FA/24h,
+    # NEDC OVLP); among the settings within it, the one with the highest sensitivity wins.
+    tune_fa_per_24h: float = 10.0
+
+
+@dataclass(frozen=True)
 class Config:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
@@ -174,6 +205,7 @@ class Config:
     window: WindowConfig = field(default_factory=WindowConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)
@@ -402,9 +434,15 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.num_workers": (0, None, True, False),
     "train.prefetch_factor": (1, None, True, False),
     "train.val_fraction": (0, 1, True, False),
+    "train.pos_weight": (0, None, False, False),
     "train.max_steps_per_epoch": (1, None, True, False),
     "train.augment.amplitude_scale": (0, 1, True, False),
     "train.augment.channel_dropout": (0, 1, True, False),
+    "postprocess.smooth_windows": (1, None, True, False),
+    "postprocess.threshold": (0, 1, True, True),
+    "postprocess.min_duration_s": (0, None, True, False),
+    "postprocess.merge_gap_s": (0, None, True, False),
+    "postprocess.tune_fa_per_24h": (0, None, True, False),
 }
 
 

@@ -1,11 +1,15 @@
 """Metrics of a model's predictions, torch-free (numpy and scikit-learn), as TUAB/TUSZ papers report them.
 
-Owns `compute_metrics` (per window and per recording, from class probabilities) and
-`selection_score`, the rule that picks best.pt among epochs. The task ("abnormal", "seizure" or
-"" for another cache) comes from the cache (`CacheReader.task`), never from label names.
+Owns `compute_metrics` (per window and per recording, from class probabilities),
+`event_metrics` (seizure events scored against the cache's reference events, NEDC OVLP, the
+metric TUSZ results are reported in) and `selection_score`, the rule that picks best.pt among
+epochs. The task ("abnormal", "seizure" or "" for another cache) comes from the cache
+(`CacheReader.task`), never from label names.
 
     m = compute_metrics(probs, labels, recordings, task="seizure")
     m["balanced_accuracy"], m["auroc"], m["sensitivity"], m["recording_auroc"]
+    m["events"] = event_metrics(probs[:, 1], ds.recording, window_starts_s(reader, ds.recording,
+                                ds.start), window_s, cache_references(reader), cfg.postprocess)
 """
 
 from __future__ import annotations
@@ -15,6 +19,15 @@ import warnings
 from typing import Any
 
 import numpy as np
+
+from brainpipe.corpus import TUSZ_LABELS
+from brainpipe.detection import detect_events
+from brainpipe.scoring import CacheReferences, operating_points, score
+
+EVENT_METHOD = "nedc-ovlp"  # the fast one; the same rules `brainpipe score` applies
+# Detection thresholds an event curve is swept over (with the postprocess smoothing, minimum
+# duration and merge gap); the configured threshold is added to them.
+SWEEP_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
 
 
 def compute_metrics(
@@ -81,8 +94,105 @@ def _scores(p: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
 def selection_score(val: dict[str, Any]) -> list[float]:
     """What best.pt maximizes, compared as a list: balanced accuracy first, then -loss.
 
+    On a seizure cache (validation `events` present) the event metric comes first: the mean
+    NEDC OVLP sensitivity at 1, 2.5, 5 and 10 FA/24h (`event_metrics`' `mean_sensitivity`),
+    because that is what TUSZ results are compared by and window accuracy does not track it.
     The loss breaks ties because small validation sets saturate at balanced accuracy 1.0; NaN
     (undefined) counts as the worst score.
     """
     score = [val["balanced_accuracy"], -val["loss"]]
-    return [-math.inf if math.isnan(v) else v for v in score]
+    if val.get("events"):
+        score.insert(0, val["events"]["mean_sensitivity"])
+    return [-math.inf if v is None or math.isnan(v) else v for v in score]
+
+
+# ---------------------------------------------------------------------------------------------
+# Seizure events
+# ---------------------------------------------------------------------------------------------
+
+
+def window_starts_s(reader: Any, recording: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Each window's start in seconds of its recording (a cache row -> the recording's clock)."""
+    r = reader.recordings
+    return (start - r["offset"][recording]) / reader.sfreq + r["t0_s"][recording]
+
+
+def detect_recordings(
+    prob: np.ndarray,
+    recording: np.ndarray,
+    starts_s: np.ndarray,
+    window_s: float,
+    durations_s: dict[int, float],
+    pp: Any,
+    threshold: float | None = None,
+) -> dict[int, np.ndarray]:
+    """Per recording (every key of `durations_s`), its detected events (n, 3): onset_s,
+    offset_s, confidence; `pp` a PostprocessConfig, `threshold` overriding its own."""
+    order = np.lexsort((starts_s, recording))
+    rec, st, p = recording[order], starts_s[order], prob[order]
+    keys = np.array(sorted(durations_s), dtype=np.int64)
+    lo = np.searchsorted(rec, keys, side="left")
+    hi = np.searchsorted(rec, keys, side="right")
+    th = pp.threshold if threshold is None else threshold
+    out = {}
+    for k, a, b in zip(keys.tolist(), lo.tolist(), hi.tolist(), strict=True):
+        d = detect_events(
+            p[a:b], st[a:b], window_s, th, pp.smooth_windows, pp.min_duration_s,
+            pp.merge_gap_s, durations_s[k],
+        )  # fmt: skip
+        out[k] = np.column_stack([d.onset_s, d.offset_s, d.confidence]).reshape(-1, 3)
+    return out
+
+
+def event_metrics(
+    prob: np.ndarray,
+    recording: np.ndarray,
+    starts_s: np.ndarray,
+    window_s: float,
+    refs: CacheReferences,
+    pp: Any,
+) -> dict[str, Any]:
+    """Seizure events from window probabilities, scored (NEDC OVLP) against the cache's events.
+
+    prob: each window's seizure probability; recording: its row in the cache's recordings
+    table; starts_s: its start in seconds of the recording; refs: `scoring.cache_references`;
+    pp: a PostprocessConfig. The recordings scored are those with windows here. Returns the
+    scores at `pp.threshold` (sensitivity, precision, f1, fa_per_24h), the sensitivity at 1,
+    2.5, 5 and 10 FA/24h read off the curve of detection thresholds `SWEEP_THRESHOLDS`
+    (`scoring.operating_points`: interpolated on the curve's upper envelope) and their mean.
+    """
+    pos = {int(r): i for i, r in enumerate(refs.rows.tolist())}
+    rows = [int(r) for r in np.unique(recording).tolist() if int(r) in pos]
+    durations = {r: refs.durations_s[pos[r]] for r in rows}
+    ref_events = [refs.events[pos[r]] for r in rows]
+    curve, at = [], None
+    for th in sorted({*SWEEP_THRESHOLDS, float(pp.threshold)}):
+        hyp = detect_recordings(prob, recording, starts_s, window_s, durations, pp, th)
+        s = score(ref_events, [hyp[r][:, :2] for r in rows], list(durations.values()))
+        seiz = s.labels["seiz"]
+        point = {
+            "threshold": th,
+            "sensitivity": seiz.sensitivity,
+            "precision": seiz.precision,
+            "f1": seiz.f1,
+            "fa_per_24h": seiz.fa_per_24h,
+        }
+        curve.append(point)
+        if th == float(pp.threshold):
+            at = point
+    assert at is not None
+    ops = operating_points(curve)
+    at_fa = {f"{p['fa_per_24h']:g}": p["sensitivity"] for p in ops}
+    return {
+        "method": EVENT_METHOD,
+        **at,
+        "n_recordings": len(rows),
+        "duration_s": float(sum(durations.values())),
+        "sensitivity_at_fa_per_24h": at_fa,
+        "mean_sensitivity": float(np.mean(list(at_fa.values()))),
+    }
+
+
+def seizure_column(label_names: tuple[str, ...]) -> int:
+    """The column of the seizure class in a seizure cache's probabilities."""
+    return list(label_names).index(TUSZ_LABELS[1])

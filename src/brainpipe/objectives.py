@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from brainpipe.errors import BrainpipeError
 from brainpipe.metrics import compute_metrics
 from brainpipe.ring import host_batch
 
@@ -51,14 +52,33 @@ def autocast(device: torch.device, amp: bool):
     return contextlib.nullcontext()
 
 
-def train_step(model, optimizer, scheduler, batch, device, amp: bool, grad_clip: float | None):
-    """One optimizer step on a loader batch; returns (loss, n correct) as device tensors."""
+def class_weights(
+    pos_weight: float, label_names: tuple[str, ...], device: torch.device
+) -> torch.Tensor | None:
+    """Cross-entropy class weights for `train.pos_weight`: (1, pos_weight); None when it is 1."""
+    if pos_weight == 1:
+        return None
+    if len(label_names) != 2:
+        raise BrainpipeError(
+            f"train.pos_weight={pos_weight} weights the positive class of a two-class task; "
+            f"this cache has classes {list(label_names)}; leave it at 1"
+        )
+    return torch.tensor([1.0, pos_weight], device=device)
+
+
+def train_step(
+    model, optimizer, scheduler, batch, device, amp: bool, grad_clip: float | None,
+    class_weight: torch.Tensor | None = None,
+):  # fmt: skip
+    """One optimizer step on a loader batch; returns (loss, n correct) as device tensors.
+
+    class_weight: per-class cross-entropy weights (`class_weights`), None for none."""
     x, y, gain = batch[0], batch[1], (batch[2] if len(batch) > 2 else None)
     x = to_model_input(x, gain, device)
     y = y.to(device, non_blocking=True)
     with autocast(device, amp):
         logits = model(x)
-    loss = F.cross_entropy(logits.float(), y)
+    loss = F.cross_entropy(logits.float(), y, weight=class_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip:

@@ -7,6 +7,7 @@ plain functions on arrays, so `train` (validation event metrics) and `predict` c
 
     brainpipe score --ref tusz/edf/eval --hyp runs/x/hyp --method nedc-ovlp --json
     brainpipe score --ref tusz/edf/eval --hyp runs/x/hyp --sweep --curve c.csv --plot c.png
+    brainpipe score --ref data/tusz.h5 --hyp runs/x/pred/hyp     # references stored in a cache
 
     from brainpipe.scoring import score
     s = score(refs, hyps, durations_s, method="nedc-ovlp")  # refs[i]: (n, 2) seizure [on, off] s
@@ -46,7 +47,8 @@ sensitivity of the whole curve (exact: no threshold needs more false alarms) and
 `"beyond_curve": true`.
 
 Longer than ~500 lines because the three NEDC rule sets are reproduced in full, one commented
-function per rule, beside the SzCORE wrapper, the curve and the tree pairing they all share.
+function per rule, beside the SzCORE wrapper, the curve and the pairing they all share (with
+references from an annotation tree or from a cache's events, `cache_references`).
 """
 
 from __future__ import annotations
@@ -445,26 +447,90 @@ def _read(path: Path) -> Annotations:
 
 
 def reference_tree(ref: str | Path) -> dict[str, Path]:
-    """The reference recordings: a directory of annotation files.
+    """The reference recordings of a directory of annotation files, by recording name."""
+    return _tree(Path(ref), REF_SUFFIXES)
 
-    The hook for references stored in a cache (its /events table) is here: a cache path will
-    map to its recordings' events instead of files.
+
+def recording_name(path: str) -> str:
+    """A recording's name as pairing uses it: its file name without the suffix (TUSZ's bname)."""
+    return Path(path).stem
+
+
+@dataclass(frozen=True)
+class CacheReferences:
+    """The reference events a cache stores, per finished recording (`cache_references`)."""
+
+    rows: np.ndarray  # the recordings' rows in the cache's recordings table
+    names: list[str]
+    splits: list[str]
+    events: list[np.ndarray]  # (n, 2) seizure onset_s, offset_s, seconds of the recording
+    durations_s: list[float]  # what the cache holds of each: t0_s + length / sfreq
+
+
+def cache_references(reader: Any) -> CacheReferences:
+    """Each finished recording's seizure events and scored length, from a `CacheReader`.
+
+    The events are the annotations the index read (seconds from the recording's start); the
+    length is what the cache holds, from the start of the recording (t0_s, the crop) to its
+    last stored sample, so references and `predict`'s hypotheses cover the same span.
     """
-    ref = Path(ref)
-    if ref.is_file():
-        raise BrainpipeError(
-            f"{ref}: reference events from a cache are not read yet; pass the directory of "
-            "reference annotation files (e.g. TUSZ's edf/eval)"
-        )
-    return _tree(ref, REF_SUFFIXES)
+    from brainpipe.cachefile import STATUS_DONE
+
+    r, ev = reader.recordings, reader.events
+    rows = np.flatnonzero(r["status"] == STATUS_DONE)
+    durations = r["t0_s"][rows] + r["length"][rows] / reader.sfreq
+    order = np.argsort(ev["recording"], kind="stable")
+    ev_rec = ev["recording"][order]
+    spans = np.column_stack([ev["onset_s"][order], ev["offset_s"][order]]).reshape(-1, 2)
+    lo = np.searchsorted(ev_rec, rows, side="left")
+    hi = np.searchsorted(ev_rec, rows, side="right")
+    return CacheReferences(
+        rows,
+        [recording_name(p) for p in r["path"][rows].tolist()],
+        r["split"][rows].tolist(),
+        [spans[a:b] for a, b in zip(lo.tolist(), hi.tolist(), strict=True)],
+        durations.astype(np.float64).tolist(),
+    )
+
+
+def _cache_reference_pairs(ref: Path) -> dict[str, tuple[np.ndarray, float, str]]:
+    """Recording name -> (seizure events, duration, split) of a seizure cache."""
+    from brainpipe.cachefile import CacheReader
+
+    with CacheReader(ref) as reader:
+        if reader.task != "seizure":
+            raise BrainpipeError(
+                f"{ref}: a {reader.task or 'task-less'} cache holds no seizure events; pass a "
+                "seizure cache (cache.task: seizure) or a directory of reference annotations"
+            )
+        refs = cache_references(reader)
+    found: dict[str, tuple[np.ndarray, float, str]] = {}
+    for name, ev, d, split in zip(
+        refs.names, refs.events, refs.durations_s, refs.splits, strict=True
+    ):
+        if name in found:
+            raise BrainpipeError(
+                f"{ref}: two recordings are named {name}; hypotheses cannot be paired by name"
+            )
+        found[name] = (ev, d, split)
+    return found
 
 
 def load_pairs(ref: str | Path, hyp: str | Path) -> Pairs:
-    """Read both trees and pair every hypothesis with its reference by recording name."""
-    refs, hyps = reference_tree(ref), _tree(Path(hyp), HYP_SUFFIXES)
+    """Read both sides and pair every hypothesis with its reference by recording name.
+
+    ref: a directory of reference annotation files, or a seizure cache (its events; unpaired
+    references are then counted within the splits the hypotheses come from).
+    """
+    ref = Path(ref)
+    from_cache = ref.is_file()
+    cached = _cache_reference_pairs(ref) if from_cache else {}
+    refs = {} if from_cache else reference_tree(ref)
+    hyps = _tree(Path(hyp), HYP_SUFFIXES)
     if not hyps:
         raise BrainpipeError(f"{hyp}: no hypothesis annotation files ({', '.join(HYP_SUFFIXES)})")
-    missing = sorted(set(hyps) - set(refs))
+    known = cached if from_cache else refs
+    missing = sorted(set(hyps) - set(known))
     if missing:
         raise BrainpipeError(
             f"{hyp}: {len(missing)} hypothesis recording(s) have no reference in {ref} "
@@ -473,25 +539,36 @@ def load_pairs(ref: str | Path, hyp: str | Path) -> Pairs:
     names = sorted(hyps)
     out_r, out_h, durations, unknown = [], [], [], set()
     for name in names:
-        r, h = _read(refs[name]), _read(hyps[name])
-        d = r.duration_s
-        if d is None:
-            raise BrainpipeError(
-                f"{refs[name]}: no '# duration' header; the recording's length is needed to "
-                "count background and false alarms per 24 h"
-            )
+        h = _read(hyps[name])
+        if from_cache:
+            events, d, _ = cached[name]
+            where = f"{ref} (recording {name})"
+        else:
+            r = _read(refs[name])
+            d, where = r.duration_s, str(refs[name])
+            if d is None:
+                raise BrainpipeError(
+                    f"{refs[name]}: no '# duration' header; the recording's length is needed to "
+                    "count background and false alarms per 24 h"
+                )
+            unknown.update(r.unknown_labels)
+            events = np.array([(e.onset_s, e.offset_s) for e in r.events]).reshape(-1, 2)
         if h.duration_s is not None and abs(h.duration_s - d) > DURATION_TOLERANCE_S:
             raise BrainpipeError(
                 f"{hyps[name]}: duration {h.duration_s} s differs from the reference's {d} s "
-                f"({refs[name]}); is it the same recording?"
+                f"({where}); is it the same recording?"
             )
-        unknown.update(r.unknown_labels)
-        out_r.append(np.array([(e.onset_s, e.offset_s) for e in r.events]).reshape(-1, 2))
+        out_r.append(events)
         out_h.append(
             np.array([(e.onset_s, e.offset_s, e.confidence) for e in h.events]).reshape(-1, 3)
         )
         durations.append(d)
-    return Pairs(names, out_r, out_h, durations, len(refs) - len(names), tuple(sorted(unknown)))
+    if from_cache:
+        splits = {cached[n][2] for n in names}
+        unpaired = sum(1 for v in cached.values() if v[2] in splits) - len(names)
+    else:
+        unpaired = len(refs) - len(names)
+    return Pairs(names, out_r, out_h, durations, unpaired, tuple(sorted(unknown)))
 
 
 # ---------------------------------------------------------------------------------------------

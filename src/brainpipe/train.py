@@ -3,8 +3,9 @@
 Reads a cache written by `brainpipe build-cache`; writes into the run dir:
 
     last.pt, best.pt        checkpoints each epoch, plain dicts written atomically (best: by the
-                            validation balanced accuracy; the last epoch when there is no
-                            validation set)
+                            validation balanced accuracy, on a seizure cache first by the mean
+                            NEDC OVLP sensitivity at 1/2.5/5/10 FA/24h, see
+                            `metrics.selection_score`; the last epoch without validation)
     metrics.jsonl           one line per epoch: train loss, val/eval metrics, samples/s, data wait
     events.out.tfevents.*   TensorBoard (`tensorboard --logdir runs/`)
     summary.json            at the end: eval metrics of best.pt, epochs, samples/s, data wait
@@ -56,9 +57,16 @@ from brainpipe import __version__
 from brainpipe.cachefile import CacheReader
 from brainpipe.config import Config
 from brainpipe.datasets import subject_keys
-from brainpipe.metrics import selection_score
+from brainpipe.metrics import (
+    compute_metrics,
+    event_metrics,
+    seizure_column,
+    selection_score,
+    window_starts_s,
+)
 from brainpipe.models import build_model, model_args
-from brainpipe.objectives import OBJECTIVES
+from brainpipe.objectives import OBJECTIVES, class_weights
+from brainpipe.objectives import predict as predict_probs
 from brainpipe.ring import host_batch
 from brainpipe.rundir import (
     RunLog,
@@ -80,6 +88,7 @@ from brainpipe.runtime import (
     resolve_device,
 )
 from brainpipe.samplers import WindowBatchSampler
+from brainpipe.scoring import cache_references
 from brainpipe.splits import check_cache_subjects
 
 
@@ -204,6 +213,8 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
     steps_per_epoch = loaders.steps_per_epoch
     total_steps = steps_per_epoch * t.epochs
     warmup_steps = int(round(t.warmup_epochs * steps_per_epoch))
+    weight = class_weights(t.pos_weight, s.reader.label_names, device)
+    step_kw = {} if weight is None else {"class_weight": weight}  # train.pos_weight
 
     # -------- model, optimizer, schedule --------
     raw_model = s.model.to(device)
@@ -256,7 +267,7 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
             batch = host_batch(next(batches))
             t1 = time.perf_counter()
             loss, n_correct = objective.step(
-                model, optimizer, scheduler, batch, device, t.amp, t.grad_clip
+                model, optimizer, scheduler, batch, device, t.amp, t.grad_clip, **step_kw
             )
             loss_sum += loss * len(batch[1])
             correct += n_correct
@@ -289,7 +300,10 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
         }
         row.update(val=None, eval=None)
         for name, loader in loaders.evaluated.items():
-            row[name] = objective.evaluate(raw_model, loader, device, t.amp, env.world_size)
+            if s.reader.task == "seizure":  # window metrics and OVLP events, one inference
+                row[name] = evaluate_seizures(s, raw_model, loader)
+            else:
+                row[name] = objective.evaluate(raw_model, loader, device, t.amp, env.world_size)
         done.epoch = epoch + 1
         done.history.append(row)
         score = selection_score(row["val"]) if data.val is not None else None
@@ -332,6 +346,24 @@ def resume(s: Setup, trainee: Trainee) -> Progress:
     return done
 
 
+def evaluate_seizures(s: Setup, model: torch.nn.Module, loader: Any) -> dict[str, Any]:
+    """A scored split of a seizure cache: the window metrics `evaluate_classifier` gives, plus
+    `events`, NEDC OVLP event metrics after the config's `postprocess` (see
+    `metrics.event_metrics`), from one inference pass."""
+    ds, t = loader.dataset, s.cfg.train
+    probs = predict_probs(model, loader, s.device, t.amp, s.env.world_size)
+    m = compute_metrics(probs, ds.label, ds.recording, s.reader.task)
+    m["events"] = event_metrics(
+        probs[:, seizure_column(ds.label_names)],
+        ds.recording,
+        window_starts_s(s.reader, ds.recording, ds.start),
+        ds.window_samples / ds.sfreq,
+        cache_references(s.reader),
+        s.cfg.postprocess,
+    )
+    return m
+
+
 def make_checkpoint(s: Setup, trainee: Trainee, done: Progress, rngs: list[Any]) -> dict[str, Any]:
     """A checkpoint: a plain dict of tensors and plain types (loads with weights_only=True)."""
     return {
@@ -369,6 +401,8 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
             line += (
                 f"  {name} bacc {row[name]['balanced_accuracy']:.3f} auroc {row[name]['auroc']:.3f}"
             )
+            if row[name].get("events"):
+                line += f" ovlp-sens {row[name]['events']['mean_sensitivity']:.3f}"
     return line + (
         f"  {row['samples_per_s']:,.0f} samples/s  data wait {row['data_wait_fraction']:.1%}"
     )
