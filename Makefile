@@ -1,14 +1,15 @@
 # brainpipe developer targets. `make help` lists them.
-# The README's two set-up commands are `make demo` and `make test`; .ci/run runs `make test`.
+# The README's two set-up commands are `make demo` and `make test`; .ci/run runs `make test`, then
+# `make test-containers`.
 
 PYTHON ?= python3
 DEMO   ?= demo
 CONFIG ?= configs/smoke.yaml
 
-.PHONY: help install demo test lint bench clean
+.PHONY: help install demo test test-containers lint bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 install:  ## install brainpipe with the train and dev extras (CPU torch 2.13.0 pinned first)
 	$(PYTHON) -m pip install -q torch==2.13.0
@@ -27,6 +28,13 @@ test: install  ## lint, format check and the whole test suite
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m pytest
+
+# A private dockerd (root; installs Debian's docker.io if missing), stand-in base images, then
+# compose.yaml for real: build, index -> build-cache -> train, re-run, errors, tensorboard. Its
+# dockerd is stopped even when pytest is interrupted.
+test-containers: install  ## the images and compose.yaml through a real Docker engine (root; minutes)
+	@status=0; $(PYTHON) -m pytest -m containers tests/containers || status=$$?; \
+	  scripts/containers/engine.sh down >/dev/null; exit $$status
 
 lint:  ## ruff fix and format
 	$(PYTHON) -m ruff check --fix .
