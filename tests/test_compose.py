@@ -458,9 +458,11 @@ def test_dockerfile_shape():
             assert re.search(rf"^ARG {arg}\b", body, re.M), f"{name}: no ARG {arg}"
         assert "--mount=type=secret,id=pip_ca" in body and "PIP_CERT=/run/secrets/pip_ca" in body
         # The in-tree build's leftovers are removed in the layer that made them.
-        for run in re.findall(r"^RUN (?:.*\\\n)*.*$", body, re.M):
-            if "pip install" in run:
-                assert "rm -rf" in run and "build" in run and "egg-info" in run, run
+        runs = re.findall(r"^RUN (?:.*\\\n)*.*$", body, re.M)
+        pip_runs = [run for run in runs if "pip install" in run]
+        assert pip_runs, f"{name}: no RUN with pip install"
+        for run in pip_runs:
+            assert "rm -rf" in run and "build" in run and "egg-info" in run, run
     assert "torch" not in bodies["cpu"]  # index and build-cache never import it
     assert '".[train]"' in bodies["cuda"]
     # Base images pinned by tag.

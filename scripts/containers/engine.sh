@@ -34,8 +34,9 @@ engine_env() {
 	echo "export DOCKER_CONFIG=$ROOT/config"
 }
 
+# Ours: the pid in our pidfile is a live dockerd (not a reused pid of something else).
 running() {
-	[[ -f $PIDFILE ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null
+	[[ -f $PIDFILE ]] && [[ $(cat "/proc/$(cat "$PIDFILE")/comm" 2>/dev/null) == dockerd ]]
 }
 
 install_engine() {
@@ -104,7 +105,7 @@ bridge() {
 
 up() {
 	[[ $(id -u) -eq 0 ]] || die "needs root: dockerd runs as root here (uid $(id -u))"
-	mkdir -p "$ROOT"
+	mkdir -p "$ROOT" 2>/dev/null || die "cannot create $ROOT (BRAINPIPE_DOCKER_ROOT): a writable local directory is needed"
 	install_engine
 	install_compose
 	if running; then

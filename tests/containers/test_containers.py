@@ -88,13 +88,16 @@ def _run(cmd: list[str], env: dict[str, str], timeout: float = STEP_TIMEOUT_S):
 
 
 def _base_env() -> dict[str, str]:
-    """The host environment without anything that would steer Compose or the engine."""
-    return {
+    """The host environment without anything that would steer Compose or the engine, except
+    where the private engine lives."""
+    env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("BRAINPIPE_", "COMPOSE_", "DOCKER_"))
         and k not in ("TQDM_DISABLE", "WANDB_API_KEY")
     }
+    env["BRAINPIPE_DOCKER_ROOT"] = str(ROOT)
+    return env
 
 
 def _our_processes() -> list[str]:
