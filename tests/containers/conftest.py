@@ -39,9 +39,9 @@ def pytest_terminal_summary(terminalreporter, config):
     write = terminalreporter.write_line
     terminalreporter.section("containers: times and sizes")
     for step, seconds in report["times"].items():
-        write(f"  {step:<58} {seconds:7.1f} s")
+        write(f"  {step:<64} {seconds:7.1f} s")
     for image, size in report["sizes"].items():
-        write(f"  image {image:<52} {size / 1e6:7.0f} MB")
+        write(f"  image {image:<58} {size / 1e6:7.0f} MB")
     for note in report["notes"]:
         write(f"  note: {note}")
 

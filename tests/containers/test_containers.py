@@ -449,3 +449,18 @@ def test_second_user_has_own_project_volume_and_images(engine, corpus):
         for image in (f"{_project(USER_A)}:cpu", f"{_project(USER_B)}:cpu")
     }
     assert users == {"brainpipe-4242:cpu": "4242:4343", "brainpipe-5151:cpu": "5151:5151"}, users
+    # What per-user projects avoid: B on A's volume (one shared project name) is refused, loudly,
+    # in one line, and A's files are left as they were. (A new index file: whether an unchanged
+    # existing one is checked for writability is index's business, not this test's.)
+    before = _volume_files(engine, USER_A)
+    shared = _docker(
+        ["run", "--rm", "-v", f"{_project(USER_A)}_data:/data", "-v", f"{corpus['raw']}:/raw:ro"]
+        + [f"{_project(USER_B)}:cpu", "index", "--raw", "/raw", "--index"]
+        + [f"/data/{WORKSPACE}/index-b.npz", "--config", "configs/smoke.yaml"],
+        engine,
+        check=False,
+    )
+    assert shared.returncode != 0, shared.stdout
+    assert "brainpipe index: error:" in shared.stderr and "not writable" in shared.stderr, shared
+    assert "Traceback" not in shared.stderr, shared.stderr
+    assert _volume_files(engine, USER_A) == before
