@@ -6,10 +6,10 @@ PYTHON ?= python3
 DEMO   ?= demo
 CONFIG ?= configs/smoke.yaml
 
-.PHONY: help install demo test test-containers lint bench clean
+.PHONY: help install demo test lint bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 install:  ## install brainpipe with the train and dev extras (CPU torch 2.13.0 pinned first)
 	$(PYTHON) -m pip install -q torch==2.13.0
@@ -29,13 +29,6 @@ test: install  ## lint, format check and the whole test suite
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m pytest
 
-# A private dockerd (root; installs Debian's docker.io if missing), stand-in base images, then
-# compose.yaml for real: build, index -> build-cache -> train, re-run, errors, tensorboard. Its
-# dockerd is stopped even when pytest is interrupted.
-test-containers: install  ## the images and compose.yaml through a real Docker engine (root; minutes)
-	@status=0; $(PYTHON) -m pytest -m containers tests/containers || status=$$?; \
-	  scripts/containers/engine.sh down >/dev/null; exit $$status
-
 lint:  ## ruff fix and format
 	$(PYTHON) -m ruff check --fix .
 	$(PYTHON) -m ruff format .
@@ -44,6 +37,14 @@ bench:  ## the benchmarks (index, cache, loader); each prints ours beside the ba
 	$(PYTHON) scripts/bench_index.py
 	$(PYTHON) scripts/bench_cache.py
 	$(PYTHON) scripts/bench_loader.py
+
+.PHONY: test-containers
+# A private dockerd (root; installs Debian's docker.io if missing), stand-in base images, then
+# compose.yaml for real: build, index -> build-cache -> train, re-run, errors, tensorboard. Its
+# dockerd is stopped even when pytest is interrupted.
+test-containers: install  ## the images and compose.yaml through a real Docker engine (root; minutes)
+	@status=0; $(PYTHON) -m pytest -m containers tests/containers || status=$$?; \
+	  scripts/containers/engine.sh down >/dev/null; exit $$status
 
 clean:  ## remove demo data and caches
 	rm -rf $(DEMO) .pytest_cache .ruff_cache
