@@ -56,7 +56,7 @@ def _report(report):
 
 
 class Step:
-    """Times a step into conftest.TIMES and echoes what it runs (pytest -s shows it live)."""
+    """Times a step into TIMES (conftest.py prints them) and names it in the captured output."""
 
     def __init__(self, name: str):
         self.name = name
