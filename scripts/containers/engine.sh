@@ -164,6 +164,15 @@ down() {
 		say "dockerd (pid $pid) did not stop in 60 s: killed"
 	fi
 	ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE" || true
+	# dockerd leaves its bridge's iptables rules behind; drop those that name our bridge (and only
+	# those: the DOCKER chains may serve another engine).
+	local table rule
+	for table in filter nat; do
+		iptables -t "$table" -S 2>/dev/null | grep -- "$BRIDGE" | grep '^-A ' | while read -r rule; do
+			# shellcheck disable=SC2086
+			iptables -t "$table" -D ${rule#-A } 2>/dev/null || true
+		done
+	done
 	say "dockerd (pid $pid) stopped"
 }
 
