@@ -1,5 +1,6 @@
 # brainpipe developer targets. `make help` lists them.
-# The README's two set-up commands are `make demo` and `make test`; .ci/run runs `make test`.
+# The README's two set-up commands are `make demo` and `make test`; .ci/run runs `make test`, then
+# `make test-containers`.
 
 PYTHON ?= python3
 DEMO   ?= demo
@@ -8,10 +9,10 @@ CONFIG ?= configs/smoke.yaml
 TUSZ_CONFIG ?= configs/tusz_smoke.yaml
 TUSZ   ?= $(DEMO)/tusz
 
-.PHONY: help install demo demo-tusz test test-fast test-cluster lint bench clean
+.PHONY: help install demo demo-tusz test test-fast test-cluster test-containers lint bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 install:  ## install brainpipe with the train and dev extras (CPU torch 2.13.0 pinned first)
 	$(PYTHON) -m pip install -q torch==2.13.0
@@ -41,7 +42,7 @@ test: install  ## lint, format check and the whole test suite
 	$(PYTHON) -m pytest
 
 test-fast:  ## the inner loop: every test but the slow end-to-end ones (no install, no lint)
-	$(PYTHON) -m pytest -m "not slow and not cluster" -q
+	$(PYTHON) -m pytest -m "not slow and not cluster and not containers" -q
 
 test-cluster: install  ## the Slurm tests: a real single-node Slurm (root; apt-gets slurm + munge when missing)
 	$(PYTHON) -m pytest -m cluster tests/cluster
@@ -55,6 +56,13 @@ bench:  ## the benchmarks (index, cache, loader, predict); each prints ours besi
 	$(PYTHON) scripts/bench_cache.py
 	$(PYTHON) scripts/bench_loader.py
 	$(PYTHON) scripts/bench_predict.py
+
+# A private dockerd (root; installs Debian's docker.io if missing), stand-in base images, then
+# compose.yaml for real: build, index -> build-cache -> train, re-run, errors, tensorboard. Its
+# dockerd is stopped even when pytest is interrupted.
+test-containers: install  ## the images and compose.yaml through a real Docker engine (root; minutes)
+	@status=0; $(PYTHON) -m pytest -m containers tests/containers || status=$$?; \
+	  scripts/containers/engine.sh down >/dev/null; exit $$status
 
 clean:  ## remove demo data and caches
 	rm -rf $(DEMO) .pytest_cache .ruff_cache

@@ -315,8 +315,61 @@ def test_variables_reach_the_commands(raw_dir):
     assert train["command"][train["command"].index("--config") + 1] == "configs/tusz.yaml"
     assert "/data/tusz/runs/r1" in train["command"]
     assert train["environment"]["TQDM_DISABLE"] == "1"
-    assert train["build"]["args"] == {"UID": "1234", "GID": "2345"}
-    assert services["index"]["build"]["args"] == {"UID": "1234", "GID": "2345"}
+    for name in ("train", "index"):
+        args = services[name]["build"]["args"]
+        assert (args["UID"], args["GID"]) == ("1234", "2345"), args
+        # Unset, the pip inputs are empty: pip ignores an empty PIP_INDEX_URL and keeps PyPI.
+        assert (args["PIP_INDEX_URL"], args["PIP_EXTRA_INDEX_URL"]) == ("", ""), args
+    # One project per user: the volume, the containers and the images carry the UID.
+    rendered = _render(env)
+    assert rendered["name"] == "brainpipe-1234"
+    assert (
+        train["image"] == "brainpipe-1234:cuda"
+        and services["index"]["image"] == "brainpipe-1234:cpu"
+    )
+
+
+@needs_compose
+def test_build_inputs_for_a_private_index_and_proxy(raw_dir):
+    ca = raw_dir / "ca.pem"
+    ca.write_text("not read by config\n")
+    env = _env(
+        BRAINPIPE_UID="1000",
+        BRAINPIPE_GID="1000",
+        BRAINPIPE_RAW=str(raw_dir),
+        BRAINPIPE_PIP_INDEX_URL="https://pypi.example.org/simple",
+        BRAINPIPE_PIP_EXTRA_INDEX_URL="https://extra.example.org/simple",
+        BRAINPIPE_PIP_CA=str(ca),
+    )
+    rendered = _render(env)
+    assert rendered["secrets"]["pip_ca"]["file"] == str(ca)
+    for name, service in rendered["services"].items():
+        build = service.get("build")
+        if not build:
+            continue
+        assert build["args"]["PIP_INDEX_URL"] == "https://pypi.example.org/simple", name
+        assert build["args"]["PIP_EXTRA_INDEX_URL"] == "https://extra.example.org/simple", name
+        assert [s["source"] for s in build["secrets"]] == ["pip_ca"], name
+    # Unset: an empty secret, so a build without a proxy needs nothing.
+    del env["BRAINPIPE_PIP_CA"]
+    assert _render(env)["secrets"]["pip_ca"]["file"] == os.devnull
+
+
+@needs_compose
+def test_project_name_is_per_user_and_overridable(raw_dir):
+    env = _env(BRAINPIPE_UID="1000", BRAINPIPE_GID="1000", BRAINPIPE_RAW=str(raw_dir))
+    other = _render({**env, "BRAINPIPE_UID": "1001"})
+    assert (_render(env)["name"], other["name"]) == ("brainpipe-1000", "brainpipe-1001")
+    named = _render({**env, "COMPOSE_PROJECT_NAME": "tusz-lab"})
+    assert named["name"] == "tusz-lab"
+    assert named["services"]["train"]["image"] == "tusz-lab:cuda"
+
+
+def test_built_images_are_never_pulled(rendered):
+    # The default policy asks Docker Hub for brainpipe-<uid>:cpu before building it.
+    for name, service in rendered["services"].items():
+        if service.get("build"):
+            assert service.get("pull_policy") == "never", name
 
 
 def test_env_example_documents_every_variable():
@@ -381,7 +434,9 @@ def test_hadolint_clean(dockerfile):
 
 def test_dockerfile_shape():
     text = DOCKERFILE.read_text()
-    assert text.splitlines()[0] == "# syntax=docker/dockerfile:1"
+    # A syntax line makes every fresh build fetch a frontend image from Docker Hub; the engine's
+    # builtin frontend handles RUN --mount.
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I)
     assert not re.search(r"^VOLUME\b", text, re.M)  # it would freeze /data as root's
     assert _entrypoint(text) == ["brainpipe"]
     bodies = _stage_bodies(text)
@@ -398,6 +453,16 @@ def test_dockerfile_shape():
         for line in installs:
             assert "-c constraints.txt" in line, f"{name}: {line} ignores constraints.txt"
         assert "--mount=type=cache,target=/root/.cache/pip" in body, name
+        # Behind a private index or an intercepting proxy: pip's index and CA as build inputs.
+        for arg in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+            assert re.search(rf"^ARG {arg}\b", body, re.M), f"{name}: no ARG {arg}"
+        assert "--mount=type=secret,id=pip_ca" in body and "PIP_CERT=/run/secrets/pip_ca" in body
+        # The in-tree build's leftovers are removed in the layer that made them.
+        runs = re.findall(r"^RUN (?:.*\\\n)*.*$", body, re.M)
+        pip_runs = [run for run in runs if "pip install" in run]
+        assert pip_runs, f"{name}: no RUN with pip install"
+        for run in pip_runs:
+            assert "rm -rf" in run and "build" in run and "egg-info" in run, run
     assert "torch" not in bodies["cpu"]  # index and build-cache never import it
     assert '".[train]"' in bodies["cuda"]
     # Base images pinned by tag.
