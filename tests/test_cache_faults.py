@@ -126,6 +126,37 @@ def test_a_sigkilled_worker_is_reported_and_its_recording_retried(corpus, tmp_pa
     assert_same_cache(corpus / "ref.h5", cache)
 
 
+@pytest.mark.skipif(
+    __import__("multiprocessing").get_start_method() != "fork",
+    reason="the patched job reaches the workers only through fork",
+)
+def test_a_recording_that_kills_every_worker_is_skipped_with_the_reason(
+    corpus, tmp_path, monkeypatch, capsys
+):
+    import brainpipe.cache as cache_mod
+    from brainpipe.indexfile import Index
+
+    victim = str(Index.load(corpus / "index.npz").path[2])
+    real = cache_mod._worker
+
+    def oom(job):  # what the OOM killer does to a worker holding one huge recording
+        if job[1].endswith(victim):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(job)
+
+    monkeypatch.setattr(cache_mod, "_worker", oom)
+    res = build_cache(corpus / "index.npz", tmp_path / "c.h5", smoke(), workers=2, progress=False)
+    assert dict(res.skipped) == {
+        victim: "worker killed (SIGKILL) twice while preprocessing it; out of memory?"
+    }
+    assert res.n_written == len(Index.load(corpus / "index.npz")) - 1
+    err = capsys.readouterr().err.splitlines()
+    assert [ln.split(victim)[1] for ln in err if "killed" in ln] == [
+        "; retrying it in a fresh worker",
+        "; skipping it (its second worker died too)",
+    ]
+
+
 def test_ctrl_c_to_the_process_group_stops_promptly_and_resumes(corpus, tmp_path):
     cache = tmp_path / "c.h5"
     cmd = build_cmd(corpus, cache, "--workers", "2")

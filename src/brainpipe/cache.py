@@ -14,14 +14,26 @@ How it stays fast, bounded and safe:
   file's layout are fixed before any signal is read; recordings that cannot work (missing
   channels, too short) are skipped up front with their reason.
 - `--workers N` processes read and preprocess one recording each; the main process hands each
-  result to the one CacheWriter. At most 2N recordings are in flight, so memory is bounded by a
-  few recordings.
+  result to the one CacheWriter. One recording is in flight per worker (the next is sent
+  before the result is written), so memory is bounded by a few recordings.
 - The writer pwrites each recording at its reserved offset and journals it, so kill -9 at any
   moment leaves a partial file the same command resumes; the cache is renamed into place only
   when complete.
 
-About 580 lines, over the ~500 guideline: the stage's three steps (plan, build, verify) and the
-worker-side reading they share; none of them is a format or a piece another stage needs."""
+What a long build meets (issue 16; replayed by tests/test_cache_faults.py, scripts/chaos.sh):
+- A worker killed with a recording in flight (the OOM killer): `_WorkerPool` sees its exit at
+  once, prints one line (pid, signal, recording), retries the recording once in a fresh worker
+  and skips it with the reason if that one dies too. The build goes on.
+- Ctrl-C (to the whole process group) and SIGTERM (`docker stop`): workers ignore SIGINT and
+  die with their parent; the main process stops them without waiting on one and raises
+  `Interrupted` ("interrupted; re-run to resume ..."); the partial file is kept.
+- Two builds on one path, kill -9 or a full disk while finalizing: the writer's lock and
+  crash-safe finalize (cachefile.CacheWriter).
+- Labels and layout are checked at plan time, from the index, before any signal is read.
+
+About 880 lines, over the ~500 guideline: the stage's three steps (plan, build with its
+watched worker pool, verify) and the worker-side reading they share; none of them is a format
+or a piece another stage needs, and the pool is only this stage's."""
 
 from __future__ import annotations
 
@@ -712,7 +724,10 @@ class _WorkerPool:
 
         job, pid, code = dead
         row, path = job[0], job[1]
-        how = signal.Signals(-code).name if code is not None and code < 0 else f"exit code {code}"
+        try:
+            how = signal.Signals(-code).name if code is not None and code < 0 else f"exit {code}"
+        except ValueError:
+            how = f"signal {-code}"
         lost[row] += 1
         retried = lost[row] == 1
         if self.on_lost is not None:
