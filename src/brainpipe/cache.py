@@ -151,7 +151,6 @@ class Plan:
     raw_bytes: np.ndarray  # file size per planned recording
     window: int
     stride: int
-    warnings: list[str] = field(default_factory=list)
 
 
 def label_names_for(layout: str, labels: list[str]) -> tuple[str, ...]:
@@ -190,17 +189,16 @@ def make_plan(index, cfg: Config) -> Plan:
         _provenance(index, cfg, layout_name),
         task="" if cfg.cache.task == "none" else cfg.cache.task,
     )
-    warnings = _upsampling_warning([k[3] for k in kept], p.sfreq)
-    return Plan(layout, rows, skipped, index.arrays["size"][rows], window, stride, warnings)
+    return Plan(layout, rows, skipped, index.arrays["size"][rows], window, stride)
 
 
-def _upsampling_warning(source_rates: list[float], sfreq: float) -> list[str]:
+def _upsampling_warning(source_rates: np.ndarray, sfreq: float) -> list[str]:
     """A resampling up adds no information and makes the cache (and every epoch) larger."""
-    low = [r for r in source_rates if r < sfreq - 1e-9]
+    low = [float(r) for r in source_rates.tolist() if r < sfreq - 1e-9]
     if not low:
         return []
     return [
-        f"preprocess.sfreq={sfreq:g} Hz is above the own rate of {len(low)} recordings (lowest "
+        f"warning: preprocess.sfreq={sfreq:g} Hz is above the own rate of {len(low)} recordings (lowest "
         f"{min(low):g} Hz): they are upsampled, which adds no information and makes the cache "
         f"{sfreq / min(low):.1f}x larger for them; set preprocess.sfreq <= {min(low):g}"
     ]
@@ -267,9 +265,10 @@ def _plan_recordings(
                 labels, types = index.channels(i), index.channel_types(i)
                 plans[s] = plan_channels(labels, p, types if p.montage == "meg" else None)
             except BrainpipeError as e:
-                plans[s] = _with_closest_channels(e, labels, p)
+                plans[s] = e
         plan = plans[s]
         if isinstance(plan, BrainpipeError):
+            plan = plans[s] = _with_closest_channels(plan, index.channels(i), p)
             skipped.append((path, str(plan)))
             continue
         srates = (
@@ -307,7 +306,7 @@ def _with_closest_channels(e: BrainpipeError, labels, p: PreprocessConfig) -> Br
     from brainpipe.corpus import canonical_name
     from brainpipe.preprocess import TCP_PAIRS
 
-    if "none of the required channels" not in str(e):
+    if "none of the required channels" not in str(e) or "; closest found" in str(e):
         return e
     asked = (
         list(dict.fromkeys(x for pair in TCP_PAIRS for x in pair))
@@ -320,7 +319,7 @@ def _with_closest_channels(e: BrainpipeError, labels, p: PreprocessConfig) -> Br
         hit = difflib.get_close_matches(name, list(have), n=1, cutoff=0.5)
         if hit:
             close.append(f"{name}~{have[hit[0]]}")
-    hint = f"; closest found: {', '.join(close[:8])}" if close else "; none of them is close"
+    hint = f"; closest found: {', '.join(close[:8]) or 'none'}"
     return BrainpipeError(f"{e}{hint}")
 
 
@@ -404,7 +403,7 @@ class BuildResult:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     resumed: int = 0
     up_to_date: bool = False
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. subjects in several splits
 
 
 def build_cache(
@@ -497,7 +496,7 @@ def _build(plan, index_path, cache_path, root, cfg, workers, force, progress, t0
         raw_bytes,
         written.counts,
         writer.resumed,
-        warnings=plan.warnings,
+        warnings=_upsampling_warning(plan.layout.recordings["sfreq_orig"], plan.layout.sfreq),
     )
 
 

@@ -94,16 +94,7 @@ def build_summary_text(result) -> str:
     for reason, n in reasons.most_common(10):
         lines.append(f"  {n:>5}  {reason}")
     lines.append("windows per split and label: " + window_counts_text(result.counts))
-    lines.extend(f"warning: {w}" for w in getattr(result, "warnings", ()))
-    return "\n".join(lines)
-
-
-def lost_worker_line(path: str, pid: int, how: str, retried: bool) -> str:
-    """The line `build-cache` prints when a worker dies with a recording in flight."""
-    then = (
-        "retrying it in a fresh worker" if retried else "skipping it (its second worker died too)"
-    )
-    return f"build-cache: worker {pid} was killed ({how}) while preprocessing {path}; {then}"
+    return "\n".join(lines + list(result.warnings))
 
 
 def window_counts_text(counts: dict[str, dict[str, int]]) -> str:
@@ -145,3 +136,11 @@ def format_cache_table(s: dict[str, Any]) -> str:
     if "verify" in s:
         lines.append(s["verify"].get("text", ""))
     return "\n".join(lines)
+
+
+def lost_worker_line(path: str, pid: int, how: str, retried: bool) -> str:
+    """The line `build-cache` prints when a worker dies with a recording in flight."""
+    then = (
+        "retrying it in a fresh worker" if retried else "skipping it (its second worker died too)"
+    )
+    return f"build-cache: worker {pid} was killed ({how}) while preprocessing {path}; {then}"
