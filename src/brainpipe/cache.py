@@ -387,6 +387,38 @@ def _output_channels(plans: dict, p: PreprocessConfig) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a build; the message says what is kept."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (`docker stop`, Slurm's preemption) stops a build the way Ctrl-C does."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _report_lost_worker(path: str, pid: int, how: str, retried: bool) -> None:
+    import sys
+
+    from brainpipe.reporting import lost_worker_line
+
+    print(lost_worker_line(path, pid, how, retried), file=sys.stderr, flush=True)
+
+
 @dataclass
 class BuildResult:
     """What a build did (text: `reporting.build_summary_text`)."""
@@ -445,7 +477,10 @@ def build_cache(
         check_planned_labels(plan, cfg.cache.task)
         if cache_path.exists() and not force:
             return _up_to_date(cache_path, plan.layout)  # or refuses to mix
-        return _build(plan, index_path, cache_path, root, cfg, workers, force, progress, t0)
+        result = _build(plan, index_path, cache_path, root, cfg, workers, force, progress, t0)
+    r = plan.layout.recordings
+    result.warnings.extend(_upsampling_warning(r["sfreq_orig"], plan.layout.sfreq))
+    return result
 
 
 def _build(plan, index_path, cache_path, root, cfg, workers, force, progress, t0) -> BuildResult:
@@ -496,40 +531,7 @@ def _build(plan, index_path, cache_path, root, cfg, workers, force, progress, t0
         raw_bytes,
         written.counts,
         writer.resumed,
-        warnings=_upsampling_warning(plan.layout.recordings["sfreq_orig"], plan.layout.sfreq),
     )
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped a build; the message says what is kept."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (`docker stop`, Slurm's preemption) stops a build the way Ctrl-C does."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-def _report_lost_worker(path: str, pid: int, how: str, retried: bool) -> None:
-    import sys
-
-    from brainpipe.reporting import lost_worker_line
-
-    print(lost_worker_line(path, pid, how, retried), file=sys.stderr, flush=True)
 
 
 def _up_to_date(cache_path: Path, layout: Layout) -> BuildResult:
