@@ -210,8 +210,6 @@ def check_planned_labels(plan: Plan, task: str) -> None:
     The labels are known from the index: recordings' labels (abnormal) or their events
     (seizure). The same check on the finished windows (`_check_labels`) stays as the exact one.
     """
-    from brainpipe.corpus import BACKGROUND_LABELS
-
     need = TASK_LABELS.get(task)
     if need is None:
         return
@@ -221,8 +219,9 @@ def check_planned_labels(plan: Plan, task: str) -> None:
     for split in sorted(set(r["split"].tolist())):
         m = r["split"] == split
         if task == "seizure":
+            # The index keeps seizure events only (background is dropped when it is read).
             rows = np.flatnonzero(m)
-            seiz = np.isin(ev["recording"], rows) & ~np.isin(ev["label"], list(BACKGROUND_LABELS))
+            seiz = np.isin(ev["recording"], rows) & (ev["offset_s"] > ev["onset_s"])
             counts[split] = Counter({need[0]: int(m.sum()), need[1]: int(seiz.sum())})
         else:
             labels = r["label"][m]
@@ -303,8 +302,12 @@ def _with_closest_channels(e: BrainpipeError, labels, p: PreprocessConfig) -> Br
     """Add, to "none of the required channels", the recording's names closest to those asked for."""
     import difflib
 
-    from brainpipe.corpus import canonical_name
     from brainpipe.preprocess import TCP_PAIRS
+
+    try:
+        from brainpipe.channels import canonical_name
+    except ImportError:  # before the shared channel normalizer (issue 13) landed
+        from brainpipe.corpus import canonical_name
 
     if "none of the required channels" not in str(e) or "; closest found" in str(e):
         return e
