@@ -634,3 +634,9 @@ def test_crafted_cache_sizes_are_refused_at_open_with_one_line(tuab, tmp_path, c
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "corrupt cache" in err
     assert time.time() - t0 < 10
+
+
+def test_a_config_without_a_corpus_layout_builds_the_index_by_its_own(tuab, tmp_path):
+    cfg = smoke("corpus.layout=generic")
+    res = build_cache(tuab / "index.npz", tmp_path / "c.h5", cfg, workers=1, progress=False)
+    assert res.n_written == len(Index.load(tuab / "index.npz"))

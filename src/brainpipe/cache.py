@@ -167,9 +167,10 @@ def make_plan(index, cfg: Config) -> Plan:
     window = int(round(w.seconds * p.sfreq))
     stride = int(round(w.stride_seconds * p.sfreq))
     layout_name = index.meta.get("layout", cfg.corpus.layout)
-    if layout_name and layout_name != cfg.corpus.layout:
+    if layout_name and cfg.corpus.layout != "generic" and layout_name != cfg.corpus.layout:
         # Labels, splits and events mean different things per layout: a TUSZ index built into a
-        # TUAB config labels nothing and was only refused after the whole build.
+        # TUAB config labels nothing and was only refused after the whole build. A config that
+        # names no corpus layout (generic, the default) builds an index by the index's layout.
         raise BrainpipeError(
             f"the index was built with corpus.layout={layout_name}, the config has "
             f"corpus.layout={cfg.corpus.layout}; build with the config the index was made with, or re-index"
