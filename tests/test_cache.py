@@ -465,3 +465,178 @@ def test_cache_records_its_task_and_caches_without_it_still_read(tuab, tmp_path)
     )
     with h5py.File(none.cache_path, "r") as f:
         assert f.attrs["task"] == ""
+
+
+# --- refused at plan time, before any signal is read (issue 16) ------------------------------
+
+
+def _tusz_without_seizures(tmp_path):
+    raw = tmp_path / "raw"
+    make_corpus(raw, "tusz", n_subjects=3, seed=4, duration_s=(60.0, 90.0))
+    for p in list(raw.rglob("*.csv_bi")) + list(raw.rglob("*.csv")):
+        lines = p.read_text().splitlines()
+        head = [ln for ln in lines if ln.startswith("#") or ln.startswith("channel,")]
+        rows = [ln.split(",") for ln in lines if ln not in head and ln.strip()]
+        p.write_text("\n".join(head + [",".join([*r[:3], "bckg", *r[4:]]) for r in rows]) + "\n")
+    cfg = load_config(Path(SMOKE).parent / "tusz.yaml", ["cache.workers=1"])
+    build_index(raw, tmp_path / "i.npz", cfg, progress=False)
+    return cfg
+
+
+def test_seizure_task_without_any_seizure_is_refused_at_plan_time(tmp_path):
+    cfg = _tusz_without_seizures(tmp_path)
+    assert not Index.load(tmp_path / "i.npz").errors
+    with pytest.raises(
+        BrainpipeError,
+        match=r"cache.task=seizure needs bckg and seiz windows but seiz came out empty in the plan.*before reading any signal",
+    ):
+        build_cache(tmp_path / "i.npz", tmp_path / "c.h5", cfg, workers=1, progress=False)
+    assert not (tmp_path / "c.h5.partial").exists()  # no recording was preprocessed
+
+
+def test_abnormal_task_with_one_class_missing_is_refused_at_plan_time(tmp_path):
+    raw = tmp_path / "raw"
+    make_corpus(raw, "tuab", n_subjects=4, seed=2, duration_s=(20.0, 30.0))
+    for p in raw.rglob("*.edf"):
+        if "/normal/" in str(p):
+            p.unlink()
+    build_index(raw, tmp_path / "i.npz", smoke(), progress=False)
+    with pytest.raises(BrainpipeError, match=r"normal came out empty in the plan.*abnormal="):
+        build_cache(tmp_path / "i.npz", tmp_path / "c.h5", smoke(), workers=1, progress=False)
+    assert not (tmp_path / "c.h5.partial").exists()
+
+
+def test_index_of_another_layout_is_refused_at_plan_time(tmp_path):
+    raw = tmp_path / "raw"
+    make_corpus(raw, "tusz", n_subjects=2, seed=1, duration_s=(60.0, 70.0))
+    tusz = load_config(Path(SMOKE).parent / "tusz.yaml")
+    build_index(raw, tmp_path / "i.npz", tusz, progress=False)
+    with pytest.raises(
+        BrainpipeError,
+        match=r"i.npz: the index was built with corpus.layout=tusz.*corpus.layout=tuab",
+    ):
+        build_cache(tmp_path / "i.npz", tmp_path / "c.h5", smoke(), workers=1, progress=False)
+    assert not (tmp_path / "c.h5.partial").exists()
+
+
+def test_no_required_channel_names_the_closest_ones_found(tuab, tmp_path):
+    cfg = smoke("preprocess.channels=[FP1X, CZZ]")
+    with pytest.raises(BrainpipeError) as e:
+        build_cache(tuab / "index.npz", tmp_path / "a.h5", cfg, workers=1, progress=False)
+    msg = str(e.value)
+    assert "none of the required channels is present: FP1X, CZZ" in msg
+    assert "closest found: FP1X~EEG FP1-REF, CZZ~EEG CZ-REF" in msg
+
+
+def test_upsampling_is_a_warning_in_the_build_summary(tuab, tmp_path):
+    from brainpipe.reporting import build_summary_text
+
+    res = build_cache(
+        tuab / "index.npz",
+        tmp_path / "c.h5",
+        smoke("preprocess.sfreq=300"),
+        workers=1,
+        progress=False,
+    )
+    idx = Index.load(tuab / "index.npz")
+    n_low = int((idx.sfreq < 300).sum())
+    assert n_low > 0
+    assert (
+        f"warning: preprocess.sfreq=300 Hz is above the own rate of {n_low} recordings (lowest 250 Hz)"
+        in build_summary_text(res)
+    )
+    res = build_cache(tuab / "index.npz", tmp_path / "d.h5", smoke(), workers=1, progress=False)
+    assert "warning:" not in build_summary_text(res)
+
+
+def test_a_failed_build_says_what_happens_to_the_partial_file_and_force_cleans_it(
+    tuab, tmp_path, monkeypatch
+):
+    import brainpipe.cache as cache_mod
+
+    cache = tmp_path / "c.h5"
+    monkeypatch.setattr(
+        cache_mod, "_worker", lambda job: (job[0], None, "unreadable: test", 0), raising=True
+    )
+    with pytest.raises(
+        BrainpipeError,
+        match=r"every recording failed.*nothing was written: the partial cache .*c.h5.partial was removed",
+    ):
+        build_cache(tuab / "index.npz", cache, smoke(), workers=1, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    monkeypatch.undo()
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache_mod.os, "pwrite", disk_full)
+    with pytest.raises(BrainpipeError, match=r"c.h5.partial: cannot write .*re-run to resume"):
+        build_cache(tuab / "index.npz", cache, smoke(), workers=1, progress=False)
+    assert (tmp_path / "c.h5.partial").exists()
+    monkeypatch.undo()
+    res = build_cache(tuab / "index.npz", cache, smoke(), workers=1, force=True, progress=False)
+    assert res.resumed == 0 and res.n_skipped == 0  # started over
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5"]
+
+
+# --- verify and crafted files ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0])
+def test_verify_flags_a_cache_of_constant_windows(tuab, tmp_path, value):
+    # what preprocess.clip=0 / clip=-1 wrote: every sample the same value
+    cache = tmp_path / "c.h5"
+    build_cache(tuab / "index.npz", cache, smoke(), workers=1, progress=False)
+    with h5py.File(cache, "r+") as f:
+        f["signals"][...] = value
+    rep = verify_cache(cache, n_windows=3)
+    assert not rep.ok
+    assert any(f"constant: every sample of /signals is {value:g}" in p for p in rep.problems), (
+        rep.problems
+    )
+
+
+def _crafted(tuab, tmp_path, edit):
+    build_cache(tuab / "index.npz", tmp_path / "ok.h5", smoke(), workers=1, progress=False)
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes((tmp_path / "ok.h5").read_bytes())
+    with h5py.File(bad, "r+") as f:
+        edit(f)
+    return bad
+
+
+def _replace(f, name, shape, dtype):
+    del f[name]
+    f.create_dataset(name, shape=shape, dtype=dtype)  # contiguous, never allocated
+
+
+CRAFTED = {
+    "window table of 10^12 rows": (lambda f: _replace(f, "windows/start", (10**12,), np.int64), "windows/start declares"),
+    "10^13 signal rows": (lambda f: _replace(f, "signals", (10**13, 19), np.float16), "signals declares"),
+    "window_samples 10^14": (lambda f: f.attrs.__setitem__("window_samples", 10**14), "window_samples=100000000000000"),
+    "windows past the end": (
+        lambda f: f["windows/start"].__setitem__(-1, f["signals"].shape[0] - 10),
+        "windows extend past the end of /signals",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CRAFTED))
+def test_crafted_cache_sizes_are_refused_at_open_with_one_line(tuab, tmp_path, capsys, case):
+    edit, why = CRAFTED[case]
+    bad = _crafted(tuab, tmp_path, edit)
+    t0 = time.time()
+    with pytest.raises(BrainpipeError, match=rf"bad.h5: corrupt cache \(.*{why}.*rebuild"):
+        CacheReader(bad)
+    with pytest.raises(BrainpipeError, match="corrupt cache"):
+        verify_cache(bad)
+    assert main(["inspect", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "corrupt cache" in err
+    assert time.time() - t0 < 10
+
+
+def test_a_config_without_a_corpus_layout_builds_the_index_by_its_own(tuab, tmp_path):
+    cfg = smoke("corpus.layout=generic")
+    res = build_cache(tuab / "index.npz", tmp_path / "c.h5", cfg, workers=1, progress=False)
+    assert res.n_written == len(Index.load(tuab / "index.npz"))

@@ -14,17 +14,30 @@ How it stays fast, bounded and safe:
   file's layout are fixed before any signal is read; recordings that cannot work (missing
   channels, too short) are skipped up front with their reason.
 - `--workers N` processes read and preprocess one recording each; the main process hands each
-  result to the one CacheWriter. At most 2N recordings are in flight, so memory is bounded by a
-  few recordings.
+  result to the one CacheWriter. One recording is in flight per worker (the next is sent
+  before the result is written), so memory is bounded by a few recordings.
 - The writer pwrites each recording at its reserved offset and journals it, so kill -9 at any
   moment leaves a partial file the same command resumes; the cache is renamed into place only
   when complete.
 
-About 580 lines, over the ~500 guideline: the stage's three steps (plan, build, verify) and the
-worker-side reading they share; none of them is a format or a piece another stage needs."""
+What a long build meets (issue 16; replayed by tests/test_cache_faults.py, scripts/chaos.sh):
+- A worker killed with a recording in flight (the OOM killer): `_WorkerPool` sees its exit at
+  once, prints one line (pid, signal, recording), retries the recording once in a fresh worker
+  and skips it with the reason if that one dies too. The build goes on.
+- Ctrl-C (to the whole process group) and SIGTERM (`docker stop`): workers ignore SIGINT and
+  die with their parent; the main process stops them without waiting on one and raises
+  `Interrupted` ("interrupted; re-run to resume ..."); the partial file is kept.
+- Two builds on one path, kill -9 or a full disk while finalizing: the writer's lock and
+  crash-safe finalize (cachefile.CacheWriter).
+- Labels and layout are checked at plan time, from the index, before any signal is read.
+
+About 880 lines, over the ~500 guideline: the stage's three steps (plan, build with its
+watched worker pool, verify) and the worker-side reading they share; none of them is a format
+or a piece another stage needs, and the pool is only this stage's."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -164,6 +177,14 @@ def make_plan(index, cfg: Config) -> Plan:
     window = int(round(w.seconds * p.sfreq))
     stride = int(round(w.stride_seconds * p.sfreq))
     layout_name = index.meta.get("layout", cfg.corpus.layout)
+    if layout_name and cfg.corpus.layout != "generic" and layout_name != cfg.corpus.layout:
+        # Labels, splits and events mean different things per layout: a TUSZ index built into a
+        # TUAB config labels nothing and was only refused after the whole build. A config that
+        # names no corpus layout (generic, the default) builds an index by the index's layout.
+        raise BrainpipeError(
+            f"the index was built with corpus.layout={layout_name}, the config has "
+            f"corpus.layout={cfg.corpus.layout}; build with the config the index was made with, or re-index"
+        )
     names = label_names_for(layout_name, index.arrays["label"].tolist())
     skipped: list[tuple[str, str]] = [(e["path"], e["reason"]) for e in index.errors]
     kept, plans = _plan_recordings(index, p, w, window, skipped)
@@ -207,6 +228,56 @@ def _bad_channels(index, rows: np.ndarray) -> dict[int, tuple[str, ...]]:
     return out
 
 
+def _upsampling_warning(source_rates: np.ndarray, sfreq: float) -> list[str]:
+    """A resampling up adds no information and makes the cache (and every epoch) larger."""
+    low = [float(r) for r in source_rates.tolist() if r < sfreq - 1e-9]
+    if not low:
+        return []
+    return [
+        f"warning: preprocess.sfreq={sfreq:g} Hz is above the own rate of {len(low)} recordings (lowest "
+        f"{min(low):g} Hz): they are upsampled, which adds no information and makes the cache "
+        f"{sfreq / min(low):.1f}x larger for them; set preprocess.sfreq <= {min(low):g}"
+    ]
+
+
+def check_planned_labels(plan: Plan, task: str) -> None:
+    """Refuse a task whose classes are empty in the plan, before any signal is read.
+
+    The labels are known from the index: recordings' labels (abnormal) or their events
+    (seizure). The same check on the finished windows (`_check_labels`) stays as the exact one.
+    """
+    need = TASK_LABELS.get(task)
+    if need is None:
+        return
+    r, ev = plan.layout.recordings, plan.layout.events
+    names = plan.layout.label_names
+    counts: dict[str, Counter] = {}
+    for split in sorted(set(r["split"].tolist())):
+        m = r["split"] == split
+        if task == "seizure":
+            # The index keeps seizure events only (background is dropped when it is read).
+            rows = np.flatnonzero(m)
+            seiz = np.isin(ev["recording"], rows) & (ev["offset_s"] > ev["onset_s"])
+            counts[split] = Counter({need[0]: int(m.sum()), need[1]: int(seiz.sum())})
+        else:
+            labels = r["label"][m]
+            counts[split] = Counter(
+                {names[k]: int((labels == k).sum()) for k in range(len(names)) if names[k] in need}
+            )
+    total = sum(counts.values(), Counter())
+    empty = [k for k in need if total.get(k, 0) == 0]
+    if empty:
+        what = "seizure events" if task == "seizure" else "recordings"
+        table = window_counts_text(
+            {s: {k: v for k, v in c.items() if v} for s, c in counts.items()}
+        )
+        raise BrainpipeError(
+            f"cache.task={task} needs {' and '.join(need)} windows but {', '.join(empty)} came out empty "
+            f"in the plan ({what} per split: {table}); check the labels/annotations in the index "
+            "(refused before reading any signal)"
+        )
+
+
 def _plan_recordings(
     index, p: PreprocessConfig, w, window: int, skipped: list
 ) -> tuple[list, dict]:
@@ -232,6 +303,7 @@ def _plan_recordings(
                 plans[s] = e
         plan = plans[s]
         if isinstance(plan, BrainpipeError):
+            plan = plans[s] = _with_closest_channels(plan, index.channels(i), p)
             skipped.append((path, str(plan)))
             continue
         srates = (
@@ -260,6 +332,34 @@ def _plan_recordings(
             continue
         kept.append((i, length, plan.mask, sf, min(p.crop_start_s, n_in / sf)))
     return kept, plans
+
+
+def _with_closest_channels(e: BrainpipeError, labels, p: PreprocessConfig) -> BrainpipeError:
+    """Add, to "none of the required channels", the recording's names closest to those asked for."""
+    import difflib
+
+    from brainpipe.preprocess import TCP_PAIRS
+
+    try:
+        from brainpipe.channels import canonical_name
+    except ImportError:  # before the shared channel normalizer (issue 13) landed
+        from brainpipe.corpus import canonical_name
+
+    if "none of the required channels" not in str(e) or "; closest found" in str(e):
+        return e
+    asked = (
+        list(dict.fromkeys(x for pair in TCP_PAIRS for x in pair))
+        if p.montage == "tcp"
+        else [canonical_name(c) for c in p.channels]
+    )
+    have = {canonical_name(str(x)): str(x) for x in labels}
+    close = []
+    for name in asked:
+        hit = difflib.get_close_matches(name, list(have), n=1, cutoff=0.5)
+        if hit:
+            close.append(f"{name}~{have[hit[0]]}")
+    hint = f"; closest found: {', '.join(close[:8]) or 'none'}"
+    return BrainpipeError(f"{e}{hint}")
 
 
 def _recording_table(index, kept: list, names: tuple[str, ...], n_ch: int) -> dict[str, np.ndarray]:
@@ -326,6 +426,38 @@ def _output_channels(plans: dict, p: PreprocessConfig) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a build; the message says what is kept."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (`docker stop`, Slurm's preemption) stops a build the way Ctrl-C does."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _report_lost_worker(path: str, pid: int, how: str, retried: bool) -> None:
+    import sys
+
+    from brainpipe.reporting import lost_worker_line
+
+    print(lost_worker_line(path, pid, how, retried), file=sys.stderr, flush=True)
+
+
 @dataclass
 class BuildResult:
     """What a build did (text: `reporting.build_summary_text`)."""
@@ -354,42 +486,76 @@ def build_cache(
     raw_root: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> BuildResult:
-    """The `build-cache` stage; resumable, see the module docstring."""
+    """The `build-cache` stage; resumable, see the module docstring.
+
+    Ctrl-C and SIGTERM raise `Interrupted` (a KeyboardInterrupt saying what is kept); a
+    BrainpipeError raised while the partial file exists says that it is kept for a resume.
+    """
     from brainpipe.indexfile import Index
 
     t0 = time.perf_counter()
     cache_path = Path(cache_path)
-    index = Index.load(index_path)
-    root = Path(raw_root) if raw_root else Path(index.raw_root)
-    if not root.is_dir():
-        raise BrainpipeError(
-            f"{root}: raw directory of the index not found; pass --raw with where the corpus is now"
-        )
-    check_writable_dir(cache_path)
-    plan = make_plan(index, cfg)
-    if len(plan.index_rows) == 0:
-        reasons = Counter(reason_kind(r) for _, r in plan.skipped).most_common(3)
-        raise BrainpipeError(
-            f"{index_path}: no recording can be cached ({', '.join(f'{c} {r}' for r, c in reasons) or 'empty index'})"
-        )
-    if cache_path.exists() and not force:
-        return _up_to_date(cache_path, plan.layout)  # or refuses to mix
+    with _sigterm_as_interrupt():
+        index = Index.load(index_path)
+        root = Path(raw_root) if raw_root else Path(index.raw_root)
+        if not root.is_dir():
+            raise BrainpipeError(
+                f"{root}: raw directory of the index not found; pass --raw with where the corpus is now"
+            )
+        check_writable_dir(cache_path)
+        try:
+            plan = make_plan(index, cfg)
+        except BrainpipeError as e:
+            raise BrainpipeError(f"{index_path}: {e}") from e
+        if len(plan.index_rows) == 0:
+            reasons = Counter(reason_kind(r) for _, r in plan.skipped).most_common(3)
+            first = f"; first: {plan.skipped[0][0]}: {plan.skipped[0][1]}" if plan.skipped else ""
+            raise BrainpipeError(
+                f"{index_path}: no recording can be cached ({', '.join(f'{c} {r}' for r, c in reasons) or 'empty index'}){first}"
+            )
+        check_planned_labels(plan, cfg.cache.task)
+        if cache_path.exists() and not force:
+            return _up_to_date(cache_path, plan.layout)  # or refuses to mix
+        result = _build(plan, index_path, cache_path, root, cfg, workers, force, progress, t0)
+    r = plan.layout.recordings
+    result.warnings.extend(_upsampling_warning(r["sfreq_orig"], plan.layout.sfreq))
+    return result
 
+
+def _build(plan, index_path, cache_path, root, cfg, workers, force, progress, t0) -> BuildResult:
+    """Write the planned rows through the one CacheWriter, then finish it."""
     with CacheWriter(cache_path, plan.layout, overwrite=force) as writer:
-        jobs = _jobs(plan, writer.pending_rows(), root, cfg)
-        n_workers = max(1, workers or cfg.cache.workers)
-        raw_bytes = _write_results(writer, _run_jobs(jobs, n_workers), progress, t0)
-        if writer.n_written == 0:
-            path, reason = writer.skipped[0]
-            raise BrainpipeError(f"{index_path}: every recording failed; first: {path}: {reason}")
-        written = writer.finish(
-            plan.window,
-            plan.stride,
-            cfg.window.label_overlap,
-            skipped=plan.skipped,
-            compression=cfg.cache.compression,
-            check=lambda counts: _check_labels(counts, cfg, writer.partial),
-        )
+        try:
+            jobs = _jobs(plan, writer.pending_rows(), root, cfg)
+            n_workers = max(1, workers or cfg.cache.workers)
+            results = _run_jobs(jobs, n_workers, on_lost=_report_lost_worker)
+            raw_bytes = _write_results(writer, results, progress, t0)
+            if writer.n_written == 0:
+                # Resuming would only replay the same failures: start the next run clean.
+                writer.discard()
+                path, reason = writer.skipped[0]
+                raise BrainpipeError(
+                    f"{index_path}: every recording failed; first: {path}: {reason} "
+                    f"(nothing was written: the partial cache {writer.partial} was removed)"
+                )
+            written = writer.finish(
+                plan.window,
+                plan.stride,
+                cfg.window.label_overlap,
+                skipped=plan.skipped,
+                compression=cfg.cache.compression,
+                check=lambda counts: _check_labels(counts, cfg, writer.partial),
+            )
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted; re-run to resume (the partial cache {writer.partial} is kept)"
+            ) from None
+        except BrainpipeError as e:
+            if str(writer.partial) in str(e):
+                raise
+            raise BrainpipeError(
+                f"{e} (the partial cache {writer.partial} is kept: re-run to resume, or pass --force to start over)"
+            ) from e
     done = writer.status == STATUS_DONE
     skipped = plan.skipped + writer.skipped
     return BuildResult(
@@ -488,35 +654,161 @@ def _write_results(writer: CacheWriter, results, progress: bool, t0: float) -> i
     return raw_bytes
 
 
-def _run_jobs(jobs: list, n_workers: int):
-    """Yield worker results; at most 2 * n_workers recordings in flight (bounded memory)."""
+def _run_jobs(jobs: list, n_workers: int, on_lost=None):
+    """Yield worker results; one recording in flight per worker (bounded memory).
+
+    `on_lost(path, pid, signal_name, retried)` hears of a worker that died with a recording in
+    flight (the OOM killer's SIGKILL): that recording is retried once in a fresh worker, and
+    skipped with the reason if its second worker dies too. The build goes on either way.
+    """
     if n_workers == 1 or len(jobs) <= 1:
         for job in jobs:
             yield _worker(job)
         return
-    import multiprocessing as mp
+    yield from _WorkerPool(min(n_workers, len(jobs)), on_lost).run(jobs)
 
-    ctx = mp.get_context()
-    with ctx.Pool(n_workers, maxtasksperchild=200) as pool:
-        pending = []
-        it = iter(jobs)
-        for job in it:
-            pending.append(pool.apply_async(_worker, (job,)))
-            if len(pending) >= 2 * n_workers:
-                break
-        while pending:
-            # Take whichever result is ready first, so one long recording does not stall the rest.
-            while True:
-                ready = [k for k, p in enumerate(pending) if p.ready()]
-                if ready:
-                    break
-                pending[0].wait(0.01)
-            for k in reversed(ready):
-                res = pending.pop(k).get()
-                yield res
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending.append(pool.apply_async(_worker, (nxt,)))
+
+def _worker_main(conn) -> None:
+    """A worker's loop: one job in, one result out, until told to stop or the parent is gone."""
+    import signal
+
+    # The main process decides what Ctrl-C means and stops the workers itself; a worker that
+    # died of it mid-send only printed BrokenPipe tracebacks. SIGTERM (from the main) just ends it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+    try:
+        while (job := conn.recv()) is not None:
+            conn.send(_worker(job))
+    except (EOFError, OSError):  # the main process is gone: nobody wants the result
+        pass
+
+
+def _die_with_parent() -> None:
+    """A worker of a main process killed with -9 dies too, rather than finishing its recording
+    for nobody while holding the build's lock (inherited through fork). Linux only."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent died before the line above
+        os._exit(1)
+
+
+@dataclass
+class _Slot:
+    proc: Any
+    conn: Any
+    job: tuple | None = None
+
+
+class _WorkerPool:
+    """Worker processes the main process watches one by one (pid, result pipe, exit sentinel).
+
+    multiprocessing.Pool loses the task of a killed worker and waits for it forever; here each
+    worker's recording is known, so a death is noticed at once (its sentinel) and attributed.
+    """
+
+    def __init__(self, n: int, on_lost=None):
+        import multiprocessing as mp
+
+        self.ctx = mp.get_context()
+        self.n = n
+        self.on_lost = on_lost
+        self.slots: list[_Slot] = []
+
+    def _spawn(self) -> _Slot:
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=_worker_main, args=(child,), daemon=True)
+        proc.start()
+        child.close()
+        return _Slot(proc, parent)
+
+    def run(self, jobs: list):
+        from collections import deque
+        from multiprocessing.connection import wait
+
+        queue = deque(jobs)
+        lost: Counter = Counter()  # row -> workers that died with it
+        try:
+            self.slots = [self._spawn() for _ in range(self.n)]
+            for s in self.slots:
+                self._feed(s, queue)
+            while any(s.job is not None for s in self.slots):
+                busy = [s for s in self.slots if s.job is not None]
+                ready = wait([s.conn for s in busy] + [s.proc.sentinel for s in busy])
+                for s in busy:
+                    died = s.proc.sentinel in ready
+                    if s.conn in ready:
+                        try:
+                            result = s.conn.recv()
+                        except (EOFError, OSError):
+                            died = True  # it died while sending
+                        else:
+                            s.job = None
+                            self._feed(s, queue)  # before the write, so the worker keeps busy
+                            yield result
+                            continue
+                    if died:
+                        dead = self._replace(s)
+                        if dead is not None:
+                            yield from self._lost(dead, lost, queue)
+                        self._feed(s, queue)
+        finally:
+            self._stop()
+
+    def _feed(self, s: _Slot, queue) -> None:
+        if queue and s.job is None:
+            s.job = queue.popleft()
+            # Died idle: the next wait() sees its sentinel and retries this job elsewhere.
+            with contextlib.suppress(OSError):
+                s.conn.send(s.job)
+
+    def _replace(self, s: _Slot) -> tuple | None:
+        """Put a fresh worker in a dead one's slot; returns (job, pid, exit code) of the dead one."""
+        s.proc.join(1)
+        dead = (s.job, s.proc.pid, s.proc.exitcode) if s.job is not None else None
+        s.conn.close()
+        fresh = self._spawn()
+        s.proc, s.conn, s.job = fresh.proc, fresh.conn, None
+        return dead
+
+    def _lost(self, dead: tuple, lost: Counter, queue):
+        import signal
+
+        job, pid, code = dead
+        row, path = job[0], job[1]
+        try:
+            how = signal.Signals(-code).name if code is not None and code < 0 else f"exit {code}"
+        except ValueError:
+            how = f"signal {-code}"
+        lost[row] += 1
+        retried = lost[row] == 1
+        if self.on_lost is not None:
+            self.on_lost(path, pid, how, retried)
+        if retried:
+            queue.appendleft(job)
+        else:
+            reason = f"worker killed ({how}) twice while preprocessing it; out of memory?"
+            yield row, None, reason, 0
+
+    def _stop(self) -> None:
+        """Stop every worker without waiting on one that will not answer (never hangs)."""
+        for s in self.slots:
+            with contextlib.suppress(OSError):
+                if s.job is None:
+                    s.conn.send(None)
+        deadline = time.monotonic() + 2.0
+        for s in self.slots:
+            if s.job is not None:
+                s.proc.terminate()  # busy with a recording nobody will take now
+            s.proc.join(max(0.0, deadline - time.monotonic()))
+            if s.proc.is_alive():
+                s.proc.kill()
+                s.proc.join(1)
+            s.conn.close()
+        self.slots = []
 
 
 def _check_labels(counts: dict[str, dict[str, int]], cfg: Config, partial: Path) -> None:
@@ -539,6 +831,28 @@ def _check_labels(counts: dict[str, dict[str, int]], cfg: Config, partial: Path)
 # ---------------------------------------------------------------------------------------------
 # Verify
 # ---------------------------------------------------------------------------------------------
+
+
+def _scan_signals(r: CacheReader, n_rows: int) -> list[str]:
+    """Non-finite values and a constant /signals, streamed in blocks to keep memory bounded."""
+    problems = []
+    step = max(1, 4_000_000 // max(1, r.n_channels))
+    lo_v, hi_v = np.inf, -np.inf
+    for lo in range(0, n_rows, step):
+        block = r.read(lo, min(step, n_rows - lo))
+        if not np.isfinite(block).all():
+            problems.append(f"non-finite values in /signals rows {lo}..{lo + len(block)}")
+            return problems
+        if block.size:
+            lo_v, hi_v = min(lo_v, float(block.min())), max(hi_v, float(block.max()))
+    # preprocess.clip=0 once wrote an all-zero cache (clip=-1 all -1) that matched its own
+    # re-preprocessing window for window; a signal that never varies is no EEG.
+    if n_rows and lo_v == hi_v:
+        problems.append(
+            f"constant: every sample of /signals is {lo_v:g}, so every window is too; "
+            "check preprocess.clip and the raw files"
+        )
+    return problems
 
 
 @dataclass
@@ -604,12 +918,7 @@ def verify_cache(
         if (np.bincount(wr, minlength=len(off)) != rec["n_windows"]).any():
             problems.append("per-recording window counts disagree with the window table")
         # Non-finite values, streamed in blocks to keep memory bounded.
-        step = max(1, 4_000_000 // max(1, r.n_channels))
-        for lo in range(0, n_rows, step):
-            block = r.read(lo, min(step, n_rows - lo))
-            if not np.isfinite(block).all():
-                problems.append(f"non-finite values in /signals rows {lo}..{lo + len(block)}")
-                break
+        problems += _scan_signals(r, n_rows)
         cfg = config_from_dict(json.loads(r.attrs["config"]))
         root = Path(raw_root or r.attrs.get("raw_root", ""))
         rng = np.random.default_rng(seed)

@@ -24,10 +24,16 @@ journal saying which rows are written. The `complete` attribute is written last;
 a file without it. The `task` attribute records cache.task ("abnormal", "seizure", "" for none);
 `task_of` is the one rule that reads it (label names only for caches written before it).
 
-About 750 lines, over the ~500 guideline on purpose: writer and reader of one format side by side,
+Crash safety beyond the rows (issue 16): the writer holds an exclusive flock on the journal
+from open to the final rename (a second build on the path fails at once naming the holder's
+pid); before finalizing it saves every byte of the partial file outside /signals to
+`<cache>.finalizing`, and the next open puts them back, so a finalize that was killed, torn or
+ran out of disk is redone from the journal without preprocessing anything again. The reader
+checks every declared size against the file before it reads a table.
+
+About 970 lines, over the ~500 guideline on purpose: writer and reader of one format side by side,
 sharing the constants and private helpers (string tables, the window table); splitting them
-would put the format's contract in two places again. Later crash-safety work (a lock on the
-partial file, a crash-safe finalize, disk full while finalizing, SIGTERM) belongs in CacheWriter.
+would put the format's contract, and its crash-safety contract, in two places again.
 """
 
 from __future__ import annotations
@@ -216,15 +222,28 @@ class CacheWriter:
         self.status = np.full(len(lengths), STATUS_PENDING, np.uint8)
         self.done_rows: dict[int, str] = {}  # from the journal: row -> "" (written) or skip reason
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of rows skipped while writing
+        self.snapshot = self.path.with_name(self.path.name + ".finalizing")
         self._fd: int | None = None
         self._jf = None
 
     # opening: create or resume ------------------------------------------------------------
     def __enter__(self) -> CacheWriter:
+        self._lock_journal()
+        try:
+            self._open()
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def _open(self) -> None:
+        self.path.with_name(self.path.name + ".packed").unlink(missing_ok=True)
+        _restore_snapshot(self.snapshot, self.partial, None if self.overwrite else self.plan_hash)
         self.done_rows = {} if self.overwrite else self._resumable_rows()
         if not self.done_rows:
-            for p in (self.partial, self.journal):
+            for p in (self.partial, self.snapshot):
                 p.unlink(missing_ok=True)
+            os.ftruncate(self._jf.fileno(), 0)
             try:
                 _create(self.partial, self.layout, self.plan_hash)
             except OSError as e:
@@ -240,12 +259,26 @@ class CacheWriter:
             self._fd = os.open(self.partial, os.O_WRONLY)
         except OSError as e:
             raise BrainpipeError(f"{self.partial}: cannot open for writing ({e.strerror})") from e
+        # Also locked: a reader (or HDF5 in another process) cannot open it while rows land.
+        _flock(self._fd, self.partial)
+
+    def _lock_journal(self) -> None:
+        """Take the build's exclusive lock: the journal, held from open to the final rename.
+
+        Two builds on one path once wrote the same partial file at once (one marked rows written
+        that held zeros). The journal is never replaced during a build, so its lock is stable;
+        a second build fails here, before touching anything, naming the process that holds it.
+        """
         try:
             self._jf = open(self.journal, "a")  # noqa: SIM115 -- closed by __exit__ / finish
         except OSError as e:
-            self._close()
             raise BrainpipeError(f"{self.journal}: cannot open for writing ({e.strerror})") from e
-        return self
+        try:
+            _flock(self._jf.fileno(), self.journal)
+        except BrainpipeError:
+            self._jf.close()
+            self._jf = None
+            raise
 
     def _resumable_rows(self) -> dict[int, str]:
         """The journal of a partial file this layout may resume, or {} to start over."""
@@ -268,13 +301,23 @@ class CacheWriter:
     def __exit__(self, *exc) -> None:
         self._close()  # on an exception, the partial file and journal stay for a resume
 
+    def discard(self) -> None:
+        """Remove the partial file and its journal (a build that wrote nothing worth resuming)."""
+        self._close_partial()
+        for p in (self.partial, self.snapshot, self.journal):
+            p.unlink(missing_ok=True)
+        self._close()
+
     def _close(self) -> None:
+        self._close_partial()
+        if self._jf is not None:
+            self._jf.close()  # releases the build's lock
+            self._jf = None
+
+    def _close_partial(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        if self._jf is not None:
-            self._jf.close()
-            self._jf = None
 
     # rows ---------------------------------------------------------------------------------
     @property
@@ -336,22 +379,150 @@ class CacheWriter:
         pending = self.pending_rows()
         if pending:
             raise ValueError(f"rows {pending[:5]}... were neither written nor skipped")
-        self._close()
+        self._close_partial()  # HDF5 locks the file itself from here; the journal lock stays
         all_skipped = list(skipped) + self.skipped
-        n_windows = _finalize(self.partial, self.status, all_skipped, window, stride, label_overlap)
-        counts = _label_counts(self.partial)
+        try:
+            # Every row is in: keep the file's metadata as it is now, so a finalize that is
+            # killed or torn half-way is undone at the next open and redone from the journal.
+            _write_snapshot(self.snapshot, self.partial, self.plan_hash, self._signals_span())
+            n_windows = _finalize(
+                self.partial, self.status, all_skipped, window, stride, label_overlap
+            )
+            counts = _label_counts(self.partial)
+        except OSError as e:
+            raise _finalize_error(self.partial, e) from None
         if check is not None:
             check(counts)
-        final_src = self.partial
-        if compression != "none":
-            final_src = self.path.with_name(self.path.name + ".packed")
-            _repack(self.partial, final_src, compression)
-        _fsync_file(final_src)
-        os.replace(final_src, self.path)
-        fsync_dir(self.path.parent)
-        for p in (self.partial, self.journal):
+        try:
+            final_src = self.partial
+            if compression != "none":
+                final_src = self.path.with_name(self.path.name + ".packed")
+                _repack(self.partial, final_src, compression)
+            _fsync_file(final_src)
+            os.replace(final_src, self.path)
+            fsync_dir(self.path.parent)
+        except OSError as e:
+            raise _finalize_error(self.partial, e) from None
+        for p in (self.partial, self.snapshot, self.journal):
             p.unlink(missing_ok=True)
+        self._close()
         return Written(self.path, n_windows, counts, self.path.stat().st_size)
+
+    def _signals_span(self) -> tuple[int, int]:
+        """File offset and byte length of /signals: the part finalize never writes."""
+        return self._base, int(self._lengths.sum()) * self._row_bytes
+
+
+def _finalize_error(partial: Path, e: OSError) -> BrainpipeError:
+    """One line for a finalize that failed on the file system (disk full, quota, I/O error)."""
+    why = os.strerror(e.errno) if e.errno else (str(e).splitlines() or [type(e).__name__])[0]
+    return BrainpipeError(
+        f"{partial}: cannot finalize the cache ({why}); every written recording is kept: free "
+        "space or choose another --cache path, then re-run to resume"
+    )
+
+
+def _flock(fd: int, path: Path) -> None:
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _flock_holder(fd)
+        who = f"process {pid}" if pid else "another process"
+        raise BrainpipeError(
+            f"{path}: this cache is being built by {who} right now; wait for it to finish or stop it, "
+            "then re-run (a second build on the same path would corrupt it)"
+        ) from None
+    except OSError:
+        pass  # a file system without flock (some network mounts): nothing to lock with
+
+
+def _flock_holder(fd: int) -> int | None:
+    """The pid holding a flock on `fd`'s file, from /proc/locks (Linux), else None."""
+    st = os.fstat(fd)
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        f = line.split()
+        if len(f) >= 6 and f[1] == "FLOCK" and f[3] == "WRITE" and f[5].lower() == dev:
+            return int(f[4])
+    return None
+
+
+_SNAPSHOT_MAGIC = b"brainpipe-finalize-1\n"
+
+
+def _write_snapshot(snapshot: Path, partial: Path, plan: str, span: tuple[int, int]) -> None:
+    """Save the partial file's bytes outside /signals (its HDF5 metadata), atomically."""
+    import contextlib
+
+    base, nbytes = span
+    with open(partial, "rb") as f:
+        head = f.read(base)
+        f.seek(base + nbytes)
+        tail = f.read()
+    meta = {
+        "plan_hash": plan,
+        "base": base,
+        "nbytes": nbytes,
+        "size": base + nbytes + len(tail),
+        "sha256": hashlib.sha256(head + tail).hexdigest(),
+    }
+    tmp = snapshot.with_name(snapshot.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_SNAPSHOT_MAGIC + json.dumps(meta).encode() + b"\n" + head + tail)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, snapshot)
+        fsync_dir(snapshot.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _restore_snapshot(snapshot: Path, partial: Path, plan: str | None) -> None:
+    """Undo a finalize that did not reach the rename: put the saved metadata back.
+
+    Only /signals is kept as it is (finalize never writes it), so the tables are redone from
+    the journal and no recording is preprocessed again. A snapshot of another plan (or with
+    `plan=None`: start over) is dropped.
+    """
+    snapshot.with_name(snapshot.name + ".tmp").unlink(missing_ok=True)
+    if not snapshot.exists():
+        return
+    data = snapshot.read_bytes()
+    head_len = len(_SNAPSHOT_MAGIC)
+    nl = data.find(b"\n", head_len)
+    try:
+        meta = json.loads(data[head_len:nl]) if data.startswith(_SNAPSHOT_MAGIC) else {}
+    except ValueError:
+        meta = {}
+    body = data[nl + 1 :]
+    if plan is not None and meta.get("plan_hash") not in (plan, None) and partial.exists():
+        return  # another plan's: kept for that plan; opening refuses to mix them anyway
+    ok = (
+        plan is not None
+        and meta.get("plan_hash") == plan
+        and partial.exists()
+        and hashlib.sha256(body).hexdigest() == meta.get("sha256")
+    )
+    if ok:
+        base, end = int(meta["base"]), int(meta["base"]) + int(meta["nbytes"])
+        fd = os.open(partial, os.O_WRONLY)
+        try:
+            _pwrite_all(fd, body[:base], 0)
+            _pwrite_all(fd, body[base:], end)
+            os.ftruncate(fd, int(meta["size"]))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    snapshot.unlink()
 
 
 def _read_journal(journal: Path) -> dict[int, str]:
@@ -589,6 +760,31 @@ def _repack(src: Path, dst: Path, compression: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+# A compressed /signals stores EEG at 2-4x; a declared size this far beyond what is on disk is
+# a crafted or torn file, not a cache (reading it would allocate terabytes or scan for hours).
+MAX_COMPRESSION_RATIO = 1000
+
+
+def _check_declared_sizes(f, file_size: int) -> None:
+    """Refuse datasets whose declared size the file cannot hold, before reading any of them."""
+    import h5py
+
+    def check(name, d):
+        if not isinstance(d, h5py.Dataset):
+            return
+        nbytes = int(np.prod(d.shape, dtype=object)) * d.id.get_type().get_size()
+        if d.chunks is None:
+            too_big = (d.id.get_offset() or 0) + nbytes > file_size
+        else:  # chunked: compare with the bytes actually stored
+            too_big = nbytes > max(file_size, d.id.get_storage_size()) * MAX_COMPRESSION_RATIO
+        if too_big:
+            raise ValueError(
+                f"/{name} declares {d.shape} ({nbytes:,} bytes), the file has {file_size:,}"
+            )
+
+    f.visititems(check)
+
+
 class CacheReader:
     """Read a finished cache: tables as numpy arrays, windows through a memmap.
 
@@ -619,38 +815,70 @@ class CacheReader:
                 raise BrainpipeError(
                     f"{self.path}: cache build did not finish; run `brainpipe build-cache` again to resume it"
                 )
-            self.attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in a.items()}
-            self.channels = tuple(json.loads(a["channels"]))
-            self.label_names = tuple(json.loads(a["label_names"]))
-            self.task = task_of(self.attrs, self.label_names)
-            self.sfreq = float(a["sfreq"])
-            self.window_samples = int(a["window_samples"])
-            self.stride_samples = int(a["stride_samples"])
-            self.config = json.loads(a["config"]) if "config" in a else {}
-            g = f["recordings"]
-            self.recordings = {k: g[k][()] for k in g}
-            for k in ("path", "subject", "session", "split"):
-                self.recordings[k] = _decode(self.recordings[k])
-            self.windows = {k: f["windows"][k][()] for k in f["windows"]}
-            self.subjects = {k: f["subjects"][k][()] for k in f["subjects"]}
-            self.subjects["name"] = _decode(self.subjects["name"])
-            self.events = {k: f["events"][k][()] for k in f["events"]}
-            self.events["label"] = _decode(self.events["label"])
-            self.skipped = [
-                {"path": p, "reason": r}
-                for p, r in zip(
-                    _decode(f["skipped"]["path"][()]),
-                    _decode(f["skipped"]["reason"][()]),
-                    strict=True,
-                )
-            ]
-            d = f["signals"]
-            self.shape = tuple(d.shape)
-            self.dtype = d.dtype
-            off = d.id.get_offset()
-            self._offset = None if off is None else int(off)
+            try:
+                self._load(f)
+            except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+                why = (str(e).splitlines() or [type(e).__name__])[0]
+                raise BrainpipeError(
+                    f"{self.path}: corrupt cache ({why}); rebuild it with `brainpipe build-cache --force`"
+                ) from None
+        self._check_bounds()
         self._mm: np.memmap | None = None
         self._h5 = None
+
+    def _load(self, f) -> None:
+        """Attributes and tables, each size checked against the file before it is read."""
+        _check_declared_sizes(f, self.path.stat().st_size)
+        a = f.attrs
+        self.attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in a.items()}
+        self.channels = tuple(json.loads(a["channels"]))
+        self.label_names = tuple(json.loads(a["label_names"]))
+        self.task = task_of(self.attrs, self.label_names)
+        self.sfreq = float(a["sfreq"])
+        self.window_samples = int(a["window_samples"])
+        self.stride_samples = int(a["stride_samples"])
+        self.config = json.loads(a["config"]) if "config" in a else {}
+        g = f["recordings"]
+        self.recordings = {k: g[k][()] for k in g}
+        for k in ("path", "subject", "session", "split"):
+            self.recordings[k] = _decode(self.recordings[k])
+        self.windows = {k: f["windows"][k][()] for k in f["windows"]}
+        self.subjects = {k: f["subjects"][k][()] for k in f["subjects"]}
+        self.subjects["name"] = _decode(self.subjects["name"])
+        self.events = {k: f["events"][k][()] for k in f["events"]}
+        self.events["label"] = _decode(self.events["label"])
+        self.skipped = [
+            {"path": p, "reason": r}
+            for p, r in zip(
+                _decode(f["skipped"]["path"][()]),
+                _decode(f["skipped"]["reason"][()]),
+                strict=True,
+            )
+        ]
+        d = f["signals"]
+        self.shape = tuple(d.shape)
+        self.dtype = d.dtype
+        off = d.id.get_offset()
+        self._offset = None if off is None else int(off)
+
+    def _check_bounds(self) -> None:
+        """Every window and recording lies inside /signals (a crafted table must not read past it)."""
+        n_rows = self.shape[0]
+        ws, wr = self.windows["start"], self.windows["recording"]
+        off, length = self.recordings["offset"], self.recordings["length"]
+        bad = None
+        if not 0 < self.window_samples <= n_rows:
+            bad = f"window_samples={self.window_samples} but /signals has {n_rows} rows"
+        elif len(off) and ((off < 0) | (length < 0) | (off + length > n_rows)).any():
+            bad = f"recordings extend past the end of /signals ({n_rows} rows)"
+        elif len(ws) and ((ws < 0) | (ws > n_rows - self.window_samples)).any():
+            bad = f"windows extend past the end of /signals ({n_rows} rows)"
+        elif len(wr) and ((wr < 0) | (wr >= len(off))).any():
+            bad = "windows point at recordings that do not exist"
+        if bad:
+            raise BrainpipeError(
+                f"{self.path}: corrupt cache ({bad}); rebuild it with `brainpipe build-cache --force`"
+            )
 
     # context manager and pickling ------------------------------------------------------------
     def __enter__(self) -> CacheReader:

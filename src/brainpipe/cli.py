@@ -217,9 +217,13 @@ def cmd_build_cache(args: argparse.Namespace) -> int:
     from brainpipe.cache import build_cache
     from brainpipe.reporting import build_summary_text
 
-    result = build_cache(
-        args.index, args.cache, cfg, workers=args.workers, force=args.force, raw_root=args.raw
-    )
+    try:
+        result = build_cache(
+            args.index, args.cache, cfg, workers=args.workers, force=args.force, raw_root=args.raw
+        )
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM; the message says what is kept
+        print(f"brainpipe build-cache: {e or 'interrupted'}", file=sys.stderr)
+        return 130
     print(build_summary_text(result))
     return 0
 

@@ -150,3 +150,11 @@ def format_cache_table(s: dict[str, Any]) -> str:
     if "verify" in s:
         lines.append(s["verify"].get("text", ""))
     return "\n".join(lines)
+
+
+def lost_worker_line(path: str, pid: int, how: str, retried: bool) -> str:
+    """The line `build-cache` prints when a worker dies with a recording in flight."""
+    then = (
+        "retrying it in a fresh worker" if retried else "skipping it (its second worker died too)"
+    )
+    return f"build-cache: worker {pid} was killed ({how}) while preprocessing {path}; {then}"
