@@ -9,7 +9,7 @@ CONFIG ?= configs/smoke.yaml
 TUSZ_CONFIG ?= configs/tusz_smoke.yaml
 TUSZ   ?= $(DEMO)/tusz
 
-.PHONY: help install demo demo-tusz test test-fast test-cluster test-containers lint bench clean
+.PHONY: help install demo demo-tusz test test-fast test-cluster test-containers chaos lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ test-fast:  ## the inner loop: every test but the slow end-to-end ones (no insta
 
 test-cluster: install  ## the Slurm tests: a real single-node Slurm (root; apt-gets slurm + munge when missing)
 	$(PYTHON) -m pytest -m cluster tests/cluster
+
+chaos:  ## replay issue 16's fault cases (worker kill, concurrent build, finalize kill, full disk, SIGTERM, shm)
+	scripts/chaos.sh
 
 lint:  ## ruff fix and format
 	$(PYTHON) -m ruff check --fix .

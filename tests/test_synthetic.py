@@ -354,11 +354,13 @@ def test_meg_subjects_come_from_the_layout_in_the_index(meg, tmp_path):
 @pytest.mark.slow
 def test_a_long_meg_recording_is_written_without_holding_it_in_memory(tmp_path):
     # 5 minutes of 313 channels at 1 kHz are 751 MB as one float64 array (how it was once written).
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec, so a child of a large
+    # pytest process would report its parent's peak; VmHWM belongs to the new address space.
     code = (
-        "import resource, sys; from brainpipe.synthetic import CorpusSpec, make_corpus; "
+        "import re, sys; from brainpipe.synthetic import CorpusSpec, make_corpus; "
         "make_corpus(sys.argv[1], CorpusSpec('meg', n_subjects=1, duration_s=(300, 300), "
         "sessions_per_subject=(1, 1), sfreq=1000)); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True

@@ -338,12 +338,8 @@ def _with_closest_channels(e: BrainpipeError, labels, p: PreprocessConfig) -> Br
     """Add, to "none of the required channels", the recording's names closest to those asked for."""
     import difflib
 
+    from brainpipe.channels import canonical_name
     from brainpipe.preprocess import TCP_PAIRS
-
-    try:
-        from brainpipe.channels import canonical_name
-    except ImportError:  # before the shared channel normalizer (issue 13) landed
-        from brainpipe.corpus import canonical_name
 
     if "none of the required channels" not in str(e) or "; closest found" in str(e):
         return e
