@@ -271,6 +271,7 @@ def _provenance(index, cfg: Config, layout_name: str) -> dict[str, Any]:
         "brainpipe_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "layout": layout_name,
+        **({"shard": index.meta["shard"]} if "shard" in index.meta else {}),
     }
 
 
@@ -317,13 +318,19 @@ def build_cache(
     force: bool = False,
     raw_root: str | os.PathLike | None = None,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> BuildResult:
-    """The `build-cache` stage; resumable, see the module docstring."""
+    """The `build-cache` stage; resumable, see the module docstring.
+
+    `shard=(i, n)` builds only the recordings of the subjects `cacheset.shard_of` puts in
+    shard i of n (their union over i is the whole cache; a cache set joins them)."""
     from brainpipe.indexfile import Index
 
     t0 = time.perf_counter()
     cache_path = Path(cache_path)
     index = Index.load(index_path)
+    if shard is not None:
+        index = _shard_index(index, *shard)
     root = Path(raw_root) if raw_root else Path(index.raw_root)
     if not root.is_dir():
         raise BrainpipeError(
@@ -352,7 +359,8 @@ def build_cache(
             cfg.window.label_overlap,
             skipped=plan.skipped,
             compression=cfg.cache.compression,
-            check=lambda counts: _check_labels(counts, cfg, writer.partial),
+            # One shard may hold one class only; `cache-set` checks the classes of the whole set.
+            check=None if shard else lambda counts: _check_labels(counts, cfg, writer.partial),
         )
     done = writer.status == STATUS_DONE
     skipped = plan.skipped + writer.skipped
@@ -371,6 +379,28 @@ def build_cache(
     )
 
 
+def _shard_index(index, i: int, n: int):
+    """The index rows of shard i of n (whole subjects); the index's errors go to shard 0 only."""
+    from brainpipe.cacheset import shard_of
+
+    a = index.arrays
+    # A recording without a subject is its own subject.
+    keys = np.where(
+        a["subject"] == "", np.char.add("recording:", a["path"].astype(str)), a["subject"]
+    )
+    rows = np.flatnonzero(shard_of(keys, n) == i)
+    if len(rows) == 0:
+        k = len(np.unique(keys))
+        raise BrainpipeError(
+            f"--shard {i}/{n}: no subject falls in this shard, the index has {k} subjects; use N <= {k}"
+        )
+    part = index.take(rows)
+    if i == 0:
+        part.arrays["error_path"], part.arrays["error_reason"] = a["error_path"], a["error_reason"]
+    part.meta["shard"] = f"{i}/{n}"
+    return part
+
+
 def _up_to_date(cache_path: Path, layout: Layout) -> BuildResult:
     """An existing finished cache built from the same config and index; any other is refused."""
     try:
@@ -378,6 +408,7 @@ def _up_to_date(cache_path: Path, layout: Layout) -> BuildResult:
             same = (
                 old.attrs.get("config_hash") == layout.attrs["config_hash"]
                 and old.attrs.get("index_hash") == layout.attrs["index_hash"]
+                and old.attrs.get("shard", "") == layout.attrs.get("shard", "")
             )
             summary = old.summary()
     except BrainpipeError:
@@ -518,7 +549,20 @@ def verify_cache(
     raw_root: str | os.PathLike | None = None,
     seed: int = 0,
 ) -> VerifyReport:
-    """Tables consistent, no NaN/Inf, and random windows match a fresh preprocessing of the raw file."""
+    """Tables consistent, no NaN/Inf, and random windows match a fresh preprocessing of the raw file.
+
+    A cache set is verified member by member (after its manifest's own checks)."""
+    from brainpipe.cacheset import CacheSetReader, is_cache_set
+
+    if is_cache_set(path):
+        with CacheSetReader(path) as s:  # a missing or changed member fails here, by name
+            reports = [verify_cache(r.path, n_windows, raw_root, seed) for r in s.members]
+        return VerifyReport(
+            str(path),
+            [f"{Path(r.path).name}: {p}" for r in reports for p in r.problems],
+            sum(r.checked_windows for r in reports),
+            max(r.max_abs_error for r in reports),
+        )
     problems: list[str] = []
     with CacheReader(path) as r:
         rec, win = r.recordings, r.windows

@@ -123,6 +123,14 @@ def format_cache_table(s: dict[str, Any]) -> str:
         f"{s['n_recordings']} recordings, {s['n_subjects']} subjects, {s['hours']:.2f} h, {s['n_windows']} windows "
         f"of {s['window_samples']} samples (stride {s['stride_samples']}) at {s['sfreq']:g} Hz",
         f"channels ({len(s['channels'])}): {' '.join(s['channels'])}",
+        *(
+            [
+                f"set of {len(s['members'])} member caches: "
+                + ", ".join(m["path"] for m in s["members"])
+            ]
+            if "members" in s
+            else []
+        ),
         "",
         f"{'split':<8} " + " ".join(f"{k:>10}" for k in sorted(s["labels"])),
     ]
