@@ -107,9 +107,16 @@ def process_recording(
     return np.ascontiguousarray(out.T), np.asarray(plan.mask, dtype=bool)
 
 
-def _worker(job: tuple[int, str, dict, int, str]) -> tuple[int, bytes | None, str, int]:
-    """Process one recording; returns (row, signal bytes or None, error reason, raw bytes read)."""
+def _worker(job: tuple[int, Any, dict, int, str]) -> tuple[int, bytes | None, str, int]:
+    """Process one recording; returns (row, signal bytes or None, error reason, raw bytes read).
+
+    The recording is a path, or an `objectstore.ObjectInfo`: fetched whole with one GET into a
+    spool file (TMPDIR), read like a local file, removed; the bucket is never written."""
     i, path, pcfg, length, dtype = job
+    if not isinstance(path, str):
+        from brainpipe.objectstore import remote_worker
+
+        return remote_worker(_worker, job)
     cfg = PreprocessConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in pcfg.items()})
     try:
         x, _mask = process_recording(path, cfg, expected_length=length)
@@ -331,8 +338,8 @@ def build_cache(
     index = Index.load(index_path)
     if shard is not None:
         index = _shard_index(index, *shard)
-    root = Path(raw_root) if raw_root else Path(index.raw_root)
-    if not root.is_dir():
+    root = _raw_root(raw_root or index.raw_root)
+    if not isinstance(root, str) and not root.is_dir():
         raise BrainpipeError(
             f"{root}: raw directory of the index not found; pass --raw with where the corpus is now"
         )
@@ -431,14 +438,28 @@ def _up_to_date(cache_path: Path, layout: Layout) -> BuildResult:
     )
 
 
-def _jobs(plan: Plan, rows: list[int], root: Path, cfg: Config) -> list[tuple]:
+def _raw_root(root: str | os.PathLike) -> Path | str:
+    """A local raw root as a Path; an object-storage URL (s3://...) as it is."""
+    from brainpipe.objectstore import is_url
+
+    return str(root).rstrip("/") if is_url(root) else Path(root)
+
+
+def _jobs(plan: Plan, rows: list[int], root: Path | str, cfg: Config) -> list[tuple]:
     """One picklable worker job per row: (row, raw file, preprocess config, length, dtype)."""
     r = plan.layout.recordings
     pcfg = cfg.to_dict()["preprocess"]
-    return [
-        (row, str(root / str(r["path"][row])), pcfg, int(r["length"][row]), cfg.cache.dtype)
-        for row in rows
-    ]
+    if isinstance(root, str):  # object storage: the worker fetches the object it names
+        from brainpipe.objectstore import ObjectInfo
+
+        size = plan.raw_bytes
+        src = [
+            ObjectInfo(p, f"{root}/{p}", int(n), None, None)
+            for p, n in zip(r["path"], size, strict=True)
+        ]
+    else:
+        src = [str(root / str(p)) for p in r["path"]]
+    return [(row, src[row], pcfg, int(r["length"][row]), cfg.cache.dtype) for row in rows]
 
 
 def _write_results(writer: CacheWriter, results, progress: bool, t0: float) -> int:

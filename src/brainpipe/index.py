@@ -37,9 +37,10 @@ from brainpipe import __version__
 from brainpipe.annotations import Event, merge_channel_events, parse_annotations
 from brainpipe.config import Config
 from brainpipe.corpus import Facts, layout_parser
-from brainpipe.edf import ANNOTATION_LABELS, read_header
+from brainpipe.edf import ANNOTATION_LABELS, read_header, read_header_bytes
 from brainpipe.errors import BrainpipeError
 from brainpipe.indexfile import Index, Recording
+from brainpipe.objectstore import is_url
 
 EDF_SUFFIXES = (".edf", ".bdf")
 
@@ -54,6 +55,8 @@ class ScanResult:
     n_removed: int
     seconds: float
     written: bool = False
+    transferred: int = 0  # bytes received from object storage (0 for a local tree)
+    requests: int = 0
 
 
 # Files read serially before scan() decides whether threads would help, and the mean time a
@@ -108,8 +111,15 @@ def _annotation_file(rel: str, every: set[str], suffixes: tuple[str, ...]) -> st
 _Read = tuple[int, int, str, int, float, float, str, tuple, tuple, tuple]
 
 
-def _read_edf(abspath: str, memo: dict) -> _Read:
-    h = read_header(abspath, memo)
+def _read_edf(abspath: str, memo: dict, head: Any = None) -> _Read:
+    """`head`: an `objectstore.Head` holding the header (object storage), else the file is read."""
+    if head is None:
+        h = read_header(abspath, memo)
+    elif head.error:
+        raise BrainpipeError(f"{abspath}: {head.error}")
+    else:
+        o = head.obj
+        h = read_header_bytes(head.data, abspath, o.size, o.mtime_ns or 0, memo)
     labels, spr = h.labels, h.samples_per_record
     if not ANNOTATION_LABELS.isdisjoint(labels):  # EDF+: leave out the annotation signals
         picks = h.signal_indices
@@ -180,6 +190,7 @@ class _Reader:
         self.root, self.corpus, self.on_read = root, corpus, on_read
         self.facts_of = layout_parser(corpus.layout, corpus.filename_regex, corpus.manifest)
         self.memo: dict = {}
+        self.heads: dict[str, Any] | None = None  # header bytes by path (object storage)
 
     def many(self, items: list) -> list:
         return [self(item) for item in items]
@@ -191,7 +202,8 @@ class _Reader:
         ab = f"{root_s}/{rel}"
         try:
             edf = rel.lower().endswith(EDF_SUFFIXES)
-            got = _read_edf(ab, self.memo) if edf else _read_mne(ab)
+            head = self.heads.get(rel) if self.heads is not None else None
+            got = _read_edf(ab, self.memo, head) if edf else _read_mne(ab)
             facts = facts_of(rel)
             events: tuple[Event, ...] = ()
             ann_mtime = 0
@@ -237,6 +249,10 @@ def scan(
     on_read: Callable[[str], None] | None = None,
 ) -> ScanResult:
     """Index the tree under `raw`, reusing unchanged rows of `previous`."""
+    if is_url(raw):
+        from brainpipe.index_remote import scan_remote
+
+        return scan_remote(str(raw), cfg, _Reader, previous, force, workers, on_read)
     t0 = time.perf_counter()
     root = Path(raw)
     if not root.is_dir():
@@ -365,6 +381,13 @@ def _read_threaded(
     return results
 
 
+def raw_root_of(url: str) -> str:
+    """What the index records of a URL root: no credentials (`s3://key:secret@bucket` forms)."""
+    scheme, rest = str(url).split("://", 1)
+    host, _, path = rest.partition("/")
+    return f"{scheme}://{host.rsplit('@', 1)[-1]}/{path}".rstrip("/")
+
+
 def build_index(
     raw: str | os.PathLike,
     index_path: str | os.PathLike,
@@ -386,7 +409,7 @@ def build_index(
         except BrainpipeError:
             previous = None  # unreadable or older format: rebuild from scratch
         if previous is not None and (
-            previous.raw_root != str(Path(raw).resolve())
+            previous.raw_root != (raw_root_of(raw) if is_url(raw) else str(Path(raw).resolve()))
             or previous.meta.get("corpus_config") != cfg.to_dict()["corpus"]
         ):
             previous = None  # another tree or layout: nothing to reuse

@@ -386,6 +386,23 @@ class ObjectStore:
                 path.unlink()
 
 
+def remote_worker(process: Callable[[tuple], tuple], job: tuple) -> tuple:
+    """Run a build-cache worker on a spool copy of the object a job names.
+
+    `job` is (row, ObjectInfo, ...); `process` gets the same job with the spool file's path and
+    returns (row, payload, reason, raw bytes). The object is fetched whole with one GET (EDF
+    records interleave channels, so ranges per channel would save little), retried with
+    backoff; one that keeps failing comes back as a skipped row with its reason."""
+    row, obj, *rest = job
+    store = ObjectStore(obj.url[: -len(obj.key) - 1])
+    try:
+        with store.fetch_to_spool(obj) as got:
+            i, payload, reason, _ = process((row, str(got.path), *rest))
+            return i, payload, reason.replace(str(got.path), obj.key), got.transfer.bytes
+    except ObjectStoreError as e:
+        return row, None, str(e).removeprefix(f"{obj.url}: "), 0
+
+
 def _rebuild(root, max_in_flight, retries, backoff_s, storage_options) -> ObjectStore:
     return ObjectStore(
         root,

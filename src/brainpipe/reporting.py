@@ -36,6 +36,11 @@ def scan_line(result: ScanResult) -> str:
     return (
         f"indexed {len(idx)} recordings ({hours:.1f} h, {len(set(idx.subject.tolist()))} subjects) in "
         f"{result.seconds:.2f} s: {result.n_read} read, {result.n_reused} unchanged, {result.n_removed} removed{skipped}"
+        + (
+            f"; {result.transferred / 1e6:.2f} MB in {result.requests} requests from {idx.raw_root}"
+            if getattr(result, "requests", 0)
+            else ""
+        )
     )
 
 
