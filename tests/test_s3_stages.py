@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from s3server import S3Server, use_s3
 
-from brainpipe.cache import build_cache
+from brainpipe.cache import build_cache, verify_cache
 from brainpipe.cachefile import CacheReader
 from brainpipe.cli import main
 from brainpipe.config import load_config
@@ -128,6 +128,9 @@ def test_build_cache_from_s3_equals_the_local_cache(local, s3, tmp_path):
     n = len(Index.load(tmp_path / "s3.npz"))
     assert s3.requests["GET"] == n and s3.requests["PUT"] == 0 and s3.requests["DELETE"] == 0
     assert res.raw_bytes == s3.body_bytes["GET"]
+    # verify re-reads windows from the bucket the index names.
+    report = verify_cache(tmp_path / "s3.h5", n_windows=3)
+    assert report.ok and report.checked_windows == 3, report.problems
 
 
 def test_build_cache_retries_and_skips_a_recording_that_keeps_failing(local, s3, tmp_path):

@@ -445,6 +445,17 @@ def _raw_root(root: str | os.PathLike) -> Path | str:
     return str(root).rstrip("/") if is_url(root) else Path(root)
 
 
+def _reprocess(root: Path | str, rel: str, cfg: PreprocessConfig, length: int) -> np.ndarray:
+    """`process_recording` of a raw file again, local or fetched from object storage."""
+    if isinstance(root, Path):
+        return process_recording(root / rel, cfg, expected_length=length)[0]
+    from brainpipe.objectstore import ObjectStore
+
+    store = ObjectStore(root)
+    with store.fetch_to_spool(store.info(rel)) as got:
+        return process_recording(got.path, cfg, expected_length=length)[0]
+
+
 def _jobs(plan: Plan, rows: list[int], root: Path | str, cfg: Config) -> list[tuple]:
     """One picklable worker job per row: (row, raw file, preprocess config, length, dtype)."""
     r = plan.layout.recordings
@@ -616,7 +627,7 @@ def verify_cache(
                 problems.append(f"non-finite values in /signals rows {lo}..{lo + len(block)}")
                 break
         cfg = config_from_dict(json.loads(r.attrs["config"]))
-        root = Path(raw_root or r.attrs.get("raw_root", ""))
+        root = _raw_root(raw_root or r.attrs.get("raw_root", ""))
         rng = np.random.default_rng(seed)
         picks = rng.choice(len(wr), size=min(n_windows, len(wr)), replace=False) if len(wr) else []
         max_err = 0.0
@@ -624,12 +635,11 @@ def verify_cache(
         cache_recs: dict[int, np.ndarray] = {}
         for k in sorted(int(x) for x in picks):
             i = int(wr[k])
-            src = root / str(rec["path"][i])
             try:
                 if i not in cache_recs:
-                    cache_recs[i] = process_recording(
-                        src, cfg.preprocess, expected_length=int(length[i])
-                    )[0]
+                    cache_recs[i] = _reprocess(
+                        root, str(rec["path"][i]), cfg.preprocess, int(length[i])
+                    )
             except BrainpipeError as e:
                 problems.append(f"window {k}: {e}")
                 continue

@@ -251,7 +251,9 @@ class ObjectStore:
                     ) from e
                 time.sleep(self.backoff_s * 2**k * (0.5 + random.random()))
                 continue
-            return data, self._count(Transfer(len(data), k + 1, k))
+            return data, self._count(
+                Transfer(len(data) if isinstance(data, bytes) else 0, k + 1, k)
+            )
         raise AssertionError("unreachable")
 
     # -----------------------------------------------------------------------------------------
@@ -294,6 +296,16 @@ class ObjectStore:
             )
         out.sort(key=lambda o: o.key)
         return out
+
+    def info(self, key: str) -> ObjectInfo:
+        """One object by its key (one HEAD request), for reads that have no listing at hand."""
+        url = f"{self.root}/{key}"
+
+        def head() -> bytes:
+            return self.fs.info(f"{self._path}/{key}")
+
+        got, _ = self._call("stat", url, head)  # a dict, counted as 0 payload bytes
+        return ObjectInfo(key, url, int(got["size"]), _etag(got), _mtime_ns(got))
 
     def _full(self, obj: ObjectInfo) -> str:
         return f"{self._path}/{obj.key}"
