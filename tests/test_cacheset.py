@@ -172,3 +172,22 @@ def test_a_shard_outside_the_subjects_fails_in_one_line(built, tmp_path, capsys)
     assert "no subject falls in this shard, the index has 7 subjects" in err
     assert main([*argv[:-1], "3/3"]) == 1
     assert "need 0 <= I < N" in capsys.readouterr().err
+
+
+def test_train_takes_a_set(built, tmp_path):
+    from brainpipe.train import train
+
+    out = built / "set-train.json"
+    write_cache_set(out, shards(built))
+    cfg = smoke(
+        "train.model_kwargs={n_filters_time: 8, n_filters_spat: 8, pool_time_length: 10, pool_time_stride: 5}",
+        "train.epochs=1",
+        "train.batch_size=32",
+        "train.num_workers=0",
+        "train.val_fraction=0",
+    )
+    summary = train(out, tmp_path / "run", cfg)
+    assert summary["cache"] == str(out) and summary["epochs"] == 1
+    with open_cache(out) as s:
+        train_windows = int((s.recordings["split"][s.windows["recording"]] == "train").sum())
+    assert summary["windows"]["train"] == train_windows

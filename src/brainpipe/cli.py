@@ -61,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
 
     p = sub.add_parser("index", help="scan raw recordings (headers only) into one index file")
-    p.add_argument("--raw", required=True, metavar="DIR", help="root of the raw corpus")
+    p.add_argument(
+        "--raw", required=True, metavar="DIR", help="root of the raw corpus (or s3://bucket/prefix)"
+    )
     p.add_argument("--index", required=True, metavar="PATH", help="index file to write (.npz)")
     _add_config(p)
     p.add_argument(
