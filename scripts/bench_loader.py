@@ -49,22 +49,25 @@ def write_bench_cache(
     sfreq: float,
     cfg: Config | None = None,
     seed: int = 0,
+    first: int = 0,
 ) -> np.ndarray:
     """A finished cache of random float16 signal; returns one recording's float32 signal.
 
     Every recording holds the same block (content does not matter for read speed; generating
     gigabytes of random numbers would dominate the benchmark). Labels alternate, splits are
-    train, except every fifth recording, which is eval.
+    train, except every fifth recording, which is eval. `first`: the number of the first
+    recording (a member of a set holding recordings first, first + 1, ...).
     """
     rng = np.random.default_rng(seed)
     block = rng.standard_normal((n_samples, n_channels), dtype=np.float32)
     channels = (list(STANDARD_1020) + [f"X{i}" for i in range(n_channels)])[:n_channels]
+    ids = range(first, first + n_recordings)
     recordings = {
-        "path": np.array([f"rec{i:05d}.edf" for i in range(n_recordings)]),
-        "subject": np.array([f"subj{i // 2:05d}" for i in range(n_recordings)]),
+        "path": np.array([f"rec{i:05d}.edf" for i in ids]),
+        "subject": np.array([f"subj{i // 2:05d}" for i in ids]),
         "session": np.array(["s001"] * n_recordings),
-        "split": np.array(["eval" if i % 5 == 4 else "train" for i in range(n_recordings)]),
-        "label": (np.arange(n_recordings) // 2 % 2).astype(np.int8),
+        "split": np.array(["eval" if i % 5 == 4 else "train" for i in ids]),
+        "label": (np.arange(first, first + n_recordings) // 2 % 2).astype(np.int8),
         "sfreq_orig": np.full(n_recordings, sfreq),
         "length": np.full(n_recordings, n_samples, np.int64),
         "t0_s": np.zeros(n_recordings),
@@ -148,7 +151,13 @@ def main(argv: list[str] | None = None) -> int:
             if len(part):
                 members.append(tmp / "set" / f"m{k:03d}.h5")
                 write_bench_cache(
-                    members[-1], len(part), n_samples, args.channels, args.window, args.sfreq
+                    members[-1],
+                    len(part),
+                    n_samples,
+                    args.channels,
+                    args.window,
+                    args.sfreq,
+                    first=int(part[0]),
                 )
         write_cache_set(tmp / "set.json", members)
         (tmp / "pt").mkdir()
