@@ -162,6 +162,15 @@ def test_members_that_disagree_are_refused_in_one_line(built, tmp_path):
         write_cache_set(tmp_path / "set.json", [shards(built)[1], other])
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"{other}: does not fit the set: sfreq is 80.0")
+    # Same rate and channels, other filters: not the same preprocessing either.
+    build_cache(
+        built / "index.npz", tmp_path / "hp.h5", smoke("preprocess.l_freq=1.0"),
+        workers=1, progress=False, shard=(0, N),
+    )  # fmt: skip
+    with pytest.raises(
+        BrainpipeError, match=r"hp.h5: does not fit the set: preprocess.l_freq is 1.0, .* has 0.5$"
+    ):
+        write_cache_set(tmp_path / "set.json", [shards(built)[1], tmp_path / "hp.h5"])
 
 
 def test_a_shard_outside_the_subjects_fails_in_one_line(built, tmp_path, capsys):

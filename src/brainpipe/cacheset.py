@@ -11,7 +11,7 @@ cache or a set, so every consumer (datasets, train, inspect, verify) takes both.
       "format_version": 1,
       "channels": ["FP1", "FP2", ...], "sfreq": 100.0, "dtype": "float16",
       "window_samples": 400, "stride_samples": 200, "label_names": ["normal", "abnormal"],
-      "task": "abnormal",
+      "task": "abnormal", "preprocess": {"montage": "referential", "l_freq": 0.5, ...},
       "members": [
         {"path": "shard-0-of-2.h5", "identity": "3f0c...", "bytes": 1843200,
          "config_hash": "a1...", "index_hash": "b2...", "n_recordings": 12, "n_windows": 410},
@@ -43,7 +43,16 @@ from brainpipe.fsutil import atomic_output
 SET_FORMAT = "brainpipe-cache-set"
 SET_VERSION = 1
 # What every member must agree on for their windows to be one dataset.
-AGREE = ("channels", "sfreq", "dtype", "window_samples", "stride_samples", "label_names", "task")
+AGREE = (
+    "channels",
+    "sfreq",
+    "dtype",
+    "window_samples",
+    "stride_samples",
+    "label_names",
+    "task",
+    "preprocess",
+)
 
 
 def _stable_hash(name: str) -> int:
@@ -116,6 +125,7 @@ def _agreed(r: CacheReader) -> dict[str, Any]:
         "stride_samples": int(r.stride_samples),
         "label_names": list(r.label_names),
         "task": r.task,
+        "preprocess": r.config.get("preprocess", {}),  # filters, montage, normalization
     }
 
 
@@ -123,7 +133,10 @@ def _check_agree(first: dict, other: dict, name: str, first_name: str) -> None:
     for k in AGREE:
         if first[k] != other[k]:
             a, b = first[k], other[k]
-            if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            if isinstance(a, dict) and isinstance(b, dict):
+                key = next(x for x in sorted(set(a) | set(b)) if a.get(x) != b.get(x))
+                detail = f"{k}.{key} is {b.get(key)!r}, {first_name} has {a.get(key)!r}"
+            elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
                 i = next(j for j in range(len(a)) if a[j] != b[j])
                 detail = f"{k}[{i}] is {b[i]!r}, {first_name} has {a[i]!r}"
             else:
@@ -249,8 +262,11 @@ class CacheSetReader:
         self.sfreq, self.dtype = first.sfreq, first.dtype
         self.window_samples, self.stride_samples = first.window_samples, first.stride_samples
         self.config = first.config
+        # The first member's attributes stand for the set (they agree on what matters),
+        # except those naming one member's own rows.
+        own = ("shard", "plan_hash", "created", "n_skipped")
         self.attrs = {
-            **first.attrs,
+            **{k: v for k, v in first.attrs.items() if k not in own},
             "config_hash": first.attrs.get("config_hash", ""),
             "index_hash": ",".join(
                 dict.fromkeys(str(r.attrs.get("index_hash", "")) for r in self.members)
