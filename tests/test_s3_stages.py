@@ -147,3 +147,10 @@ def test_build_cache_retries_and_skips_a_recording_that_keeps_failing(local, s3,
     ((path, reason),) = res.skipped
     assert path == gone and reason.startswith("fetch failed") and "\n" not in reason
     assert s3.requests["GET"] >= len(idx) + 2
+
+
+def test_the_index_records_the_url_root_without_credentials():
+    from brainpipe.index import raw_root_of
+
+    assert raw_root_of("s3://KEY:secret@corpus/tusz/") == "s3://corpus/tusz"
+    assert raw_root_of(URL + "/") == URL
