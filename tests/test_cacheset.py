@@ -148,6 +148,14 @@ def test_a_missing_or_changed_member_is_named(built, tmp_path):
     (d / "shard-1-of-3.h5").unlink()
     with pytest.raises(BrainpipeError, match=r"member shard-1-of-3.h5 is missing"):
         CacheSetReader(out)
+    # A member cut short (a partial copy) is refused by name, not read as zeros.
+    m0 = d / "shard-0-of-3.h5"
+    size = m0.stat().st_size
+    with open(m0, "r+b") as f:
+        f.truncate(size - 4096)
+    with pytest.raises(BrainpipeError, match=r"member shard-0-of-3.h5 changed since"):
+        CacheSetReader(out)
+    shutil.copy2(built / "shard-0-of-3.h5", m0)
     # Another finished cache under a member's name is not the member the set was written with.
     shutil.copy2(built / "shard-0-of-3.h5", d / "shard-1-of-3.h5")
     with pytest.raises(BrainpipeError, match=r"member shard-1-of-3.h5 changed since"):

@@ -20,10 +20,10 @@ cache or a set, so every consumer (datasets, train, inspect, verify) takes both.
     }
 
 Member paths are relative to the manifest's directory (a set moves with its members).
-`identity` hashes a member's provenance attributes and its tables, so a member rebuilt,
-replaced or truncated since the set was written is refused by name; a copy (rsync, cp)
-keeps it. Reads go straight to each member's own memmap: an HDF5 virtual dataset cannot be
-memory-mapped and read 15x slower in a measurement here.
+`identity` hashes a member's provenance attributes and its tables and `bytes` is its size, so
+a member rebuilt, replaced or truncated since the set was written is refused by name; a copy
+(rsync, cp) keeps both. Reads go straight to each member's own memmap: an HDF5 virtual dataset cannot
+be memory-mapped and read 15x slower in a measurement here.
 """
 
 from __future__ import annotations
@@ -247,8 +247,9 @@ class CacheSetReader:
                 raise BrainpipeError(
                     f"{self.path}: member {m['path']} is missing ({p}); rebuild it or write the set again"
                 )
-            r = CacheReader(p)
-            if _identity(r) != m["identity"]:
+            # The size first: HDF5 would refuse a truncated file with a less useful message.
+            r = CacheReader(p) if p.stat().st_size == m["bytes"] else None
+            if r is None or _identity(r) != m["identity"]:
                 raise BrainpipeError(
                     f"{self.path}: member {m['path']} changed since the set was written "
                     "(rebuilt or replaced); write the set again with `brainpipe cache-set`"
