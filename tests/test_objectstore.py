@@ -21,11 +21,6 @@ from brainpipe.objectstore import HEAD_BYTES, ObjectStore, ObjectStoreError, is_
 BUCKET = "corpus"
 
 
-def edf_header_length(head: bytes) -> int:
-    # The EDF header-size field (bytes 184-192); edf.py will own this in round two.
-    return int(head[184:192])
-
-
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("raw")
@@ -106,7 +101,7 @@ def test_range_read_headers_match_local_read_header(s3, raw, tmp_path):
     store = ObjectStore(f"s3://{BUCKET}/tuab")
     objects = store.list(suffixes=(".edf",))
     s3.reset_counters()
-    heads = store.read_heads(objects, header_length=edf_header_length)
+    heads = store.read_heads(objects, header_length=edf.header_length)
     files = local_files(raw)
     for h in heads:
         assert h.error is None
@@ -125,7 +120,7 @@ def test_range_read_headers_match_local_read_header(s3, raw, tmp_path):
 def test_a_header_longer_than_the_first_read_takes_one_more_range_read(s3, raw, tmp_path):
     store = ObjectStore(f"s3://{BUCKET}/tuab")
     objects = store.list(suffixes=(".edf",))
-    heads = store.read_heads(objects, n=300, header_length=edf_header_length)
+    heads = store.read_heads(objects, n=300, header_length=edf.header_length)
     for h in heads:
         local = edf.read_header(raw / h.obj.key)
         assert len(h.data) == local.header_bytes > 300

@@ -6,13 +6,14 @@
 #       [--shards N | --per-shard 100] [--train RUN_DIR [--nodes 2] [--nproc-per-node 4]] \
 #       [-- more sbatch options for every job, e.g. --account=abc --partition=cpu]
 #
-# N defaults to ceil(recordings in the index / --per-shard), at most 1001 (a common
-# MaxArraySize). Jobs run $BRAINPIPE (default brainpipe); sbatch options for the training job
-# only (GPUs) go in BP_TRAIN_SBATCH, e.g. BP_TRAIN_SBATCH="--gpus-per-node=4".
+# N defaults to ceil(recordings in the index / --per-shard), at most the number of subjects
+# (a shard holds whole subjects) and at most 1001 (a common MaxArraySize). Jobs run
+# $BRAINPIPE (default brainpipe); sbatch options for the training job only (GPUs) go in
+# BP_TRAIN_SBATCH, e.g. BP_TRAIN_SBATCH="--gpus-per-node=4".
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-usage() { sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
 index= config= out= shards= per_shard=100 run_dir= nodes=1 nproc=
 while (( $# )); do
@@ -35,9 +36,16 @@ extra=("$@")
 [[ -f $index ]] || { echo "$index: no such index file; run brainpipe index first" >&2; exit 2; }
 
 if [[ -z $shards ]]; then
-    # The index is an .npz with one `path` row per recording (docs/index-format.md).
-    n=$(${PYTHON:-python3} -c 'import sys, numpy as np; print(len(np.load(sys.argv[1])["path"]))' "$index")
+    # The index is an .npz with one `path` and `subject` row per recording
+    # (docs/index-format.md). A shard holds whole subjects, so there are at most as many
+    # shards as subjects (a recording without a subject counts as its own).
+    read -r n n_subjects < <(${PYTHON:-python3} -c '
+import sys, numpy as np
+a = np.load(sys.argv[1])
+keys = np.where(a["subject"] == "", np.char.add("recording:", a["path"]), a["subject"])
+print(len(a["path"]), len(np.unique(keys)))' "$index")
     shards=$(( (n + per_shard - 1) / per_shard ))
+    (( shards <= n_subjects )) || shards=$n_subjects
     (( shards >= 1 )) || shards=1
     if (( shards > 1001 )); then
         echo "submit.sh: $n recordings / $per_shard = $shards shards > 1001, the usual array cap; using 1001" >&2

@@ -128,9 +128,16 @@ def process_recording(
     return np.ascontiguousarray(out.T), np.asarray(plan.mask, dtype=bool)
 
 
-def _worker(job: tuple[int, str, dict, int, str, dict]) -> tuple[int, bytes | None, str, int]:
-    """Process one recording; returns (row, signal bytes or None, error reason, raw bytes read)."""
+def _worker(job: tuple[int, Any, dict, int, str, dict]) -> tuple[int, bytes | None, str, int]:
+    """Process one recording; returns (row, signal bytes or None, error reason, raw bytes read).
+
+    The recording is a path, or an `objectstore.ObjectInfo`: fetched whole with one GET into a
+    spool file (TMPDIR), read like a local file, removed; the bucket is never written."""
     i, path, pcfg, length, dtype, source = job
+    if not isinstance(path, str):
+        from brainpipe.objectstore import remote_worker
+
+        return remote_worker(_worker, job)
     cfg = PreprocessConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in pcfg.items()})
     try:
         x, _mask = process_recording(path, cfg, expected_length=length, **source)
@@ -402,6 +409,7 @@ def _provenance(index, cfg: Config, layout_name: str) -> dict[str, Any]:
         "brainpipe_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "layout": layout_name,
+        **({"shard": index.meta["shard"]} if "shard" in index.meta else {}),
     }
 
 
@@ -481,9 +489,12 @@ def build_cache(
     force: bool = False,
     raw_root: str | os.PathLike | None = None,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> BuildResult:
     """The `build-cache` stage; resumable, see the module docstring.
 
+    `shard=(i, n)` builds only the recordings of the subjects `cacheset.shard_of` puts in
+    shard i of n (their union over i is the whole cache; a cache set joins them).
     Ctrl-C and SIGTERM raise `Interrupted` (a KeyboardInterrupt saying what is kept); a
     BrainpipeError raised while the partial file exists says that it is kept for a resume.
     """
@@ -493,8 +504,10 @@ def build_cache(
     cache_path = Path(cache_path)
     with _sigterm_as_interrupt():
         index = Index.load(index_path)
-        root = Path(raw_root) if raw_root else Path(index.raw_root)
-        if not root.is_dir():
+        if shard is not None:
+            index = _shard_index(index, *shard)
+        root = _raw_root(raw_root or index.raw_root)
+        if not isinstance(root, str) and not root.is_dir():
             raise BrainpipeError(
                 f"{root}: raw directory of the index not found; pass --raw with where the corpus is now"
             )
@@ -509,16 +522,21 @@ def build_cache(
             raise BrainpipeError(
                 f"{index_path}: no recording can be cached ({', '.join(f'{c} {r}' for r, c in reasons) or 'empty index'}){first}"
             )
-        check_planned_labels(plan, cfg.cache.task)
+        if shard is None:  # one shard may hold one class only; `cache-set` checks the whole set
+            check_planned_labels(plan, cfg.cache.task)
         if cache_path.exists() and not force:
             return _up_to_date(cache_path, plan.layout)  # or refuses to mix
-        result = _build(plan, index_path, cache_path, root, cfg, workers, force, progress, t0)
+        result = _build(
+            plan, index_path, cache_path, root, cfg, workers, force, progress, t0, shard
+        )
     r = plan.layout.recordings
     result.warnings.extend(_upsampling_warning(r["sfreq_orig"], plan.layout.sfreq))
     return result
 
 
-def _build(plan, index_path, cache_path, root, cfg, workers, force, progress, t0) -> BuildResult:
+def _build(
+    plan, index_path, cache_path, root, cfg, workers, force, progress, t0, shard=None
+) -> BuildResult:
     """Write the planned rows through the one CacheWriter, then finish it."""
     with CacheWriter(cache_path, plan.layout, overwrite=force) as writer:
         try:
@@ -540,7 +558,8 @@ def _build(plan, index_path, cache_path, root, cfg, workers, force, progress, t0
                 cfg.window.label_overlap,
                 skipped=plan.skipped,
                 compression=cfg.cache.compression,
-                check=lambda counts: _check_labels(counts, cfg, writer.partial),
+                # One shard may hold one class only; `cache-set` checks the classes of the set.
+                check=None if shard else lambda counts: _check_labels(counts, cfg, writer.partial),
             )
         except KeyboardInterrupt:
             raise Interrupted(
@@ -575,6 +594,28 @@ def _overlap(recordings: dict, done: np.ndarray) -> list[str]:
     return [line] if line else []
 
 
+def _shard_index(index, i: int, n: int):
+    """The index rows of shard i of n (whole subjects); the index's errors go to shard 0 only."""
+    from brainpipe.cacheset import shard_of
+
+    a = index.arrays
+    # A recording without a subject is its own subject.
+    keys = np.where(
+        a["subject"] == "", np.char.add("recording:", a["path"].astype(str)), a["subject"]
+    )
+    rows = np.flatnonzero(shard_of(keys, n) == i)
+    if len(rows) == 0:
+        k = len(np.unique(keys))
+        raise BrainpipeError(
+            f"--shard {i}/{n}: no subject falls in this shard, the index has {k} subjects; use N <= {k}"
+        )
+    part = index.take(rows)
+    if i == 0:
+        part.arrays["error_path"], part.arrays["error_reason"] = a["error_path"], a["error_reason"]
+    part.meta["shard"] = f"{i}/{n}"
+    return part
+
+
 def _up_to_date(cache_path: Path, layout: Layout) -> BuildResult:
     """An existing finished cache built from the same config and index; any other is refused."""
     try:
@@ -582,6 +623,7 @@ def _up_to_date(cache_path: Path, layout: Layout) -> BuildResult:
             same = (
                 old.attrs.get("config_hash") == layout.attrs["config_hash"]
                 and old.attrs.get("index_hash") == layout.attrs["index_hash"]
+                and old.attrs.get("shard", "") == layout.attrs.get("shard", "")
             )
             summary = old.summary()
     except BrainpipeError:
@@ -604,16 +646,45 @@ def _up_to_date(cache_path: Path, layout: Layout) -> BuildResult:
     )
 
 
-def _jobs(plan: Plan, rows: list[int], root: Path, cfg: Config) -> list[tuple]:
-    """One picklable worker job per row: (row, raw file, preprocess config, length, dtype,
-    how to read the file: reader options and bad channels)."""
+def _raw_root(root: str | os.PathLike) -> Path | str:
+    """A local raw root as a Path; an object-storage URL (s3://...) as it is."""
+    from brainpipe.objectstore import is_url
+
+    return str(root).rstrip("/") if is_url(root) else Path(root)
+
+
+def _reprocess(
+    root: Path | str, rel: str, cfg: PreprocessConfig, length: int, source: dict
+) -> np.ndarray:
+    """`process_recording` of a raw file again, local or fetched from object storage."""
+    if isinstance(root, Path):
+        return process_recording(root / rel, cfg, expected_length=length, **source)[0]
+    from brainpipe.objectstore import ObjectStore
+
+    store = ObjectStore(root)
+    with store.fetch_to_spool(store.info(rel)) as got:
+        return process_recording(got.path, cfg, expected_length=length, **source)[0]
+
+
+def _jobs(plan: Plan, rows: list[int], root: Path | str, cfg: Config) -> list[tuple]:
+    """One picklable worker job per row: (row, raw file or ObjectInfo, preprocess config, length,
+    dtype, how to read the file: reader options and bad channels)."""
     r = plan.layout.recordings
     pcfg = cfg.to_dict()["preprocess"]
     opts = dict(cfg.corpus.reader_options)
+    if isinstance(root, str):  # object storage: the worker fetches the object it names
+        from brainpipe.objectstore import ObjectInfo
+
+        src = [
+            ObjectInfo(p, f"{root}/{p}", int(n), None, None)
+            for p, n in zip(r["path"], plan.raw_bytes, strict=True)
+        ]
+    else:
+        src = [str(root / str(p)) for p in r["path"]]
     return [
         (
             row,
-            str(root / str(r["path"][row])),
+            src[row],
             pcfg,
             int(r["length"][row]),
             cfg.cache.dtype,
@@ -888,7 +959,20 @@ def verify_cache(
     raw_root: str | os.PathLike | None = None,
     seed: int = 0,
 ) -> VerifyReport:
-    """Tables consistent, no NaN/Inf, and random windows match a fresh preprocessing of the raw file."""
+    """Tables consistent, no NaN/Inf, and random windows match a fresh preprocessing of the raw file.
+
+    A cache set is verified member by member (after its manifest's own checks)."""
+    from brainpipe.cacheset import CacheSetReader, is_cache_set
+
+    if is_cache_set(path):
+        with CacheSetReader(path) as s:  # a missing or changed member fails here, by name
+            reports = [verify_cache(r.path, n_windows, raw_root, seed) for r in s.members]
+        return VerifyReport(
+            str(path),
+            [f"{Path(r.path).name}: {p}" for r in reports for p in r.problems],
+            sum(r.checked_windows for r in reports),
+            max(r.max_abs_error for r in reports),
+        )
     problems: list[str] = []
     with CacheReader(path) as r:
         rec, win = r.recordings, r.windows
@@ -916,7 +1000,7 @@ def verify_cache(
         # Non-finite values, streamed in blocks to keep memory bounded.
         problems += _scan_signals(r, n_rows)
         cfg = config_from_dict(json.loads(r.attrs["config"]))
-        root = Path(raw_root or r.attrs.get("raw_root", ""))
+        root = _raw_root(raw_root or r.attrs.get("raw_root", ""))
         rng = np.random.default_rng(seed)
         picks = rng.choice(len(wr), size=min(n_windows, len(wr)), replace=False) if len(wr) else []
         max_err = 0.0
@@ -924,12 +1008,15 @@ def verify_cache(
         cache_recs: dict[int, np.ndarray] = {}
         for k in sorted(int(x) for x in picks):
             i = int(wr[k])
-            src = root / str(rec["path"][i])
             try:
                 if i not in cache_recs:
-                    cache_recs[i] = process_recording(
-                        src, cfg.preprocess, int(length[i]), **_source(cfg, root, rec["path"][i])
-                    )[0]
+                    cache_recs[i] = _reprocess(
+                        root,
+                        str(rec["path"][i]),
+                        cfg.preprocess,
+                        int(length[i]),
+                        _source(cfg, root, rec["path"][i]),
+                    )
             except BrainpipeError as e:
                 problems.append(f"window {k}: {e}")
                 continue

@@ -63,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
 
     p = sub.add_parser("index", help="scan raw recordings (headers only) into one index file")
-    p.add_argument("--raw", required=True, metavar="DIR", help="root of the raw corpus")
+    p.add_argument(
+        "--raw", required=True, metavar="DIR", help="root of the raw corpus (or s3://bucket/prefix)"
+    )
     p.add_argument("--index", required=True, metavar="PATH", help="index file to write (.npz)")
     _add_config(p)
     p.add_argument(
@@ -84,6 +86,15 @@ def _parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=None, help="preprocessing processes (default: cache.workers)"
     )
     p.add_argument("--force", action="store_true", help="rebuild from scratch")
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="build only shard I of N (whole subjects; join with cache-set)",
+    )
+
+    p = sub.add_parser("cache-set", help="write a cache set: one manifest naming member caches")
+    p.add_argument("--out", required=True, metavar="SET.json", help="manifest to write")
+    p.add_argument("caches", nargs="+", metavar="CACHE", help="member caches (.h5)")
 
     p = sub.add_parser("train", help="train a model from the cache")
     p.add_argument("--cache", required=True, metavar="PATH")
@@ -167,9 +178,9 @@ def _kind(path: Path) -> str:
         raise BrainpipeError(f"{path}: cannot read ({e.strerror})") from e
     if magic.startswith(b"PK"):
         return "index"
-    if magic == b"\x89HDF\r\n\x1a\n":
-        return "cache"
-    raise BrainpipeError(f"{path}: neither a brainpipe index (.npz) nor a cache (.h5)")
+    if magic == b"\x89HDF\r\n\x1a\n" or magic.lstrip().startswith(b"{"):
+        return "cache"  # an HDF5 cache or a cache set (JSON)
+    raise BrainpipeError(f"{path}: neither a brainpipe index (.npz) nor a cache (.h5, set .json)")
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -215,16 +226,33 @@ def cmd_build_cache(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise BrainpipeError(f"--workers {args.workers}: must be >= 1")
     from brainpipe.cache import build_cache
+    from brainpipe.cacheset import parse_shard
     from brainpipe.reporting import build_summary_text
 
+    shard = parse_shard(args.shard) if args.shard else None
     try:
         result = build_cache(
-            args.index, args.cache, cfg, workers=args.workers, force=args.force, raw_root=args.raw
+            args.index,
+            args.cache,
+            cfg,
+            workers=args.workers,
+            force=args.force,
+            raw_root=args.raw,
+            shard=shard,
         )
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM; the message says what is kept
         print(f"brainpipe build-cache: {e or 'interrupted'}", file=sys.stderr)
         return 130
     print(build_summary_text(result))
+    return 0
+
+
+def cmd_cache_set(args: argparse.Namespace) -> int:
+    from brainpipe.cacheset import write_cache_set
+
+    m = write_cache_set(args.out, args.caches)
+    n = sum(x["n_windows"] for x in m["members"])
+    print(f"wrote {args.out}: {len(m['members'])} member caches, {n} windows")
     return 0
 
 
@@ -252,10 +280,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         summary = Index.load(path).summary()
         print(json.dumps(summary) if args.json else index_table(summary))
         return 0
-    from brainpipe.cachefile import CacheReader
+    from brainpipe.cacheset import open_cache
     from brainpipe.reporting import format_cache_table
 
-    with CacheReader(path) as reader:
+    with open_cache(path) as reader:
         summary = reader.summary()
     if args.verify:
         from brainpipe.cache import verify_cache
@@ -312,6 +340,7 @@ COMMANDS = {
     "synth": cmd_synth,
     "index": cmd_index,
     "build-cache": cmd_build_cache,
+    "cache-set": cmd_cache_set,
     "train": cmd_train,
     "inspect": cmd_inspect,
     "verify": cmd_verify,

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from brainpipe.cachefile import STATUS_DONE, CacheReader, compute_windows
+from brainpipe.cacheset import open_cache
 from brainpipe.channels import locate
 from brainpipe.edf import read_header, read_signals
 from brainpipe.errors import BrainpipeError
@@ -265,7 +266,7 @@ def _chanset_picks(index, wanted: Sequence[str], sfreq: float) -> tuple[np.ndarr
 
 
 def _open(cache: str | os.PathLike | CacheReader) -> CacheReader:
-    return cache if isinstance(cache, CacheReader) else CacheReader(cache)
+    return open_cache(cache) if isinstance(cache, str | os.PathLike) else cache
 
 
 def seconds_to_samples(seconds: float, sfreq: float, key: str) -> int:

@@ -205,6 +205,35 @@ def read_header(
     return _parse_signals(signal_header, h, spath, size, memo)
 
 
+def header_length(first256: bytes) -> int:
+    """The header size an EDF/BDF declares in its first 256 bytes (the header-size field).
+
+    For readers that fetch a header in pieces (an object store's range reads); a field that is
+    no number gives 256, and `read_header_bytes` then reports what is wrong."""
+    try:
+        return max(_FIXED_BYTES, int(first256[184:192].strip() or b"0"))
+    except ValueError:
+        return _FIXED_BYTES
+
+
+def read_header_bytes(
+    buf: bytes, name: str, size: int, mtime_ns: int, memo: dict | None = None
+) -> EdfHeader:
+    """`read_header` of a header already in memory: `buf` holds at least the file's first
+    `header_length` bytes, `size` is the whole file's (from a listing), `name` names it in errors."""
+    if size == 0:
+        raise EdfError(f"{name}: empty file: 0 bytes, not an EDF/BDF recording")
+    if size < _FIXED_BYTES or len(buf) < _FIXED_BYTES:
+        raise EdfError(f"{name}: too short for an EDF/BDF header: {size} bytes, need at least 256")
+    h = _parse_fixed(buf[:_FIXED_BYTES], name, size)
+    if len(buf) < h["header_bytes"]:
+        raise EdfError(
+            f"{name}: truncated header: wanted {h['header_bytes']} bytes, got {len(buf)}"
+        )
+    h["mtime_ns"] = mtime_ns
+    return _parse_signals(buf[_FIXED_BYTES : h["header_bytes"]], h, name, size, memo)
+
+
 def _read_exact(fd: int, n: int, path: str) -> bytes:
     # A regular file returns short reads only at EOF, so this is one read unless the file shrank
     # between fstat and read.

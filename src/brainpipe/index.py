@@ -44,10 +44,17 @@ from brainpipe.bids import BidsLayout, bids_recordings
 from brainpipe.channels import channel_types
 from brainpipe.config import Config
 from brainpipe.corpus import Facts, event_labeler, layout_parser
-from brainpipe.edf import ANNOTATION_LABELS, EdfHeader, read_annotations, read_header
+from brainpipe.edf import (
+    ANNOTATION_LABELS,
+    EdfHeader,
+    read_annotations,
+    read_header,
+    read_header_bytes,
+)
 from brainpipe.errors import BrainpipeError
 from brainpipe.fsutil import remove_stale_tmp, walk_tree
 from brainpipe.indexfile import Index, Recording, is_replaceable
+from brainpipe.objectstore import is_url
 from brainpipe.readers import EDF_SUFFIXES, is_directory_format, open_raw
 
 
@@ -61,6 +68,8 @@ class ScanResult:
     n_removed: int
     seconds: float
     written: bool = False
+    transferred: int = 0  # bytes received from object storage (0 for a local tree)
+    requests: int = 0
 
 
 # Files read serially before scan() decides whether threads would help, and the mean time a
@@ -122,8 +131,15 @@ def _annotation_only(abspath: str, memo: dict) -> bool:
 _Read = tuple[int, int, str, int, float, float, str, tuple, tuple, tuple]
 
 
-def _read_edf(abspath: str, memo: dict) -> tuple[_Read, EdfHeader]:
-    h = read_header(abspath, memo)
+def _read_edf(abspath: str, memo: dict, head: Any = None) -> tuple[_Read, EdfHeader]:
+    """`head`: an `objectstore.Head` holding the header (object storage), else the file is read."""
+    if head is None:
+        h = read_header(abspath, memo)
+    elif head.error:
+        raise BrainpipeError(f"{abspath}: {head.error}")
+    else:
+        o = head.obj
+        h = read_header_bytes(head.data, abspath, o.size, o.mtime_ns or 0, memo)
     labels, spr = h.labels, h.samples_per_record
     if not ANNOTATION_LABELS.isdisjoint(labels):  # EDF+: leave out the annotation signals
         picks = h.signal_indices
@@ -199,6 +215,7 @@ class _Reader:
         self.subject_split = {
             str(s): split for split, subs in corpus.subject_splits.items() for s in subs
         }
+        self.heads: dict[str, Any] | None = None  # header bytes by path (object storage)
 
     def many(self, items: list) -> list:
         return [self(item) for item in items]
@@ -212,7 +229,8 @@ class _Reader:
         try:
             header = None
             if rel.lower().endswith(EDF_SUFFIXES):
-                got, header = _read_edf(ab, self.memo)
+                head = self.heads.get(rel) if self.heads is not None else None
+                got, header = _read_edf(ab, self.memo, head)
             else:
                 got = _read_mne(ab, c.reader_options)
             facts = facts_of(rel)
@@ -289,6 +307,10 @@ def scan(
     on_read: Callable[[str], None] | None = None,
 ) -> ScanResult:
     """Index the tree under `raw`, reusing unchanged rows of `previous`."""
+    if is_url(raw):
+        from brainpipe.index_remote import scan_remote
+
+        return scan_remote(str(raw), cfg, _Reader, previous, force, workers, on_read)
     t0 = time.perf_counter()
     root = Path(raw)
     if not root.is_dir():
@@ -432,6 +454,13 @@ def _read_threaded(
     return results
 
 
+def raw_root_of(url: str) -> str:
+    """What the index records of a URL root: no credentials (`s3://key:secret@bucket` forms)."""
+    scheme, rest = str(url).split("://", 1)
+    host, _, path = rest.partition("/")
+    return f"{scheme}://{host.rsplit('@', 1)[-1]}/{path}".rstrip("/")
+
+
 def build_index(
     raw: str | os.PathLike,
     index_path: str | os.PathLike,
@@ -459,7 +488,7 @@ def build_index(
         except BrainpipeError:
             previous = None  # corrupt, truncated or older format: rebuild from scratch
         if previous is not None and (
-            previous.raw_root != str(Path(raw).resolve())
+            previous.raw_root != (raw_root_of(raw) if is_url(raw) else str(Path(raw).resolve()))
             or previous.meta.get("corpus_config") != cfg.to_dict()["corpus"]
         ):
             previous = None  # another tree or layout: nothing to reuse

@@ -251,7 +251,9 @@ class ObjectStore:
                     ) from e
                 time.sleep(self.backoff_s * 2**k * (0.5 + random.random()))
                 continue
-            return data, self._count(Transfer(len(data), k + 1, k))
+            return data, self._count(
+                Transfer(len(data) if isinstance(data, bytes) else 0, k + 1, k)
+            )
         raise AssertionError("unreachable")
 
     # -----------------------------------------------------------------------------------------
@@ -294,6 +296,16 @@ class ObjectStore:
             )
         out.sort(key=lambda o: o.key)
         return out
+
+    def info(self, key: str) -> ObjectInfo:
+        """One object by its key (one HEAD request), for reads that have no listing at hand."""
+        url = f"{self.root}/{key}"
+
+        def head() -> bytes:
+            return self.fs.info(f"{self._path}/{key}")
+
+        got, _ = self._call("stat", url, head)  # a dict, counted as 0 payload bytes
+        return ObjectInfo(key, url, int(got["size"]), _etag(got), _mtime_ns(got))
 
     def _full(self, obj: ObjectInfo) -> str:
         return f"{self._path}/{obj.key}"
@@ -384,6 +396,23 @@ class ObjectStore:
         finally:
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def remote_worker(process: Callable[[tuple], tuple], job: tuple) -> tuple:
+    """Run a build-cache worker on a spool copy of the object a job names.
+
+    `job` is (row, ObjectInfo, ...); `process` gets the same job with the spool file's path and
+    returns (row, payload, reason, raw bytes). The object is fetched whole with one GET (EDF
+    records interleave channels, so ranges per channel would save little), retried with
+    backoff; one that keeps failing comes back as a skipped row with its reason."""
+    row, obj, *rest = job
+    store = ObjectStore(obj.url[: -len(obj.key) - 1])
+    try:
+        with store.fetch_to_spool(obj) as got:
+            i, payload, reason, _ = process((row, str(got.path), *rest))
+            return i, payload, reason.replace(str(got.path), obj.key), got.transfer.bytes
+    except ObjectStoreError as e:
+        return row, None, str(e).removeprefix(f"{obj.url}: "), 0
 
 
 def _rebuild(root, max_in_flight, retries, backoff_s, storage_options) -> ObjectStore:

@@ -41,6 +41,11 @@ def scan_line(result: ScanResult) -> str:
     line = (
         f"indexed {len(idx)} recordings ({hours:.1f} h, {len(set(idx.subject.tolist()))} subjects) in "
         f"{result.seconds:.2f} s: {result.n_read} read, {result.n_reused} unchanged, {result.n_removed} removed{skipped}{warned}"
+        + (
+            f"; {result.transferred / 1e6:.2f} MB in {result.requests} requests from {idx.raw_root}"
+            if getattr(result, "requests", 0)
+            else ""
+        )
     )
     warning = overlap_warning(idx.split, idx.subject) if len(idx) else ""
     return f"{line}\n{warning}" if warning else line
@@ -137,6 +142,14 @@ def format_cache_table(s: dict[str, Any]) -> str:
         f"{s['n_recordings']} recordings, {s['n_subjects']} subjects, {s['hours']:.2f} h, {s['n_windows']} windows "
         f"of {s['window_samples']} samples (stride {s['stride_samples']}) at {s['sfreq']:g} Hz",
         f"channels ({len(s['channels'])}): {' '.join(s['channels'])}",
+        *(
+            [
+                f"set of {len(s['members'])} member caches: "
+                + ", ".join(m["path"] for m in s["members"])
+            ]
+            if "members" in s
+            else []
+        ),
         "",
         f"{'split':<8} " + " ".join(f"{k:>10}" for k in sorted(s["labels"])),
     ]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from brainpipe import cacheset
 from brainpipe.cachefile import CacheReader
 from brainpipe.config import Config
 from brainpipe.datasets import CacheWindowDataset
@@ -81,7 +82,7 @@ def open_cache(cache_path: str | os.PathLike, cfg: Config) -> CacheReader:
     preprocessing may not: a model trained on other filters or another rate than the config
     says would silently be a different experiment.
     """
-    reader = CacheReader(cache_path)  # refuses other format versions and unfinished builds
+    reader = cacheset.open_cache(cache_path)  # a cache or a set; refuses unfinished builds
     built = reader.config.get("preprocess")
     if built is not None:
         want = cfg.to_dict()["preprocess"]
