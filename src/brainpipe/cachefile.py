@@ -110,7 +110,7 @@ def compute_windows(
         ev_rec, ev_on, ev_off = events[:3]
         classes = events[3].tolist() if len(events) > 3 else None
         label = np.zeros(total, np.int8) if classes is None else np.full(total, -1, np.int8)
-        best = np.zeros(total)  # the overlap that gave a window its class
+        best = np.zeros(total if classes is not None else 0)  # the overlap behind a class
         t0 = np.zeros(n_rec) if t0_s is None else t0_s
         # Per event, the windows of its recording it covers: events are few, windows many.
         for j, (r, on, off) in enumerate(

@@ -528,7 +528,7 @@ def _check_semantics(cfg: Config) -> None:
         )
     if cfg.cache.task == "events":
         need(
-            len(set(cfg.corpus.event_labels.values())) >= 2,
+            len(set(cfg.corpus.event_labels.values()) - {""}) >= 2,
             "config key 'cache.task'=events needs corpus.event_labels mapping event descriptions "
             'to at least two classes, e.g. {"Sleep stage W": W, "Sleep stage 1": N1}',
         )
