@@ -200,7 +200,11 @@ def test_index_stores_annotation_events_for_every_layout(tmp_path):
         ("generic", "S001/S001R03.edf"),
     ]:
         root = tmp_path / layout
-        edfio_file(root / rel, ann)
+        edf = edfio_file(root / rel, ann)
+        if layout == "tusz":  # a background-only annotation file (without one: unlabelled)
+            edf.with_suffix(".csv_bi").write_text(
+                "channel,start_time,stop_time,label,confidence\nTERM,0.0,30.0,bckg,1.0\n"
+            )
         cfg = load_config(None, [f"corpus.layout={layout}", *labels])
         out = tmp_path / f"{layout}.npz"
         build_index(root, out, cfg, progress=False)

@@ -62,6 +62,13 @@ BACKGROUND_LABELS = frozenset(
 CSV_VERSION = "csv_v1.0.0"
 TSE_VERSION = "tse_v1.0.0"
 TSE_SUFFIXES = (".tse", ".tse_bi")
+# The kinds (`errors.reason_kind`) of the index warnings a recording's annotation file can give:
+# the index writes them, `reporting` counts them and a seizure cache skips recordings with the
+# first two (an unlabelled recording is not background).
+ANNOTATIONS_MISSING = "annotations missing"
+ANNOTATIONS_UNPARSABLE = "annotations unparsable"
+UNKNOWN_LABEL = "unknown annotation label"
+EVENTS_CLIPPED = "events clipped"
 _CSV_COLUMNS = ("channel", "start_time", "stop_time", "label", "confidence")
 
 # A label is a short name (TUH's are 4 letters); a channel is a TCP pair like "FP1-F7", which

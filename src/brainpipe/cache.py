@@ -52,7 +52,7 @@ import numpy as np
 from brainpipe import __version__
 from brainpipe.cachefile import STATUS_DONE, CacheReader, CacheWriter, Layout
 from brainpipe.config import Config, PreprocessConfig, config_from_dict
-from brainpipe.corpus import TASK_LABELS, TUAB_LABELS, TUSZ_LABELS
+from brainpipe.corpus import TASK_LABELS, TUAB_LABELS, TUSZ_LABELS, event_label_names
 from brainpipe.errors import BrainpipeError, reason_kind
 from brainpipe.fsutil import check_writable_dir
 from brainpipe.reporting import window_counts_text
@@ -193,16 +193,23 @@ def make_plan(index, cfg: Config) -> Plan:
             f"corpus.layout={cfg.corpus.layout}; build with the config the index was made with, or re-index"
         )
     names = label_names_for(layout_name, index.arrays["label"].tolist())
+    if cfg.cache.task == "events":
+        names = event_label_names(cfg.corpus.event_labels)
     skipped: list[tuple[str, str]] = [(e["path"], e["reason"]) for e in index.errors]
     kept, plans = _plan_recordings(index, p, w, window, skipped)
+    if cfg.cache.task == "seizure":
+        kept = _annotated(index, kept, skipped)
     rows = np.array([k[0] for k in kept], dtype=np.int64)
     channels = _output_channels(plans, p)
+    events = _planned_events(index, rows, cfg.cache.task, names)
+    if cfg.cache.task == "events":
+        _check_event_classes(index, cfg, events, names)
     layout = Layout(
         channels,
         p.sfreq,
         cfg.cache.dtype,
         _recording_table(index, kept, names, len(channels)),
-        _planned_events(index, rows),
+        events,
         names,
         _provenance(index, cfg, layout_name),
         task="" if cfg.cache.task == "none" else cfg.cache.task,
@@ -382,13 +389,59 @@ def _recording_table(index, kept: list, names: tuple[str, ...], n_ch: int) -> di
     }
 
 
-def _planned_events(index, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """The index's events re-keyed to planned rows; a TUSZ recording's label comes from them."""
+def _annotated(index, kept: list, skipped: list) -> list:
+    """The planned recordings a seizure cache can label: one whose TUSZ annotation file is
+    missing or unparsable is skipped with the index's reason, never taken as background."""
+    from brainpipe.annotations import ANNOTATIONS_MISSING, ANNOTATIONS_UNPARSABLE
+
+    bad = {
+        w["path"]: w["reason"]
+        for w in index.warnings
+        if reason_kind(w["reason"]) in (ANNOTATIONS_MISSING, ANNOTATIONS_UNPARSABLE)
+    }
+    if not bad:
+        return kept
+    paths = index.arrays["path"]
+    skipped += [(str(paths[k[0]]), bad[str(paths[k[0]])]) for k in kept if str(paths[k[0]]) in bad]
+    return [k for k in kept if str(paths[k[0]]) not in bad]
+
+
+def _check_event_classes(index, cfg: Config, events: dict, names: tuple[str, ...]) -> None:
+    """cache.task=events, before any signal is read: the index's events were labelled by this
+    corpus.event_labels, and every class has events in the planned recordings."""
+    if index.event_labels != dict(cfg.corpus.event_labels):
+        raise BrainpipeError(
+            f"cache.task=events: the index's events were labelled by corpus.event_labels="
+            f"{index.event_labels}, this config has {dict(cfg.corpus.event_labels)}; re-run "
+            f"`brainpipe index` with this config"
+        )
+    have = Counter(events["label"].tolist())
+    empty = [n for n in names if not have[n]]
+    if empty:
+        found = ", ".join(f"{n}={have[n]}" for n in names)
+        raise BrainpipeError(
+            f"cache.task=events: no event of class {', '.join(empty)} in the recordings to "
+            f"cache (events per class: {found}); check corpus.event_labels against the "
+            f"descriptions `brainpipe inspect` shows"
+        )
+
+
+def _planned_events(
+    index, rows: np.ndarray, task: str = "", names: tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
+    """The index's events re-keyed to planned rows; a TUSZ recording's label comes from them.
+
+    A seizure cache keeps the annotation files' events only (description ""): an EDF+ text
+    annotation is never a seizure. An events cache keeps the events of its classes."""
     a = index.arrays
     ev_rec = a["event_recording"]
     pos = np.full(len(index), -1, np.int64)
     pos[rows] = np.arange(len(rows))
     keep = pos[ev_rec] >= 0 if len(ev_rec) else np.zeros(0, bool)
+    if task == "seizure" and len(ev_rec):
+        keep &= a["event_description"] == ""
+    elif task == "events" and len(ev_rec):
+        keep &= np.isin(a["event_label"], np.asarray(names, dtype=str))
     events = {
         "recording": pos[ev_rec][keep],
         "onset_s": a["event_onset_s"][keep],
@@ -881,6 +934,8 @@ class _WorkerPool:
 def _check_labels(counts: dict[str, dict[str, int]], cfg: Config, partial: Path) -> None:
     """Fail when the task's classes came out empty (e.g. misparsed TUSZ annotations)."""
     need = TASK_LABELS.get(cfg.cache.task)
+    if cfg.cache.task == "events":
+        need = event_label_names(cfg.corpus.event_labels)
     if need is None:
         return
     total = Counter()

@@ -21,7 +21,8 @@ schedules workers and hands their results to the writer.
 The writer puts signal bytes straight into the dataset's reserved, contiguous storage and keeps
 HDF5's own metadata untouched until the end, so a killed build leaves a file that reopens and a
 journal saying which rows are written. The `complete` attribute is written last; a reader refuses
-a file without it. The `task` attribute records cache.task ("abnormal", "seizure", "" for none);
+a file without it. The `task` attribute records cache.task ("abnormal", "seizure", "events", ""
+for none);
 `task_of` is the one rule that reads it (label names only for caches written before it).
 
 Crash safety beyond the rows (issue 16): the writer holds an exclusive flock on the journal
@@ -85,7 +86,7 @@ def compute_windows(
     window: int,
     stride: int,
     rec_labels: np.ndarray,
-    events: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    events: tuple[np.ndarray, ...] | None = None,
     sfreq: float = 1.0,
     t0_s: np.ndarray | None = None,
     label_overlap: float = 0.5,
@@ -95,7 +96,9 @@ def compute_windows(
 
     Vectorized: no Python loop over windows. With `events` (recording, onset_s, offset_s), a
     window's label is 1 when at least `label_overlap` of it overlaps an event, else 0; without,
-    it is its recording's label.
+    it is its recording's label. With a fourth array, each event's class (cache.task=events), a
+    window takes the class of the event overlapping it most among those covering at least
+    `label_overlap` of it, and -1 (unlabelled) when none does.
     """
     n_rec = len(offsets)
     keep = np.ones(n_rec, bool) if keep is None else keep
@@ -110,11 +113,15 @@ def compute_windows(
     start = offsets[rec] + local
     label = rec_labels[rec].astype(np.int8)
     if events is not None:
-        ev_rec, ev_on, ev_off = events
-        label = np.zeros(total, np.int8)
+        ev_rec, ev_on, ev_off = events[:3]
+        classes = events[3].tolist() if len(events) > 3 else None
+        label = np.zeros(total, np.int8) if classes is None else np.full(total, -1, np.int8)
+        best = np.zeros(total if classes is not None else 0)  # the overlap behind a class
         t0 = np.zeros(n_rec) if t0_s is None else t0_s
         # Per event, the windows of its recording it covers: events are few, windows many.
-        for r, on, off in zip(ev_rec.tolist(), ev_on.tolist(), ev_off.tolist(), strict=True):
+        for j, (r, on, off) in enumerate(
+            zip(ev_rec.tolist(), ev_on.tolist(), ev_off.tolist(), strict=True)
+        ):
             if r >= n_rec or counts[r] == 0:
                 continue
             lo, hi = first[r], first[r] + counts[r]
@@ -122,7 +129,12 @@ def compute_windows(
             w_off = w_on + window / sfreq
             overlap = np.clip(np.minimum(w_off, off) - np.maximum(w_on, on), 0, None)
             hit = overlap >= label_overlap * window / sfreq - 1e-9
-            label[lo:hi] |= hit.astype(np.int8)
+            if classes is None:
+                label[lo:hi] |= hit.astype(np.int8)
+                continue
+            hit &= overlap > best[lo:hi]  # ties: the event listed first keeps the window
+            label[lo:hi][hit] = classes[j]
+            best[lo:hi][hit] = overlap[hit]
     return {
         "recording": rec,
         "start": start.astype(np.int64),
@@ -150,7 +162,7 @@ class Layout:
     events: dict[str, np.ndarray]  # recording, onset_s, offset_s, label
     label_names: tuple[str, ...]
     attrs: dict[str, Any]
-    task: str = ""  # "abnormal", "seizure" or "" (cache.task none): the `task` attribute
+    task: str = ""  # "abnormal", "seizure", "events" or "" (cache.task none): the `task` attribute
 
 
 def task_of(attrs: dict[str, Any], label_names: tuple[str, ...]) -> str:
@@ -165,6 +177,22 @@ def task_of(attrs: dict[str, Any], label_names: tuple[str, ...]) -> str:
     from brainpipe.corpus import TASK_LABELS
 
     return next((t for t, names in TASK_LABELS.items() if tuple(label_names) == names), "")
+
+
+def task_events(
+    task: str, label_names: tuple[str, ...], events: dict[str, np.ndarray]
+) -> tuple[np.ndarray, ...] | None:
+    """The `events` argument of `compute_windows` for a cache's task and its /events table:
+    seizure caches label windows by overlap with their events, events caches by overlap with
+    the events of their classes (a fourth array: each event's class), others by recording."""
+    if task == "seizure":
+        return events["recording"], events["onset_s"], events["offset_s"]
+    if task != "events":
+        return None
+    lookup = {n: k for k, n in enumerate(label_names)}
+    cls = np.array([lookup.get(x, -1) for x in _decode(events["label"]).tolist()], np.int64)
+    keep = cls >= 0
+    return events["recording"][keep], events["onset_s"][keep], events["offset_s"][keep], cls[keep]
 
 
 def plan_hash(layout: Layout) -> str:
@@ -643,10 +671,10 @@ def _finalize(
         g["status"][...] = status
         offsets, lengths = g["offset"][()], g["length"][()]
         subjects = _decode(g["subject"][()])
-        ev = f["events"]
-        # Seizure caches label windows by their overlap with events, others by the recording.
-        seizure = task_of(dict(f.attrs), tuple(json.loads(f.attrs["label_names"]))) == "seizure"
-        events = (ev["recording"][()], ev["onset_s"][()], ev["offset_s"][()]) if seizure else None
+        names = tuple(json.loads(f.attrs["label_names"]))
+        events = task_events(
+            task_of(dict(f.attrs), names), names, {k: v[()] for k, v in f["events"].items()}
+        )
         win = compute_windows(
             offsets,
             lengths,

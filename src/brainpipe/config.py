@@ -77,6 +77,10 @@ class CorpusConfig:
     # whole description; the first match in file order wins), e.g. {"Sleep stage W": "W",
     # "T1": "left"}. Stored with the index's events; unmatched events keep label "".
     event_labels: dict[str, str] = _added(dict)
+    # tusz layout: the annotation labels that are seizures (e.g. [seiz, fnsz, gnsz]); any other
+    # label is background. Empty: every label but background and TUH's artifact classes is a
+    # seizure, and labels outside TUH's documented types are reported in the index summary.
+    seizure_labels: tuple[str, ...] = _added(tuple)
 
 
 @dataclass(frozen=True)
@@ -125,8 +129,12 @@ class CacheConfig:
     compression: Literal["none", "lzf", "gzip", "blosc"] = "none"
     workers: int = 2
     # Which classes the task needs; the build fails when one comes out empty.
-    # abnormal: TUAB normal/abnormal; seizure: TUSZ bckg/seiz; none: no label check.
-    task: Literal["abnormal", "seizure", "none"] = "none"
+    # abnormal: TUAB normal/abnormal; seizure: TUSZ bckg/seiz (from annotation-file events only,
+    # never EDF+ annotations); none: no label check.
+    # events: the classes are the distinct labels of corpus.event_labels (in order of first
+    # appearance), a window takes the class of the event overlapping it by window.label_overlap
+    # (none: unlabelled, -1, left out of training); every class must have windows.
+    task: Literal["abnormal", "seizure", "events", "none"] = "none"
 
 
 @dataclass(frozen=True)
@@ -512,6 +520,18 @@ def _check_semantics(cfg: Config) -> None:
             raise BrainpipeError(
                 f"config key 'corpus.event_labels': {desc!r} is neither plain text nor a valid regex ({e})"
             ) from e
+    for lab in cfg.corpus.seizure_labels:
+        need(
+            isinstance(lab, str) and re.fullmatch(r"[A-Za-z][A-Za-z0-9_\-]{0,31}", lab) is not None,
+            f"config key 'corpus.seizure_labels': {lab!r} is not an annotation label "
+            "(a short name such as seiz, fnsz or gnsz)",
+        )
+    if cfg.cache.task == "events":
+        need(
+            len(set(cfg.corpus.event_labels.values()) - {""}) >= 2,
+            "config key 'cache.task'=events needs corpus.event_labels mapping event descriptions "
+            'to at least two classes, e.g. {"Sleep stage W": W, "Sleep stage 1": N1}',
+        )
     if cfg.corpus.filename_regex is not None:
         try:
             re.compile(cfg.corpus.filename_regex)

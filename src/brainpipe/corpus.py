@@ -27,7 +27,8 @@ TUAB_SPLITS = ("train", "eval")
 TUAB_LABELS = ("normal", "abnormal")
 TUSZ_SPLITS = ("train", "dev", "eval")
 TUSZ_LABELS = ("bckg", "seiz")
-# cache.task -> the label names a cache of that task stores, in class-index order.
+# cache.task -> the label names a cache of that task stores, in class-index order. The
+# `events` task's names come from the config instead: `event_label_names(corpus.event_labels)`.
 TASK_LABELS = {"abnormal": TUAB_LABELS, "seizure": TUSZ_LABELS}
 
 
@@ -169,3 +170,9 @@ def event_labeler(mapping: dict[str, str]) -> Callable[[str], str]:
         return next((v for rx, v in patterns if rx.fullmatch(description)), "")
 
     return label
+
+
+def event_label_names(mapping: dict[str, str]) -> tuple[str, ...]:
+    """The classes of cache.task=events: corpus.event_labels' distinct labels, in order of first
+    appearance (class k is the k-th), e.g. {"Sleep stage W": W, "Sleep stage [34]": N3, ...}."""
+    return tuple(dict.fromkeys(v for v in mapping.values() if v))

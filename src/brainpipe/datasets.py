@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from brainpipe.cachefile import STATUS_DONE, CacheReader, compute_windows
+from brainpipe.cachefile import STATUS_DONE, CacheReader, compute_windows, task_events
 from brainpipe.cacheset import open_cache
 from brainpipe.channels import locate
 from brainpipe.edf import read_header, read_signals
@@ -285,7 +285,7 @@ def window_table(
     """The window table (`recording`, `start`, `label`) for a window length and stride in seconds.
 
     The cache's own table when they match the build; otherwise recomputed from the recordings
-    table (finished recordings only; for the seizure task, labels from the events), which needs
+    table (finished recordings only; for the seizure and events tasks, labels from the events), which needs
     no rebuild because the cache stores continuous signal. O(windows) numpy.
     """
     n = (
@@ -300,15 +300,16 @@ def window_table(
     )
     built_overlap = float(reader.attrs.get("label_overlap", 0.5))
     overlap = built_overlap if label_overlap is None else float(label_overlap)
-    # Seizure windows take their labels from the events, so the overlap rule matters there only.
-    seizure = reader.task == "seizure"
+    # Seizure and events windows take their labels from the events, so the overlap rule
+    # matters there only.
+    by_events = reader.task in ("seizure", "events")
     same = n == reader.window_samples and stride == reader.stride_samples
-    if same and (not seizure or math.isclose(overlap, built_overlap)):
+    if same and (not by_events or math.isclose(overlap, built_overlap)):
         w = reader.windows
         rec, start, label = w["recording"], w["start"], w["label"]
     else:
-        r, ev = reader.recordings, reader.events
-        events = (ev["recording"], ev["onset_s"], ev["offset_s"]) if seizure else None
+        r = reader.recordings
+        events = task_events(reader.task, tuple(reader.label_names), reader.events)
         win = compute_windows(
             r["offset"],
             r["length"],

@@ -20,7 +20,9 @@ error list with one-line reasons; so do symlink loops and names that are not UTF
 (`fsutil.walk_tree`). EDF+/BDF+ annotations become events (labelled by corpus.event_labels), and
 in the generic layout annotation-only files (Sleep-EDF hypnograms) are paired with their
 recordings by corpus.annotation_pairing. Header repairs and doubts (a colon-separated or
-unparsable start date) are kept as warnings.
+unparsable start date) are kept as warnings, and so are a TUSZ recording's annotation
+problems (`annotations.py`'s kinds: a missing or unparsable file, the recording then indexed
+unlabelled; labels outside TUH's lists; events clipped at the recording's end).
 """
 
 from __future__ import annotations
@@ -39,7 +41,15 @@ from typing import Any
 import numpy as np
 
 from brainpipe import __version__
-from brainpipe.annotations import Event, merge_channel_events, parse_annotations
+from brainpipe.annotations import (
+    ANNOTATIONS_MISSING,
+    ANNOTATIONS_UNPARSABLE,
+    EVENTS_CLIPPED,
+    UNKNOWN_LABEL,
+    Event,
+    merge_channel_events,
+)
+from brainpipe.annotations import read_annotations as read_tusz_annotations
 from brainpipe.bids import BidsLayout, bids_recordings
 from brainpipe.channels import channel_types
 from brainpipe.config import Config
@@ -249,16 +259,22 @@ class _Reader:
                 and not ANNOTATION_LABELS.isdisjoint(header.labels)
                 else []
             )
+            notes = list(header.notes) if header is not None else []
+            labelled = c.layout != "tusz" or any(not a.lower().endswith(EDF_SUFFIXES) for a in anns)
+            if not labelled:  # an error in the summary, never a silently background recording
+                notes.append(
+                    f"{ANNOTATIONS_MISSING}: no {' or '.join(c.annotation_suffixes)} beside the "
+                    f"recording; indexed unlabelled, a seizure cache skips it"
+                )
             for ann in anns:
                 ann_mtime = max(ann_mtime, os.stat(f"{root_s}/{ann}").st_mtime_ns)
                 if ann.lower().endswith(EDF_SUFFIXES):
                     annotations += self._annotations(read_header(f"{root_s}/{ann}", self.memo))
                     continue
-                evs = parse_annotations(f"{root_s}/{ann}")
-                if ann.endswith(".csv") and not ann.endswith(".csv_bi"):
-                    evs = merge_channel_events(evs)
-                events = tuple(evs)
-            if c.layout == "tusz" and not facts.label:
+                parsed = self._tusz_events(ann, got[5], notes)
+                labelled = parsed is not None
+                events = parsed or ()
+            if c.layout == "tusz" and not facts.label and labelled:
                 facts = Facts(
                     **{
                         **{k: getattr(facts, k) for k in Facts.__slots__},
@@ -267,14 +283,43 @@ class _Reader:
                 )
             if on_read is not None:
                 on_read(rel)
-            notes = header.notes if header is not None else ()
             if annotations:
                 annotations.sort()
-            return Recording(rel, *got, facts, events, ann_mtime, tuple(annotations), notes)
+            return Recording(rel, *got, facts, events, ann_mtime, tuple(annotations), tuple(notes))
         except BrainpipeError as e:
             return (rel, _one_line(e, ab, root_s))
         except OSError as e:
             return (rel, f"unreadable: {e.strerror or e}")
+
+    def _tusz_events(self, ann: str, duration_s: float, notes: list[str]) -> tuple | None:
+        """A TUSZ annotation file's seizure events clipped to the recording, its problems
+        appended to `notes` (unknown labels, clipped events); None when it does not parse (the
+        recording is then indexed unlabelled, with the reason)."""
+        path = f"{self.root}/{ann}"
+        explicit = tuple(x.lower() for x in self.corpus.seizure_labels) or None
+        try:
+            got = read_tusz_annotations(path, duration_s, explicit)
+        except BrainpipeError as e:
+            reason = _one_line(e, path, self.root)
+            notes.append(f"{ANNOTATIONS_UNPARSABLE}: {ann}: {reason}; indexed unlabelled")
+            return None
+        for lab in got.unknown_labels:
+            if explicit is None:
+                how = "counted as seizure (list the seizure labels in corpus.seizure_labels)"
+            elif lab in explicit:
+                continue  # the config named it: known
+            else:
+                how = "counted as background (not in corpus.seizure_labels)"
+            notes.append(f"{UNKNOWN_LABEL}: {lab!r} {how}")
+        if got.n_clipped:
+            notes.append(
+                f"{EVENTS_CLIPPED}: {got.n_clipped} past the recording's end "
+                f"({duration_s:g} s) in {ann}"
+            )
+        evs = list(got.events)
+        if ann.endswith(".csv"):  # per TCP channel: the term-level union
+            evs = merge_channel_events(evs)
+        return tuple(evs)
 
     def _annotations(self, header: EdfHeader) -> list[tuple[float, float, str, str]]:
         """EDF+/BDF+ annotations as (onset_s, offset_s, label, description)."""

@@ -47,8 +47,47 @@ def scan_line(result: ScanResult) -> str:
             else ""
         )
     )
-    warning = overlap_warning(idx.split, idx.subject) if len(idx) else ""
-    return f"{line}\n{warning}" if warning else line
+    extra = [annotations_line(idx.warnings)]
+    extra.append(overlap_warning(idx.split, idx.subject) if len(idx) else "")
+    return "\n".join([line, *(x for x in extra if x)])
+
+
+def annotations_line(warnings: list[dict[str, str]]) -> str:
+    """One line counting a TUSZ index's annotation problems from its warnings ("" when none):
+    missing and unparsable files (recordings indexed unlabelled), events clipped at the end of
+    their recording, labels outside TUH's lists and what they were counted as."""
+    from brainpipe.annotations import (
+        ANNOTATIONS_MISSING,
+        ANNOTATIONS_UNPARSABLE,
+        EVENTS_CLIPPED,
+        UNKNOWN_LABEL,
+    )
+
+    kinds = Counter()
+    clipped = 0
+    unknown: Counter[str] = Counter()
+    for w in warnings:
+        kind, _, detail = w["reason"].partition(": ")
+        kinds[kind] += 1
+        if kind == EVENTS_CLIPPED:
+            clipped += int(detail.split()[0])
+        elif kind == UNKNOWN_LABEL:
+            unknown[detail] += 1
+    parts = []
+    bad = [f"{kinds[k]} {k.split()[1]}" for k in (ANNOTATIONS_MISSING, ANNOTATIONS_UNPARSABLE)]
+    if kinds[ANNOTATIONS_MISSING] or kinds[ANNOTATIONS_UNPARSABLE]:
+        parts.append(f"{', '.join(bad)} (recordings indexed unlabelled)")
+    if clipped:
+        n = kinds[EVENTS_CLIPPED]
+        parts.append(f"{clipped} events clipped at the end of {n} recording{'s' if n != 1 else ''}")
+    if unknown:
+        parts.append(
+            "unknown labels "
+            + ", ".join(
+                f"{d} in {n} recording{'s' if n != 1 else ''}" for d, n in sorted(unknown.items())
+            )
+        )
+    return "annotations: " + "; ".join(parts) if parts else ""
 
 
 def index_output_line(result: ScanResult, index_path: str | os.PathLike) -> str:
@@ -81,6 +120,9 @@ def index_table(summary: dict[str, Any]) -> str:
     if len(errs) > 20:
         lines.append(f"  ... and {len(errs) - 20} more (see --json)")
     warns = summary.get("warnings", [])
+    ann = annotations_line(warns)
+    if ann:
+        lines.append(ann)
     if warns:  # indexed, with a repair or a doubt (e.g. an unparsable start date)
         lines.append(f"warnings: {len(warns)}")
         lines += [f"  {w['path']}: {w['reason']}" for w in warns[:20]]
