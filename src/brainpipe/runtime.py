@@ -8,7 +8,7 @@ ring, same worker settings).
 
 from __future__ import annotations
 
-import math
+import functools
 import os
 import shutil
 from dataclasses import dataclass
@@ -21,7 +21,14 @@ from brainpipe.cachefile import CacheReader
 from brainpipe.config import Config
 from brainpipe.datasets import CacheWindowDataset
 from brainpipe.errors import BrainpipeError
-from brainpipe.ring import BatchRing, RingBatchSampler, collate_batch
+from brainpipe.ring import (
+    SHM_DIR,
+    BatchRing,
+    RingBatchSampler,
+    collate_batch,
+    die_with_parent,
+    remove_stale_rings,
+)
 from brainpipe.rundir import (
     same_setting,
 )
@@ -172,6 +179,51 @@ def make_datasets(reader: CacheReader, cfg: Config) -> Splits:
 # ---------------------------------------------------------------------------------------------
 
 
+def shm_prefetch(
+    free: int | None, num_workers: int, prefetch_factor: int, batch_bytes: int, scored: bool
+) -> int:
+    """The largest prefetch factor <= `prefetch_factor` whose batches fit `free` bytes of /dev/shm.
+
+    With workers, every batch in flight lives in shared memory: the training ring
+    (`BatchRing.slots_for` slots) and, while a split is scored, torch's own hand-over of
+    `num_workers * prefetch_factor` batches. A worker that cannot allocate them dies in its
+    queue feeder and the trainer waits forever, so a run that does not fit fails here, in one
+    line, before any worker starts.
+    """
+    if num_workers == 0 or free is None:
+        return prefetch_factor
+
+    def need(pf: int) -> int:
+        in_flight = BatchRing.slots_for(num_workers, pf) + (num_workers * pf if scored else 0)
+        return int(1.1 * in_flight * batch_bytes) + (4 << 20)  # 10% and 4 MiB for the rest
+
+    for pf in range(prefetch_factor, 0, -1):
+        if need(pf) <= free:
+            if pf < prefetch_factor:
+                print(
+                    f"note: /dev/shm has {free / 2**20:.0f} MiB free: train.prefetch_factor "
+                    f"{prefetch_factor} -> {pf} so the batches in flight fit; give the container "
+                    "more (docker --shm-size, compose shm_size) to prefetch more",
+                    flush=True,
+                )
+            return pf
+    raise BrainpipeError(
+        f"/dev/shm has {free / 2**20:.0f} MiB free but {num_workers} loader workers need "
+        f"{need(1) / 2**20:.0f} MiB for their batches ({batch_bytes / 2**20:.1f} MiB each) even "
+        "at train.prefetch_factor=1; give the container more shared memory (docker --shm-size, "
+        "compose shm_size), or lower train.batch_size or train.num_workers (0: no shared memory)"
+    )
+
+
+def shm_free() -> int | None:
+    """Bytes free in /dev/shm for this process: shared by the ranks of one node."""
+    if not SHM_DIR.is_dir():
+        return None
+    remove_stale_rings()  # rings of trainers killed with -9 count as used until removed
+    per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return shutil.disk_usage(SHM_DIR).free // per_node
+
+
 def make_loader(
     ds, batch_sampler, device: torch.device, num_workers: int, prefetch_factor: int, ring=False
 ):
@@ -179,6 +231,7 @@ def make_loader(
 
     Returns (loader, ring or None). Without a ring (or without workers) torch moves each batch
     through fresh shared memory, which costs a worker ~40 ms per 21 MB batch (see BatchRing).
+    Workers die with this process (`die_with_parent`). Check /dev/shm first (`shm_prefetch`).
     """
     from torch.utils.data import DataLoader
 
@@ -186,19 +239,9 @@ def make_loader(
     if ring and num_workers > 0:
         n_slots = BatchRing.slots_for(num_workers, prefetch_factor)
         shape = (batch_sampler.batch_size, ds.window_samples, ds.n_channels)
-        need = n_slots * math.prod(shape) * ds.reader.dtype.itemsize
-        free = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else None
-        if free is None or free > 1.2 * need:
-            shared = BatchRing(n_slots, shape, ds.reader.dtype)
-            ds.ring = shared
-            batch_sampler = RingBatchSampler(batch_sampler, n_slots)
-        else:
-            print(
-                f"note: /dev/shm has {free / 2**20:.0f} MiB free, the batch ring needs "
-                f"{need / 2**20:.0f} MiB: workers fall back to torch's slower hand-over; give "
-                "the container more (docker --shm-size, compose shm_size)",
-                flush=True,
-            )
+        shared = BatchRing(n_slots, shape, ds.reader.dtype)
+        ds.ring = shared
+        batch_sampler = RingBatchSampler(batch_sampler, n_slots)
     loader = DataLoader(
         ds,
         batch_sampler=batch_sampler,
@@ -207,6 +250,7 @@ def make_loader(
         pin_memory=device.type == "cuda",
         persistent_workers=num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        worker_init_fn=functools.partial(die_with_parent, os.getpid()) if num_workers else None,
         # Its own generator: worker seeding must not consume the global RNG, or a resumed run
         # would draw other dropout masks than an uninterrupted one.
         generator=torch.Generator(),
@@ -237,8 +281,17 @@ def make_loaders(data: Splits, cfg: Config, env: DistEnv, device: torch.device) 
         world_size=env.world_size,
         weights=class_balanced_weights(data.train.label) if t.balanced_sampling else None,
     )
+    batch_bytes = t.batch_size * data.train.window_samples * data.train.n_channels
+    batch_bytes *= data.train.reader.dtype.itemsize
+    prefetch = shm_prefetch(
+        shm_free() if t.num_workers else None,
+        t.num_workers,
+        t.prefetch_factor,
+        batch_bytes,
+        bool(data.evaluated()),
+    )
     train_loader, ring = make_loader(
-        data.train, sampler, device, t.num_workers, t.prefetch_factor, ring=True
+        data.train, sampler, device, t.num_workers, prefetch, ring=True
     )
     evaluated = {
         name: make_loader(
@@ -253,7 +306,7 @@ def make_loaders(data: Splits, cfg: Config, env: DistEnv, device: torch.device) 
             ),
             device,
             t.num_workers,
-            t.prefetch_factor,
+            prefetch,
         )[0]
         for name, ds in data.evaluated().items()
     }
