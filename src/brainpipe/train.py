@@ -59,11 +59,12 @@ from brainpipe.datasets import subject_keys
 from brainpipe.metrics import selection_score
 from brainpipe.models import build_model, model_args
 from brainpipe.objectives import OBJECTIVES
-from brainpipe.ring import host_batch
+from brainpipe.ring import host_batch, remove_stale_rings
 from brainpipe.rundir import (
     RunLog,
     check_run_dir,
     check_wandb,
+    restore_best,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -145,6 +146,7 @@ def prepare(cache_path: str | os.PathLike, run_dir: Path, cfg: Config, resume: b
     started = time.perf_counter()
     t = cfg.train
     env = DistEnv.from_environ()
+    remove_stale_rings()  # batch rings in /dev/shm of trainers killed with -9
     device = resolve_device(t.device, env.local_rank)
     reader = open_cache(cache_path, cfg)
     data = make_datasets(reader, cfg)
@@ -302,9 +304,10 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
             torch.distributed.all_gather_object(rngs, rng_state())
         if env.is_main:
             ckpt = make_checkpoint(s, trainee, done, rngs)
-            save_checkpoint(ckpt, s.run_dir / "last.pt")
+            # best.pt first: last.pt must never record a best epoch whose weights are not on disk.
             if improved:
                 save_checkpoint(ckpt, s.run_dir / "best.pt")
+            save_checkpoint(ckpt, s.run_dir / "last.pt")
             log.epoch(row)
             print(epoch_line(row, t.epochs), flush=True)
 
@@ -327,6 +330,12 @@ def resume(s: Setup, trainee: Trainee) -> Progress:
     done = Progress(ckpt["epoch"], list(ckpt["history"]), best["score"], best["epoch"])
     if env.is_main:
         print(f"resuming {s.run_dir} after epoch {done.epoch}/{s.cfg.train.epochs}", flush=True)
+        if not restore_best(s.run_dir, ckpt):
+            print(
+                f"note: best.pt of epoch {best['epoch'] + 1} is lost; the next improving "
+                "epoch writes it",
+                flush=True,
+            )
     return done
 
 
@@ -392,6 +401,9 @@ def make_summary(s: Setup, done: Progress, n_params: int) -> dict[str, Any]:
         "label_names": list(s.reader.label_names),
         "cache": str(s.reader.path),
         "run_dir": str(s.run_dir),
-        "checkpoints": {"last": str(s.run_dir / "last.pt"), "best": str(s.run_dir / "best.pt")},
+        "checkpoints": {
+            name: str(s.run_dir / f"{name}.pt") if (s.run_dir / f"{name}.pt").exists() else None
+            for name in ("last", "best")
+        },
         "time_s": time.perf_counter() - s.started,
     }
