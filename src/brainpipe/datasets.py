@@ -63,8 +63,9 @@ class EdfWindowDataset:
     (cached per process) and then only the bytes of that window.
 
     Recordings whose rate differs from `sfreq` (default: the index's most common rate) are left
-    out, so every window has the same shape. Recordings lacking any of `channels` are left out too
-    (`excluded` lists both with reasons).
+    out, so every window has the same shape. Recordings lacking any of `channels` (default: the
+    channels at `sfreq` of the most common channel set) are left out too (`excluded` lists both
+    with reasons). A window holding NaN or Inf raises BrainpipeError naming the file.
     """
 
     def __init__(
@@ -107,6 +108,13 @@ class EdfWindowDataset:
 
         chansets = a["chanset"]
         wanted = list(channels) if channels is not None else None
+        if wanted is None and keep.any():
+            # One shape for every window: the channels (at sfreq) of the most common channel
+            # set; recordings lacking any of them are left out below, like with `channels`.
+            sets, n_of = np.unique(chansets[keep], return_counts=True)
+            first = int(np.flatnonzero(keep & (chansets == sets[np.argmax(n_of)]))[0])
+            at_rate = np.isclose(index.channel_sfreqs(first), self.sfreq)
+            wanted = [c for c, ok in zip(index.channels(first), at_rate, strict=True) if ok]
         set_picks, set_ok = (
             index.channel_picks(wanted, self.sfreq)
             if wanted is not None
@@ -121,7 +129,7 @@ class EdfWindowDataset:
         self.paths = a["path"][self.recordings]
         self.picks_by_set = set_picks
         self.chanset = chansets[self.recordings]
-        self.channels = tuple(channels) if channels is not None else None
+        self.channels = tuple(wanted) if wanted is not None else None
         counts = window_counts(a["n_samples"][self.recordings], self.window, self.stride)
         self.cum = np.cumsum(counts)
         labels = a["label"][self.recordings]
@@ -160,18 +168,17 @@ class EdfWindowDataset:
 
         r, start = self.locate(int(i))
         h = self._header(r)
-        if self.channels is None:
-            rate_of = [h.sfreq(j) for j in h.signal_indices]
-            picks = [
-                j
-                for j, s in zip(h.signal_indices, rate_of, strict=True)
-                if np.isclose(s, self.sfreq)
-            ]
-        else:
-            # index picks count non-annotation signals; map them to the file's signal numbers
-            sig = h.signal_indices
-            picks = [sig[j] for j in self.picks_by_set[self.chanset[r]]]
+        # index picks count non-annotation signals; map them to the file's signal numbers
+        sig = h.signal_indices
+        picks = [sig[j] for j in self.picks_by_set[self.chanset[r]]]
         x = read_signals(h, picks, start, start + self.window)
+        if not np.isfinite(x).all():
+            # build-cache skips such a recording; a lazy read must not serve it silently either
+            raise BrainpipeError(
+                f"{Path(self.raw_root) / str(self.paths[r])}: non-finite samples (NaN/Inf) in "
+                f"window {int(i)} (samples {start}..{start + self.window}); check the file's "
+                "physical ranges, or leave it out of the index"
+            )
         return x.astype(np.float32, copy=False), int(self.labels[r])
 
     def __getstate__(self):
