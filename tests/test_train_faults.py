@@ -271,3 +271,27 @@ def test_kill_while_writing_best_then_resume_restores_it(cache, tmp_path):
     resumed = subprocess.run(resume, env=ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert load_checkpoint(run / "best.pt")["epoch"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# 19. Window tables that point past the end of /signals
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("table", ["windows", "recordings"])
+def test_windows_past_the_end_of_signals_fail_at_open(tmp_path, table):
+    import h5py
+
+    from brainpipe.cachefile import CacheReader
+    from brainpipe.datasets import CacheWindowDataset
+    from brainpipe.errors import BrainpipeError
+
+    path = make_cache(tmp_path / "c.h5", cfg=small_config())
+    with h5py.File(path, "r+") as f:
+        n_rows = f["signals"].shape[0]
+        if table == "windows":
+            f["windows/start"][-1] = n_rows - 10
+        else:
+            f["recordings/offset"][-1] = n_rows
+    with pytest.raises(BrainpipeError, match=r"c\.h5: 1 (windows|recordings) reach past the end"):
+        CacheWindowDataset(CacheReader(path))

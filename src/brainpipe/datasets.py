@@ -265,6 +265,29 @@ def subject_keys(reader: CacheReader) -> np.ndarray:
     return np.where(subject == "", np.char.add("recording:", r["path"].astype(str)), subject)
 
 
+def check_inside_signals(
+    reader: CacheReader, starts: np.ndarray, window_samples: int, recordings: np.ndarray
+) -> None:
+    """Fail at open, not mid-epoch, when a window or a recording lies outside /signals.
+
+    A memmap read past the end returns a short window (a shape error in a worker, or a silent
+    zero-padded read); a crafted or damaged table could name any row.
+    """
+    n_rows = int(reader.shape[0])
+    r = reader.recordings
+    end = r["offset"][recordings].astype(np.int64) + r["length"][recordings].astype(np.int64)
+    bad_rec = (r["offset"][recordings] < 0) | (end > n_rows)
+    bad_win = (starts < 0) | (starts.astype(np.int64) + window_samples > n_rows)
+    if bad_rec.any() or bad_win.any():
+        what = (
+            f"{int(bad_win.sum())} windows" if bad_win.any() else f"{int(bad_rec.sum())} recordings"
+        )
+        raise BrainpipeError(
+            f"{reader.path}: {what} reach past the end of /signals ({n_rows} rows); the cache "
+            "is damaged or not brainpipe's: rebuild it (brainpipe build-cache --force)"
+        )
+
+
 class CacheWindowDataset:
     """Windows of a brainpipe cache, read a whole batch at a time.
 
@@ -312,6 +335,7 @@ class CacheWindowDataset:
         if subjects is not None:
             keep_rec &= np.isin(subject_keys(self.reader), np.asarray(list(subjects), dtype=str))
         keep = keep_rec[table["recording"]]
+        check_inside_signals(self.reader, table["start"][keep], self.window_samples, keep_rec)
         if labelled_only:
             keep &= table["label"] >= 0
         self.split = split
