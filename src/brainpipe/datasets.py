@@ -298,6 +298,7 @@ class CacheWindowDataset:
 
     Selection: `split` (the corpus's own, e.g. "train"/"eval"; None for all), `subjects` (keep
     only these, see `carve_validation`), labelled windows only unless `labelled_only=False`.
+    `target="subject"` makes y the window's subject code (see `subject_names`) instead.
     `window_s`/`stride_s` other than the build's recompute the windows (see `window_table`).
 
     Augmentation (`augment`: an `AugmentConfig` or anything with `random_crop`,
@@ -323,6 +324,7 @@ class CacheWindowDataset:
         labelled_only: bool = True,
         augment: Any = None,
         seed: int = 0,
+        target: str = "label",
     ):
         self.reader = _open(cache)
         r = self.reader.recordings
@@ -342,6 +344,14 @@ class CacheWindowDataset:
         self.recording = table["recording"][keep]
         self.start = table["start"][keep]
         self.label = table["label"][keep]
+        # target="subject": y is the window's subject, a code into `subject_names` (all the
+        # cache's subjects, so codes agree across splits), for the subject tasks.
+        self.subject_names = np.unique(subject_keys(self.reader))
+        if target == "subject":
+            code = np.searchsorted(self.subject_names, subject_keys(self.reader))
+            self.label = code[self.recording].astype(np.int64)
+        elif target != "label":
+            raise BrainpipeError(f"target={target!r}: must be 'label' or 'subject'")
         self.seed = int(seed)
         self.random_crop = bool(getattr(augment, "random_crop", False))
         self.amplitude_scale = float(getattr(augment, "amplitude_scale", 0.0) or 0.0)

@@ -118,6 +118,8 @@ _DATA_KEYS = (
     ("train", "seed"),
     ("train", "val_fraction"),
     ("train", "eval_split"),
+    ("train", "task"),
+    ("train", "test_fraction"),
 )
 
 
@@ -150,7 +152,7 @@ def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> dict[str, Any] | 
     ckpt = load_checkpoint(last)
     then, now = ckpt["config"], cfg.to_dict()
     for section, key in _DATA_KEYS:
-        if not same_setting(then[section][key], now[section][key]):
+        if not same_setting(then[section].get(key, now[section][key]), now[section][key]):
             raise BrainpipeError(
                 f"--resume: {section}.{key}={now[section][key]!r} but the run in {run_dir} "
                 f"used {then[section][key]!r}; changing it would change the data splits. Keep "

@@ -19,7 +19,7 @@ import torch
 
 from brainpipe.cachefile import CacheReader
 from brainpipe.config import Config
-from brainpipe.datasets import CacheWindowDataset
+from brainpipe.datasets import CacheWindowDataset, subject_keys
 from brainpipe.errors import BrainpipeError
 from brainpipe.ring import (
     SHM_DIR,
@@ -32,7 +32,14 @@ from brainpipe.ring import (
 from brainpipe.rundir import (
     same_setting,
 )
-from brainpipe.samplers import WindowBatchSampler, carve_validation, class_balanced_weights
+from brainpipe.samplers import (
+    PairBatchSampler,
+    SubjectBatchSampler,
+    WindowBatchSampler,
+    carve_subjects,
+    carve_validation,
+    class_balanced_weights,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Set-up pieces: each checks its input and fails with one BrainpipeError before any work
@@ -124,9 +131,51 @@ class Splits:
         return {k: len(ds) if ds is not None else 0 for k, ds in sets}
 
 
+def make_subject_datasets(reader: CacheReader, cfg: Config) -> Splits:
+    """The subject tasks' splits: by subject, y = subject code, no labels needed.
+
+    The corpus's own `train` and `train.eval_split` splits when it has both (validation carved
+    from train); otherwise train / validation / held-out test subjects carved from all
+    subjects with `train.val_fraction` and `train.test_fraction` (`carve_subjects`).
+    """
+    t, w = cfg.train, cfg.window
+    r = reader.recordings
+    done = r["status"] == 1
+    splits = set(r["split"][done].tolist())
+    keys = subject_keys(reader)
+    if "train" in splits and t.eval_split in splits:
+        names = keys[done & (r["split"] == "train")]
+        train_s, val_s, _ = carve_subjects(names, t.val_fraction, 0.0, t.seed)
+        pool, eval_split, eval_s = "train", t.eval_split, None
+    else:
+        train_s, val_s, eval_s = carve_subjects(keys[done], t.val_fraction, t.test_fraction, t.seed)
+        pool = eval_split = None
+    kw: dict[str, Any] = dict(
+        window_s=w.seconds, stride_s=w.stride_seconds, labelled_only=False, target="subject"
+    )
+    data = Splits(
+        train=CacheWindowDataset(
+            reader, pool, subjects=train_s, augment=t.augment, seed=t.seed, **kw
+        ),
+        val=CacheWindowDataset(reader, pool, subjects=val_s, **kw) if len(val_s) else None,
+        eval=CacheWindowDataset(reader, eval_split, subjects=eval_s, **kw)
+        if eval_s is None or len(eval_s)
+        else None,
+    )
+    for name, ds in (("train", data.train), *data.evaluated().items()):
+        if len(ds) == 0:
+            raise BrainpipeError(
+                f"{reader.path}: the {name} subjects have no windows of {w.seconds:g} s; check "
+                "window.seconds against the recordings' lengths"
+            )
+    return data
+
+
 def make_datasets(reader: CacheReader, cfg: Config) -> Splits:
     """train / val (carved from train by subject) / eval datasets, checked for emptiness."""
     t, w = cfg.train, cfg.window
+    if t.task != "classify":
+        return make_subject_datasets(reader, cfg)
     r = reader.recordings
     done = r["status"] == 1
     splits = sorted(set(r["split"][done].tolist()))
@@ -261,27 +310,44 @@ def make_loader(
 @dataclass
 class Loaders:
     train: Any  # DataLoader
-    sampler: WindowBatchSampler
+    sampler: Any  # WindowBatchSampler, or the subject tasks' (see train_sampler)
     evaluated: dict[str, Any]  # split name -> DataLoader, every window once
     steps_per_epoch: int
     ring: BatchRing | None
 
 
-def make_loaders(data: Splits, cfg: Config, env: DistEnv, device: torch.device) -> Loaders:
-    """The training loader (shuffled, sharded, through the batch ring) and the scoring loaders."""
+def train_sampler(ds: CacheWindowDataset, cfg: Config, env: DistEnv) -> Any:
+    """The training batches of `train.task`: shuffled windows, subject pairs, or k windows of
+    m subjects; sharded over DDP ranks, resumable (state_dict)."""
     t = cfg.train
-    per_rank = -(-len(data.train) // env.world_size)
-    sampler = WindowBatchSampler(
-        len(data.train),
+    if t.task == "pairs":
+        return PairBatchSampler(
+            ds.label, t.batch_size, same_fraction=t.same_fraction, seed=t.seed,
+            rank=env.rank, world_size=env.world_size,
+        )  # fmt: skip
+    if t.task == "contrastive":
+        return SubjectBatchSampler(
+            ds.label, t.batch_size, t.windows_per_subject, seed=t.seed, rank=env.rank,
+            world_size=env.world_size,
+        )  # fmt: skip
+    per_rank = -(-len(ds) // env.world_size)
+    return WindowBatchSampler(
+        len(ds),
         t.batch_size,
         shuffle=True,
         drop_last=per_rank >= t.batch_size,  # no ragged last batch, unless it is the only one
         seed=t.seed,
         rank=env.rank,
         world_size=env.world_size,
-        weights=class_balanced_weights(data.train.label) if t.balanced_sampling else None,
+        weights=class_balanced_weights(ds.label) if t.balanced_sampling else None,
     )
-    batch_bytes = t.batch_size * data.train.window_samples * data.train.n_channels
+
+
+def make_loaders(data: Splits, cfg: Config, env: DistEnv, device: torch.device) -> Loaders:
+    """The training loader (shuffled, sharded, through the batch ring) and the scoring loaders."""
+    t = cfg.train
+    sampler = train_sampler(data.train, cfg, env)
+    batch_bytes = sampler.batch_size * data.train.window_samples * data.train.n_channels
     batch_bytes *= data.train.reader.dtype.itemsize
     prefetch = shm_prefetch(
         shm_free() if t.num_workers else None,

@@ -3,8 +3,8 @@
 Reads a cache written by `brainpipe build-cache`; writes into the run dir:
 
     last.pt, best.pt        checkpoints each epoch, plain dicts written atomically (best: by the
-                            validation balanced accuracy; the last epoch when there is no
-                            validation set)
+                            validation balanced accuracy, or EER for the subject tasks; the
+                            last epoch when there is no validation set)
     metrics.jsonl           one line per epoch: train loss, val/eval metrics, samples/s, data wait
     events.out.tfevents.*   TensorBoard (`tensorboard --logdir runs/`)
     summary.json            at the end: eval metrics of best.pt, epochs, samples/s, data wait
@@ -29,10 +29,13 @@ still float16 (half the bytes); the transpose to (batch, channels, time) and the
 float32 happen there, in one kernel. The CPU never touches a float32 sample.
 
 This module is the stage's order of operations: `train` -> `fit`, which reads top to bottom:
-loaders, model and optimizer, resume or seed, and the loop of train / evaluate / checkpoint. Its
+loaders, model and optimizer, resume or seed, and the loop of train / evaluate / checkpoint.
+`train.task` picks what a step does: `classify` (labels), or the subject tasks `pairs` and
+`contrastive` (MEG subject identification: splits by subject, metrics pair AUROC / EER /
+identification top-1 of held-out subjects; see `objectives.py`). Its
 pieces live beside it: `runtime.py` (DDP place, device, the cache checked against the config,
 splits and the DataLoader, shared with the inference stages), `models.py` (which model, its
-arguments), `objectives.py` (what a step does; `classify` today), `metrics.py` (scores of
+arguments), `objectives.py` (what a step does and how a split is scored), `metrics.py` (scores of
 predictions), `rundir.py` (checkpoints, RNG state, logs, summary.json), `datasets.py`,
 `samplers.py` and `ring.py` (the data).
 """
@@ -56,9 +59,8 @@ from brainpipe import __version__
 from brainpipe.cachefile import CacheReader
 from brainpipe.config import Config
 from brainpipe.datasets import subject_keys
-from brainpipe.metrics import selection_score
 from brainpipe.models import build_model, model_args
-from brainpipe.objectives import OBJECTIVES
+from brainpipe.objectives import objective_for
 from brainpipe.ring import host_batch, remove_stale_rings
 from brainpipe.rundir import (
     RunLog,
@@ -129,7 +131,7 @@ class Trainee:
     model: torch.nn.Module  # unwrapped: no torch.compile, no DDP
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    sampler: WindowBatchSampler
+    sampler: WindowBatchSampler  # or a subject task's sampler: anything with a state_dict
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -159,14 +161,15 @@ def prepare(cache_path: str | os.PathLike, run_dir: Path, cfg: Config, resume: b
             t.model_kwargs,
             data.train.n_channels,
             data.train.window_samples,
-            len(reader.label_names),
+            len(reader.label_names) if t.task == "classify" else t.embedding_dim,
             reader.sfreq,
         )
+        | ({"head": t.task} if t.task != "classify" else {})
     )
     torch.manual_seed(t.seed)
     model = build_model(margs)
     check_wandb(cfg)
-    if env.is_main and data.eval is not None:
+    if env.is_main and data.eval is not None and t.task == "classify":
         names = set(subject_keys(reader)[reader.recordings["split"] == "train"].tolist())
         shared = names & set(data.eval.subjects().tolist())
         if shared:
@@ -195,7 +198,7 @@ def train(
 def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
     """The loop: epochs of training, scoring and checkpoints; returns the summary."""
     cfg, t, env, device, data = s.cfg, s.cfg.train, s.env, s.device, s.data
-    objective = OBJECTIVES["classify"]
+    objective = objective_for(t.task, t.temperature)
 
     # -------- loaders --------
     loaders = make_loaders(data, cfg, env, device)
@@ -292,7 +295,7 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
             row[name] = objective.evaluate(raw_model, loader, device, t.amp, env.world_size)
         done.epoch = epoch + 1
         done.history.append(row)
-        score = selection_score(row["val"]) if data.val is not None else None
+        score = objective.score(row["val"]) if data.val is not None else None
         improved = score is None or done.best is None or score > done.best
         if improved:
             done.best, done.best_epoch = score, epoch
@@ -372,10 +375,11 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
     """The one line an epoch prints."""
     line = f"epoch {row['epoch']}/{epochs}  loss {row['train']['loss']:.4f}"
     for name in ("val", "eval"):
-        if row[name]:
-            line += (
-                f"  {name} bacc {row[name]['balanced_accuracy']:.3f} auroc {row[name]['auroc']:.3f}"
-            )
+        m = row[name]
+        if m and "eer" in m:  # the subject tasks
+            line += f"  {name} eer {m['eer']:.3f} top1 {m['identification_top1']:.3f}"
+        elif m:
+            line += f"  {name} bacc {m['balanced_accuracy']:.3f} auroc {m['auroc']:.3f}"
     return line + (
         f"  {row['samples_per_s']:,.0f} samples/s  data wait {row['data_wait_fraction']:.1%}"
     )
