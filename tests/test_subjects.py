@@ -159,3 +159,13 @@ def test_subject_task_without_enough_subjects_fails_before_work(tmp_path):
         from brainpipe.train import train
 
         train(path, tmp_path / "run", small_config(*FAST, "train.task=pairs"))
+
+
+def test_inspect_summarizes_meg_channels_by_type(tmp_path, capsys):
+    from brainpipe.reporting import channel_type_summary
+    from brainpipe.synthetic.plan import meg_channels
+
+    names = list(meg_channels())[:306]
+    assert channel_type_summary(names) == "306 MEG: 204 grad, 102 mag"
+    assert channel_type_summary(names + ["EEG 001", "EOG 061"]).endswith("; 1 EEG, 1 EOG")
+    assert channel_type_summary(["FP1", "FP2"]) is None
