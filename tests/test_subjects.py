@@ -169,3 +169,58 @@ def test_inspect_summarizes_meg_channels_by_type(tmp_path, capsys):
     assert channel_type_summary(names) == "306 MEG: 204 grad, 102 mag"
     assert channel_type_summary(names + ["EEG 001", "EOG 061"]).endswith("; 1 EEG, 1 EOG")
     assert channel_type_summary(["FP1", "FP2"]) is None
+
+
+def _subject_cfg(*extra: str):
+    return small_config(*FAST, "train.task=pairs", "train.batch_size=16", *extra)
+
+
+def test_pairs_with_ring_workers_and_resume_match_a_straight_run(subjects_cache, tmp_path):
+    import torch
+
+    from brainpipe.rundir import load_checkpoint
+    from brainpipe.train import train
+
+    straight = train(subjects_cache, tmp_path / "a", _subject_cfg("train.epochs=2"))
+    # Workers hand pair batches (2 x 16 windows) over in the batch ring; a resume replays epoch 2.
+    train(subjects_cache, tmp_path / "b", _subject_cfg("train.epochs=1", "train.num_workers=2"))
+    resumed = train(
+        subjects_cache, tmp_path / "b", _subject_cfg("train.epochs=2", "train.num_workers=2"),
+        resume=True,
+    )  # fmt: skip
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert straight["eval"] == resumed["eval"]
+
+
+@pytest.mark.slow
+def test_pairs_under_ddp_two_processes(subjects_cache, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import json, os
+            from test_data import small_config
+            from brainpipe.train import train
+            s = train({str(subjects_cache)!r}, {str(tmp_path / "run")!r},
+                      small_config(*{[*FAST, "train.task=pairs", "train.batch_size=8", "train.epochs=1"]!r}))
+            with open({str(tmp_path)!r} + f"/rank{{os.environ['RANK']}}.json", "w") as f:
+                json.dump(s["eval"], f)
+            """
+        )
+    )
+    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run([*cmd, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1] and ranks[0]["n_subjects"] == 4  # all held-out windows, gathered
