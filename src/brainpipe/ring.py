@@ -3,7 +3,9 @@
 Owns `BatchRing` (slots of shared memory every process maps once), the tokens that travel in
 its place (`SlotBatch` from the sampler to a worker, `RingSlot` from the worker back), the
 `RingBatchSampler` that numbers the slots, and `collate_batch`, the DataLoader `collate_fn` for
-batches a dataset already assembled. Torch-free at import (torch is imported where a tensor is
+batches a dataset already assembled. Also what a kill -9 must not leave behind: ring names carry
+the owner's pid so the next run removes a dead owner's ring (`remove_stale_rings`), and
+`die_with_parent`, the `worker_init_fn` that ends workers with their trainer. Torch-free at import (torch is imported where a tensor is
 made), so datasets can import it.
 
     ring = BatchRing(BatchRing.slots_for(num_workers, prefetch_factor), (B, n_samples, n_channels))

@@ -3,7 +3,10 @@ checked against the config, the splits and the loaders that feed the model.
 
 `train`, `predict` and `embed` are stages and never import each other; the loader they share
 lives here so that inference reads batches exactly as training does (same dataset, same batch
-ring, same worker settings).
+ring, same worker settings). Before any worker starts, /dev/shm is checked for the batches in
+flight (`shm_prefetch`: a smaller prefetch, or one line naming free, needed and the fix). The
+subject tasks (`train.task` pairs/contrastive) get their splits by subject
+(`make_subject_datasets`) and their samplers (`train_sampler`) here too.
 """
 
 from __future__ import annotations
