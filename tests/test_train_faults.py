@@ -295,3 +295,18 @@ def test_windows_past_the_end_of_signals_fail_at_open(tmp_path, table):
             f["recordings/offset"][-1] = n_rows
     with pytest.raises(BrainpipeError, match=r"c\.h5: 1 (windows|recordings) reach past the end"):
         CacheWindowDataset(CacheReader(path))
+
+
+def test_shm_budget_without_a_mount_namespace(capsys):
+    # The rule the two tests above exercise for real, where a small /dev/shm cannot be mounted.
+    from brainpipe.errors import BrainpipeError
+    from brainpipe.runtime import shm_prefetch
+
+    mib = 2**20
+    assert shm_prefetch(None, 4, 4, 20 * mib, True) == 4  # no /dev/shm (macOS): unchanged
+    assert shm_prefetch(10 * mib, 0, 4, 20 * mib, True) == 4  # no workers: no shared memory
+    assert shm_prefetch(10_000 * mib, 4, 4, 20 * mib, True) == 4
+    assert shm_prefetch(500 * mib, 4, 4, 20 * mib, True) == 2
+    assert "train.prefetch_factor 4 -> 2" in capsys.readouterr().out
+    with pytest.raises(BrainpipeError, match=r"/dev/shm has 100 MiB free but 4 loader workers"):
+        shm_prefetch(100 * mib, 4, 4, 20 * mib, True)
