@@ -30,7 +30,7 @@ from brainpipe.fsutil import check_writable_dir
 from brainpipe.models import build_model
 from brainpipe.objectives import model_outputs
 from brainpipe.rundir import load_checkpoint
-from brainpipe.runtime import make_loader, open_cache, resolve_device
+from brainpipe.runtime import make_loader, open_cache, resolve_device, shm_free, shm_prefetch
 from brainpipe.samplers import WindowBatchSampler
 
 
@@ -61,7 +61,11 @@ def embed(
     model.to(dev)
     workers = cfg.train.num_workers if num_workers is None else num_workers
     sampler = WindowBatchSampler(len(ds), cfg.train.batch_size, shuffle=False, even=False)
-    loader, ring = make_loader(ds, sampler, dev, workers, cfg.train.prefetch_factor, ring=True)
+    batch_bytes = sampler.batch_size * ds.window_samples * ds.n_channels * reader.dtype.itemsize
+    prefetch = shm_prefetch(
+        shm_free() if workers else None, workers, cfg.train.prefetch_factor, batch_bytes, False
+    )
+    loader, ring = make_loader(ds, sampler, dev, workers, prefetch, ring=True)
     try:
         emb = model_outputs(model, loader, dev, cfg.train.amp)
     finally:
