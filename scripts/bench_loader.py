@@ -19,6 +19,14 @@ read five ways:
 
 The issue's targets: >= 50k windows/s per worker process, >= 7x .pt, >= 200x .npz; a
 16-member set >= 90% of one cache.
+
+`--meg` measures the MEG subject-pair case instead (issue 12): random pair batches of 2 x 64
+windows of 306 x 2,000 (`PairBatchSampler`, as `train.task=pairs` reads them) from the cache with
+0 and 2 workers (batch ring), beside the recipe brainpipe replaces: one HDF5 file holding a
+subject-grouped `(N, 306, 2000)` float32 dataset, read with h5py fancy indexing in the main
+process (`num_workers=0`; its HDF5 reads did not survive worker processes).
+
+    python scripts/bench_loader.py --meg --subjects 6 --minutes 1
 """
 
 from __future__ import annotations
@@ -112,8 +120,134 @@ def rate(fn, batches: list[np.ndarray], min_s: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
+MEG_PAIRS, MEG_CHANNELS, MEG_WINDOW, MEG_STRIDE = 64, 306, 2000, 500
+
+
+def bench_meg(args: argparse.Namespace) -> int:
+    """Pair batches (2 x 64 windows of 306 x 2,000): cache x0 / x2 workers vs one-HDF5 h5py."""
+    import h5py
+    from torch.utils.data import DataLoader
+
+    from brainpipe.datasets import CacheWindowDataset
+    from brainpipe.ring import BatchRing, RingBatchSampler, RingSlot, collate_batch
+    from brainpipe.samplers import PairBatchSampler
+
+    n_samples = int(args.minutes * 60 * 1000)  # 1 kHz, as CamCAN
+    tmp = Path(tempfile.mkdtemp(prefix="bench_loader_meg_", dir=args.tmp))
+    rows: list[tuple[str, float]] = []
+    try:
+        t0 = time.perf_counter()
+        block = write_bench_cache(
+            tmp / "cache.h5", args.subjects, n_samples, MEG_CHANNELS, MEG_WINDOW, 1000.0
+        )
+        ds = CacheWindowDataset(
+            tmp / "cache.h5", window_s=2.0, stride_s=0.5, labelled_only=False, target="subject"
+        )
+        # The original's file: every window stored (overlapping), grouped by subject, float32.
+        # Subjects here are pairs of recordings (see write_bench_cache); windows as in the cache.
+        # A subset of the windows (spread over all subjects, still grouped by subject) keeps
+        # the float32 file small; a read costs the same whatever the file's length.
+        pick = np.linspace(0, len(ds) - 1, min(len(ds), args.h5_windows)).astype(np.int64)
+        chw = np.ascontiguousarray(block.T)
+        with h5py.File(tmp / "windows.h5", "w") as f:
+            d = f.create_dataset("x", (len(pick), MEG_CHANNELS, MEG_WINDOW), np.float32)
+            for w, i in enumerate(pick.tolist()):
+                s = int(ds.start[i] - ds.reader.recordings["offset"][ds.recording[i]])
+                d[w] = chw[:, s : s + MEG_WINDOW]
+        os.sync()
+        gen_s = time.perf_counter() - t0
+        subject_h5 = ds.label[pick]
+
+        def h5_batches(n: int):
+            rng = np.random.default_rng(0)
+            sampler = PairBatchSampler(subject_h5, MEG_PAIRS, seed=0)
+            f = h5py.File(tmp / "windows.h5", "r")
+            d, done = f["x"], 0
+            while done < n:
+                for b in sampler:
+                    # h5py fancy reads need increasing, unique indices: read those, then order.
+                    uniq, inv = np.unique(b, return_inverse=True)
+                    x = d[uniq][inv]
+                    yield x[:MEG_PAIRS], x[MEG_PAIRS:]
+                    done += 1
+                    if done >= n:
+                        break
+                sampler.set_epoch(int(rng.integers(1 << 30)))
+            f.close()
+
+        def timed(batches, min_s: float) -> float:
+            it = iter(batches)
+            next(it)  # warm-up (and worker start-up)
+            n, t = 0, time.perf_counter()
+            for b in it:
+                x = b[0].array() if isinstance(b[0], RingSlot) else b[0]
+                n += len(x) if not isinstance(b[0], np.ndarray) or len(b) != 2 else 2 * len(x)
+                if time.perf_counter() - t >= min_s:
+                    break
+            return n / (time.perf_counter() - t)
+
+        def cache_loader(workers: int):
+            sampler = PairBatchSampler(ds.label, MEG_PAIRS, seed=0)
+            ring = None
+            batch_sampler: object = sampler
+            if workers:
+                ring = BatchRing(
+                    BatchRing.slots_for(workers, 2), (2 * MEG_PAIRS, MEG_WINDOW, MEG_CHANNELS)
+                )
+                ds.ring = ring
+                batch_sampler = RingBatchSampler(sampler, ring.n_slots)
+            loader = DataLoader(
+                ds,
+                batch_sampler=batch_sampler,
+                collate_fn=collate_batch,
+                num_workers=workers,
+                prefetch_factor=2 if workers else None,
+            )
+            try:
+                return timed(loader, args.seconds)
+            finally:
+                del loader
+                ds.ring = None
+                if ring is not None:
+                    ring.close()
+
+        for _ in range(2):  # best of two rounds, interleaved (a shared machine)
+            got = [
+                ("cache DataLoader x0", cache_loader(0)),
+                ("cache DataLoader x2, ring", cache_loader(2)),
+                ("one HDF5, h5py fancy x0", timed(h5_batches(10**6), args.seconds)),
+            ]
+            rows = [(n, max(r, dict(rows).get(n, 0.0))) for n, r in got]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    by = dict(rows)
+    result = {
+        "windows_per_s": by,
+        "pairs_per_batch": MEG_PAIRS,
+        "window": [MEG_CHANNELS, MEG_WINDOW],
+        "subjects": args.subjects,
+        "minutes": args.minutes,
+        "generate_s": gen_s,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    base = by["one HDF5, h5py fancy x0"]
+    print(
+        f"MEG pair batches of 2 x {MEG_PAIRS} windows ({MEG_CHANNELS} x {MEG_WINDOW}, float16 "
+        f"cache / float32 HDF5), {args.subjects} recordings of {args.minutes:g} min at 1 kHz"
+    )
+    print(f"{'method':<28} {'windows/s':>10} {'batches/s':>10} {'vs h5py':>8}")
+    for name, r in rows:
+        print(f"{name:<28} {r:>10,.0f} {r / (2 * MEG_PAIRS):>10.1f} {r / base:>7.1f}x")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--meg", action="store_true", help="the MEG subject-pair case instead")
+    ap.add_argument("--subjects", type=int, default=6, help="--meg: recordings")
+    ap.add_argument("--h5-windows", type=int, default=192, help="--meg: windows in the HDF5 file")
     ap.add_argument("--recordings", type=int, default=24)
     ap.add_argument("--minutes", type=float, default=10.0, help="per recording")
     ap.add_argument("--sfreq", type=float, default=200.0)
@@ -125,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tmp", default=None, help="directory for the temp files")
     ap.add_argument("--members", type=int, default=16, help="member caches of the set row")
     args = ap.parse_args(argv)
+    if args.meg:
+        return bench_meg(args)
 
     import torch
     from torch.utils.data import DataLoader

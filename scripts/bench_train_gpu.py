@@ -12,6 +12,7 @@ batch ring, pinned copies, bf16 autocast) and reads samples/s and the data-wait 
 steady epochs from its summary. The bound is the same model, optimizer and step function on one
 batch that is already on the device: what the GPU consumes when it never waits.
 Targets (issue): data wait <= 5 % with the default config, samples/s within 10 % of the bound.
+`--task pairs` (or contrastive) measures the MEG subject tasks' loop the same way (issue 12).
 """
 
 from __future__ import annotations
@@ -43,26 +44,30 @@ def data_on_device_rate(cfg, reader, device, steps: int) -> float:
     import torch
 
     from brainpipe.models import build_model, model_args
-    from brainpipe.objectives import train_step
-    from brainpipe.runtime import make_datasets
+    from brainpipe.objectives import objective_for
+    from brainpipe.runtime import DistEnv, make_datasets, train_sampler
 
     t = cfg.train
     ds = make_datasets(reader, cfg).train
+    subject_task = t.task != "classify"
     margs = model_args(
         t.model,
         t.model_kwargs,
         ds.n_channels,
         ds.window_samples,
-        len(reader.label_names),
+        t.embedding_dim if subject_task else len(reader.label_names),
         reader.sfreq,
-    )
+    ) | ({"head": t.task} if subject_task else {})
+    train_step = objective_for(t.task, t.temperature).step
     torch.manual_seed(t.seed)
     model = build_model(margs).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    n = min(t.batch_size, len(ds))
-    x, y, *_ = ds.__getitems__(list(range(n)))
+    # One batch as the task's sampler draws it (pairs: 2 x batch_size windows).
+    first = next(iter(train_sampler(ds, cfg, DistEnv())))
+    n = len(first)
+    x, y, *_ = ds.__getitems__(first)
     batch = (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
 
     def run(k: int) -> None:
@@ -85,7 +90,11 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["ShallowFBCSPNet", "Deep4Net"])
     ap.add_argument("--workers", nargs="+", type=int, default=[0, 4, 8])
     ap.add_argument("--epochs", type=int, default=4, help="the first is left out (start-up)")
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=256, help="windows (pairs: pairs)")
+    ap.add_argument(
+        "--task", default="classify", choices=("classify", "pairs", "contrastive"),
+        help="train.task; the subject tasks train on the TUAB corpus's subjects",
+    )  # fmt: skip
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--bound-steps", type=int, default=100)
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
@@ -122,6 +131,7 @@ def main() -> int:
             f"train.batch_size={args.batch_size}",
             f"train.epochs={args.epochs}",
             f"train.device={args.device}",
+            f"train.task={args.task}",
         ]
         cfg = load_config(None, [*CACHE_SETTINGS, *base])
         reader = open_cache(cache, cfg)

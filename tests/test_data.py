@@ -61,8 +61,12 @@ def make_cache(
     events: dict[str, np.ndarray] | None = None,
     status: np.ndarray | None = None,
     seed: int = 0,
+    signature: bool = False,
 ) -> Path:
-    """A finished cache: `subjects` = (name, split, label) with `recordings_per_subject` each."""
+    """A finished cache: `subjects` = (name, split, label) with `recordings_per_subject` each.
+
+    `signature`: each subject's recordings carry its own rhythm (3 Hz + 1.2 Hz per subject, its
+    own channel weights), so the subject tasks can learn who is who."""
     cfg = cfg or small_config()
     if subjects is None:
         subjects = [(f"s{i:02d}", "train", i % 2) for i in range(10)] + [
@@ -114,6 +118,15 @@ def make_cache(
             x = rng.standard_normal((n, n_channels)).astype(np.float32)
             if lab == 1:
                 x += 1.5 * np.sin(2 * np.pi * 6.0 * t[pos : pos + n])[:, None]
+            if signature:
+                k = [name for name, *_ in subjects].index(rows[row][0])
+                weights = np.random.default_rng(1000 + k).uniform(0.5, 2.0, n_channels)
+                phase = rng.uniform(0, 2 * np.pi)
+                x += (
+                    2.0
+                    * np.sin(2 * np.pi * (3.0 + 1.2 * k) * t[pos : pos + n] + phase)[:, None]
+                    * weights.astype(np.float32)
+                )
             pos += n
             if status[row] == STATUS_DONE:
                 writer.write(row, x)

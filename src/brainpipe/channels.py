@@ -99,13 +99,17 @@ def channel_types(labels: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def locate(
-    labels: Sequence[str], wanted: Iterable[str], types: Sequence[str] | None = None
+    labels: Sequence[str],
+    wanted: Iterable[str],
+    types: Sequence[str] | None = None,
+    wanted_types: Sequence[str] | None = None,
 ) -> list[int | None]:
     """Where each wanted electrode sits among `labels` (None: absent), by canonical name or alias.
 
     A channel fills a wanted name only when their types agree (`types` as stored, else from
     the labels): an electrode takes eeg channels only, a wanted "EOG horizontal" eog ones, and
-    `BAD_TYPE` channels fill nothing. Two channels
+    `BAD_TYPE` channels fill nothing; `wanted_types` gives the wanted channels' types where
+    their names do not tell (channels taken from a recording: MEG `mag`/`grad`). Two channels
     that stand for one wanted electrode (`T3` and `T7`, `FP1-REF` and `FP1-LE`) raise
     `BrainpipeError` naming both: picking one silently would mix recordings' electrodes.
     """
@@ -121,8 +125,13 @@ def locate(
     for i, (label, kind) in enumerate(zip(labels, types, strict=True)):
         by_name.setdefault((kind, canonical_name(label)), []).append(i)
     out: list[int | None] = []
-    for w in wanted:
-        name, kind = canonical_name(w), channel_type(w)
+    wanted = list(wanted)
+    kinds = [
+        channel_type(w) if wanted_types is None or wanted_types[i] == "eeg" else wanted_types[i]
+        for i, w in enumerate(wanted)
+    ]
+    for w, kind in zip(wanted, kinds, strict=True):
+        name = canonical_name(w)
         hits = by_name.get((kind, name), []) + by_name.get((kind, _ALIASES.get(name, "")), [])
         if len(hits) > 1:
             raise BrainpipeError(

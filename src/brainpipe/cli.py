@@ -4,6 +4,7 @@
     brainpipe index --raw data/raw --index data/index.npz --config configs/smoke.yaml
     brainpipe build-cache --index data/index.npz --cache data/cache.h5 --config configs/smoke.yaml
     brainpipe train --cache data/cache.h5 --run-dir runs/smoke --config configs/smoke.yaml
+    brainpipe embed --cache data/meg.h5 --checkpoint runs/meg/best.pt --out data/meg-emb.h5
     brainpipe inspect data/index.npz --json
     brainpipe predict --cache data/tusz.h5 --checkpoint runs/x/best.pt --split eval --out runs/x/pred
     brainpipe score --ref tusz/edf/eval --hyp runs/x/hyp --method nedc-ovlp --json
@@ -103,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", action="store_true", help="continue from the run dir's last checkpoint"
     )
+
+    p = sub.add_parser("embed", help="embeddings of every window of a cache from a checkpoint")
+    p.add_argument("--cache", required=True, metavar="PATH")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="e.g. runs/meg/best.pt")
+    p.add_argument("--out", required=True, metavar="FILE", help="embeddings file to write (.h5)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--workers", type=int, default=None, help="loader workers (default: the run's)")
 
     p = sub.add_parser("inspect", help="summarize an index or a cache")
     p.add_argument("path", metavar="PATH")
@@ -271,6 +279,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    if args.workers is not None and args.workers < 0:
+        raise BrainpipeError(f"--workers {args.workers}: must be >= 0")
+    from brainpipe.embed import embed
+
+    s = embed(args.cache, args.checkpoint, args.out, device=args.device, num_workers=args.workers)
+    print(f"wrote {s['out']}: {s['n_windows']} windows x {s['dim']} ({s['n_subjects']} subjects)")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if _kind(path) == "index":
@@ -342,6 +360,7 @@ COMMANDS = {
     "build-cache": cmd_build_cache,
     "cache-set": cmd_cache_set,
     "train": cmd_train,
+    "embed": cmd_embed,
     "inspect": cmd_inspect,
     "verify": cmd_verify,
     "predict": cmd_predict,

@@ -174,6 +174,15 @@ class TrainConfig:
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     # Stop after this many steps per epoch (null: the whole epoch); for smoke runs and benchmarks.
     max_steps_per_epoch: int | None = None
+    # classify: window -> class (labels). pairs / contrastive: subject embeddings, no labels
+    # needed (MEG subject identification); splits by subject, see brainpipe.subjects.
+    task: Literal["classify", "pairs", "contrastive"] = "classify"
+    embedding_dim: int = 128  # subject tasks: the encoder's output size
+    same_fraction: float = 0.5  # pairs: share of same-subject pairs in a batch
+    windows_per_subject: int = 4  # contrastive: k windows of each of batch_size // k subjects
+    temperature: float = 0.1  # contrastive: of the softmax over cosine similarities
+    # Subject tasks on a corpus without an `eval_split`: share of subjects held out for eval.
+    test_fraction: float = 0.2
     # A subject in more than one split of the cache leaks it between training and evaluation:
     # `train` refuses such a cache unless this is set.
     allow_subject_overlap: bool = _added(False)
@@ -444,6 +453,11 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.val_fraction": (0, 1, True, False),
     "train.pos_weight": (0, None, False, False),
     "train.max_steps_per_epoch": (1, None, True, False),
+    "train.embedding_dim": (1, None, True, False),
+    "train.same_fraction": (0, 1, True, True),
+    "train.windows_per_subject": (2, None, True, False),
+    "train.temperature": (0, None, False, False),
+    "train.test_fraction": (0, 1, True, False),
     "train.augment.amplitude_scale": (0, 1, True, False),
     "train.augment.channel_dropout": (0, 1, True, False),
     "postprocess.smooth_windows": (1, None, True, False),

@@ -75,10 +75,12 @@ class EdfWindowDataset:
 
     `channels` are found by `brainpipe.channels.locate`, the normalization build-cache uses
     (case, `EEG `/`-REF` decorations, PhysioNet's dots, T3 <-> T7 aliases, EEG-typed channels
-    only), so a recording gives the same channels here as in the cache. Recordings whose rate
-    differs from `sfreq` (default: the index's most common rate), lacking any of `channels`, or
-    naming one of them twice are left out: `excluded` lists them with reasons and
-    `excluded_line()` sums them up in one line.
+    only), so a recording gives the same channels here as in the cache; default: the channels
+    at `sfreq` of the most common channel set, so every window has one shape. Recordings whose
+    rate differs from `sfreq` (default: the index's most common rate), lacking any of
+    `channels`, or naming one of them twice are left out: `excluded` lists them with reasons
+    and `excluded_line()` sums them up in one line. A window holding NaN or Inf raises
+    BrainpipeError naming the file.
     """
 
     def __init__(
@@ -136,10 +138,22 @@ class EdfWindowDataset:
             keep &= a["split"] == split
 
         chansets = a["chanset"]
-        self.channels = tuple(channels) if channels is not None else None
+        wanted = list(channels) if channels is not None else None
+        wanted_types = None  # from the names, unless the channels come from a recording
+        if wanted is None and keep.any():
+            # One shape for every window: the channels (at sfreq) of the most common channel
+            # set; recordings lacking any of them are left out below, like with `channels`.
+            sets, n_of = np.unique(chansets[keep], return_counts=True)
+            first = int(np.flatnonzero(keep & (chansets == sets[np.argmax(n_of)]))[0])
+            at_rate = np.isclose(index.channel_sfreqs(first), self.sfreq)
+            wanted = [c for c, ok in zip(index.channels(first), at_rate, strict=True) if ok]
+            wanted_types = [
+                t for t, ok in zip(index.channel_types(first), at_rate, strict=True) if ok
+            ]
+        self.channels = tuple(wanted) if wanted is not None else None
         set_picks = np.zeros((0, 0), np.int64)
         if self.channels is not None:
-            set_picks, set_why = _chanset_picks(index, self.channels, self.sfreq)
+            set_picks, set_why = _chanset_picks(index, self.channels, self.sfreq, wanted_types)
             bad = keep & (set_why[chansets] != "")
             self.excluded += [
                 (str(p), str(why))
@@ -222,6 +236,13 @@ class EdfWindowDataset:
             sig = h.signal_indices
             picks = [sig[j] for j in self.picks_by_set[self.chanset[r]]]
         x = read_signals(h, picks, start, start + self.window)
+        if not np.isfinite(x).all():
+            # build-cache skips such a recording; a lazy read must not serve it silently either
+            raise BrainpipeError(
+                f"{Path(self.raw_root) / str(self.paths[r])}: non-finite samples (NaN/Inf) in "
+                f"window {int(i)} (samples {start}..{start + self.window}); check the file's "
+                "physical ranges, or leave it out of the index"
+            )
         return x.astype(np.float32, copy=False), int(self.labels[r])
 
     def __getstate__(self):
@@ -230,7 +251,9 @@ class EdfWindowDataset:
         return state
 
 
-def _chanset_picks(index, wanted: Sequence[str], sfreq: float) -> tuple[np.ndarray, np.ndarray]:
+def _chanset_picks(
+    index, wanted: Sequence[str], sfreq: float, wanted_types: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """For every channel set of the index: where each wanted channel sits (-1: absent), and why
     the set cannot serve ("" when it can). Channels at another rate count as absent."""
     a = index.arrays
@@ -248,7 +271,7 @@ def _chanset_picks(index, wanted: Sequence[str], sfreq: float) -> tuple[np.ndarr
             )
         ]
         try:
-            got = locate(labels, wanted, types)
+            got = locate(labels, wanted, types, wanted_types)
         except BrainpipeError as e:
             why[s] = f"ambiguous channels: {e}"
             continue
@@ -339,6 +362,29 @@ def subject_keys(reader: CacheReader) -> np.ndarray:
     return np.where(subject == "", np.char.add("recording:", r["path"].astype(str)), subject)
 
 
+def check_inside_signals(
+    reader: CacheReader, starts: np.ndarray, window_samples: int, recordings: np.ndarray
+) -> None:
+    """Fail at open, not mid-epoch, when a window or a recording lies outside /signals.
+
+    A memmap read past the end returns a short window (a shape error in a worker, or a silent
+    zero-padded read); a crafted or damaged table could name any row.
+    """
+    n_rows = int(reader.shape[0])
+    r = reader.recordings
+    end = r["offset"][recordings].astype(np.int64) + r["length"][recordings].astype(np.int64)
+    bad_rec = (r["offset"][recordings] < 0) | (end > n_rows)
+    bad_win = (starts < 0) | (starts.astype(np.int64) + window_samples > n_rows)
+    if bad_rec.any() or bad_win.any():
+        what = (
+            f"{int(bad_win.sum())} windows" if bad_win.any() else f"{int(bad_rec.sum())} recordings"
+        )
+        raise BrainpipeError(
+            f"{reader.path}: {what} reach past the end of /signals ({n_rows} rows); the cache "
+            "is damaged or not brainpipe's: rebuild it (brainpipe build-cache --force)"
+        )
+
+
 class CacheWindowDataset:
     """Windows of a brainpipe cache, read a whole batch at a time.
 
@@ -349,6 +395,7 @@ class CacheWindowDataset:
 
     Selection: `split` (the corpus's own, e.g. "train"/"eval"; None for all), `subjects` (keep
     only these, see `carve_validation`), labelled windows only unless `labelled_only=False`.
+    `target="subject"` makes y the window's subject code (see `subject_names`) instead.
     `window_s`/`stride_s` other than the build's recompute the windows (see `window_table`).
 
     Augmentation (`augment`: an `AugmentConfig` or anything with `random_crop`,
@@ -374,6 +421,7 @@ class CacheWindowDataset:
         labelled_only: bool = True,
         augment: Any = None,
         seed: int = 0,
+        target: str = "label",
     ):
         self.reader = _open(cache)
         r = self.reader.recordings
@@ -386,12 +434,21 @@ class CacheWindowDataset:
         if subjects is not None:
             keep_rec &= np.isin(subject_keys(self.reader), np.asarray(list(subjects), dtype=str))
         keep = keep_rec[table["recording"]]
+        check_inside_signals(self.reader, table["start"][keep], self.window_samples, keep_rec)
         if labelled_only:
             keep &= table["label"] >= 0
         self.split = split
         self.recording = table["recording"][keep]
         self.start = table["start"][keep]
         self.label = table["label"][keep]
+        # target="subject": y is the window's subject, a code into `subject_names` (all the
+        # cache's subjects, so codes agree across splits), for the subject tasks.
+        self.subject_names = np.unique(subject_keys(self.reader))
+        if target == "subject":
+            code = np.searchsorted(self.subject_names, subject_keys(self.reader))
+            self.label = code[self.recording].astype(np.int64)
+        elif target != "label":
+            raise BrainpipeError(f"target={target!r}: must be 'label' or 'subject'")
         self.seed = int(seed)
         self.random_crop = bool(getattr(augment, "random_crop", False))
         self.amplitude_scale = float(getattr(augment, "amplitude_scale", 0.0) or 0.0)

@@ -3,8 +3,9 @@
 Owns `compute_metrics` (per window and per recording, from class probabilities),
 `event_metrics` (seizure events scored against the cache's reference events, NEDC OVLP, the
 metric TUSZ results are reported in) and `selection_score`, the rule that picks best.pt among
-epochs. The task ("abnormal", "seizure" or "" for another cache) comes from the cache
-(`CacheReader.task`), never from label names.
+epochs; for the subject tasks `subject_metrics` (pair AUROC, EER, identification top-1 of
+embeddings) and `subject_selection_score`. The task ("abnormal", "seizure" or "" for another
+cache) comes from the cache (`CacheReader.task`), never from label names.
 
     m = compute_metrics(probs, labels, recordings, task="seizure")
     m["balanced_accuracy"], m["auroc"], m["sensitivity"], m["recording_auroc"]
@@ -196,3 +197,77 @@ def event_metrics(
 def seizure_column(label_names: tuple[str, ...]) -> int:
     """The column of the seizure class in a seizure cache's probabilities."""
     return list(label_names).index(TUSZ_LABELS[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Subject tasks: embeddings of held-out subjects
+# ---------------------------------------------------------------------------------------------
+
+# Pairs scored per kind (same / different subject): enough for EER to +-0.005, bounded cost.
+MAX_PAIRS = 20_000
+
+
+def equal_error_rate(scores: np.ndarray, same: np.ndarray) -> float:
+    """The error rate where false accepts equal false rejects (ROC: fpr = 1 - tpr)."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(same, scores)
+    fnr = 1 - tpr
+    k = int(np.nanargmin(np.abs(fnr - fpr)))
+    return float((fpr[k] + fnr[k]) / 2)
+
+
+def subject_metrics(embeddings: np.ndarray, subject: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Verification and identification scores of window embeddings `(n, d)` by subject.
+
+    - pair_auroc, eer: cosine similarity of up to MAX_PAIRS same-subject and as many
+      different-subject pairs (drawn with `seed`, so every epoch scores the same pairs);
+    - identification_top1: each subject enrolled as the centroid of the first half of its
+      windows (in dataset order: by recording, then time), each window of the second half
+      identified by its nearest centroid (cosine).
+    NaN where undefined (fewer than two subjects).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    subject = np.asarray(subject)
+    z = np.asarray(embeddings, dtype=np.float64)
+    z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    names, code = np.unique(subject, return_inverse=True)
+    m: dict[str, Any] = {"n_windows": int(len(z)), "n_subjects": int(len(names))}
+    count = np.bincount(code, minlength=len(names))
+    if len(names) < 2 or not (count >= 2).any():
+        return {**m, "pair_auroc": math.nan, "eer": math.nan, "identification_top1": math.nan}
+    rng = np.random.default_rng(seed)
+    order = np.argsort(code, kind="stable")
+    first = np.concatenate([[0], np.cumsum(count)[:-1]])
+    multi = np.flatnonzero(count >= 2)
+    s = multi[rng.integers(0, len(multi), MAX_PAIRS)]
+    k1 = (rng.random(MAX_PAIRS) * count[s]).astype(np.int64)
+    k2 = (k1 + 1 + (rng.random(MAX_PAIRS) * (count[s] - 1)).astype(np.int64)) % count[s]
+    same_a, same_b = order[first[s] + k1], order[first[s] + k2]
+    diff_a = rng.integers(0, len(z), MAX_PAIRS)
+    diff_b = rng.integers(0, len(z), MAX_PAIRS)
+    keep = code[diff_a] != code[diff_b]
+    a = np.concatenate([same_a, diff_a[keep]])
+    b = np.concatenate([same_b, diff_b[keep]])
+    same = np.concatenate([np.ones(len(same_a)), np.zeros(int(keep.sum()))])
+    scores = (z[a] * z[b]).sum(1)
+    m["pair_auroc"] = float(roc_auc_score(same, scores))
+    m["eer"] = equal_error_rate(scores, same)
+    # Identification: enroll the first half of each subject's windows, identify the rest.
+    rank_in_subject = np.empty(len(z), np.int64)
+    rank_in_subject[order] = np.arange(len(z)) - np.repeat(first, count)
+    enroll = rank_in_subject < (count[code] + 1) // 2
+    probe = ~enroll
+    centroids = np.zeros((len(names), z.shape[1]))
+    np.add.at(centroids, code[enroll], z[enroll])
+    centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    guess = (z[probe] @ centroids.T).argmax(1)
+    m["identification_top1"] = float((guess == code[probe]).mean()) if probe.any() else math.nan
+    return m
+
+
+def subject_selection_score(val: dict[str, Any]) -> list[float]:
+    """What best.pt maximizes for the subject tasks: -EER, then identification top-1."""
+    score = [-val["eer"], val["identification_top1"]]
+    return [-math.inf if math.isnan(v) else v for v in score]

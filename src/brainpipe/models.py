@@ -65,8 +65,36 @@ def model_args(
     return {"name": name, "kwargs": full}
 
 
+class SubjectEncoder(torch.nn.Module):
+    """A braindecode model as an encoder of windows into embeddings, for the subject tasks.
+
+    `model(x)` -> embeddings `(B, embedding_dim)`; `model(x, partner)` -> same-subject logits
+    `(B,)` of the pairs (x[i], partner[i]): a scaled, shifted cosine similarity (the similarity
+    head), both windows encoded in one pass. The head lives in `forward` so DDP and
+    torch.compile see it like any other parameter.
+    """
+
+    def __init__(self, encoder: torch.nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.logit_scale = torch.nn.Parameter(torch.tensor(10.0))
+        self.logit_bias = torch.nn.Parameter(torch.tensor(-5.0))
+
+    def forward(self, x: torch.Tensor, partner: torch.Tensor | None = None) -> torch.Tensor:
+        if partner is None:
+            return self.encoder(x)
+        e = torch.nn.functional.normalize(self.encoder(torch.cat([x, partner])).float(), dim=1)
+        a, b = e[: len(x)], e[len(x) :]
+        return self.logit_scale * (a * b).sum(1) + self.logit_bias
+
+
 def build_model(args: dict[str, Any]) -> torch.nn.Module:
-    """Build a braindecode model and check, with one forward pass on zeros, that it fits the data."""
+    """Build a braindecode model and check, with one forward pass on zeros, that it fits the data.
+
+    `args["head"]` "pairs" or "contrastive" (the subject tasks) wraps it in a `SubjectEncoder`.
+    """
+    if args.get("head") in ("pairs", "contrastive"):
+        return SubjectEncoder(build_model({k: v for k, v in args.items() if k != "head"}))
     name, kwargs = args["name"], args["kwargs"]
     cls = _model_class(name)
     n_chans, n_times, n_outputs = (kwargs.get(k) for k in ("n_chans", "n_times", "n_outputs"))

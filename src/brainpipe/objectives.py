@@ -6,8 +6,12 @@ probabilities of every window, gathered over DDP ranks, then `metrics.compute_me
 cache's task). Also the device side of the data path both use: `to_model_input` (float16
 time-major from the loader -> float32 (B, C, T) on the device) and bf16 `autocast`.
 
-Subject-pair objectives (MEG subject identification, contrastive; `SubjectPairDataset` and
-`SubjectPairSampler` feed them) join `OBJECTIVES` here with their own step and scoring.
+The subject tasks (MEG subject identification; no labels, y is the window's subject):
+`pairs` (`pairs_step`: a `SubjectEncoder`'s similarity head, binary cross-entropy on
+`PairBatchSampler` batches) and `contrastive` (`contrastive_step`: `supcon_loss` on
+`SubjectBatchSampler` batches), both scored by `evaluate_subjects` (pair AUROC, EER,
+identification top-1 of held-out subjects; best.pt by validation EER). `model_outputs` gives
+every window's output (embeddings), also for `brainpipe embed`. `objective_for(task, temperature)`.
 
     objective = OBJECTIVES["classify"]
     loss, n_correct = objective.step(model, optimizer, scheduler, batch, device, amp, grad_clip)
@@ -17,6 +21,7 @@ Subject-pair objectives (MEG subject identification, contrastive; `SubjectPairDa
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +31,12 @@ import torch
 import torch.nn.functional as F
 
 from brainpipe.errors import BrainpipeError
-from brainpipe.metrics import compute_metrics
+from brainpipe.metrics import (
+    compute_metrics,
+    selection_score,
+    subject_metrics,
+    subject_selection_score,
+)
 from brainpipe.ring import host_batch
 
 
@@ -123,12 +133,122 @@ def evaluate_classifier(model, loader, device, amp: bool, world_size: int = 1) -
     return compute_metrics(probs, ds.label, ds.recording, ds.reader.task)
 
 
+# ---------------------------------------------------------------------------------------------
+# Subject tasks (no labels: y is the window's subject code, see CacheWindowDataset target=)
+# ---------------------------------------------------------------------------------------------
+
+
+def _optimize(model, optimizer, scheduler, loss, grad_clip: float | None) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+
+
+def pairs_step(model, optimizer, scheduler, batch, device, amp: bool, grad_clip: float | None):
+    """One step on a `PairBatchSampler` batch (2B windows: firsts, then partners): binary
+    cross-entropy of the similarity head's same-subject logits. Returns (loss, n correct) with
+    n correct counted per window (twice per pair), so loss and accuracy average over pairs."""
+    x, subject = to_model_input(batch[0], None, device), batch[1].to(device, non_blocking=True)
+    n = len(x) // 2
+    same = (subject[:n] == subject[n:]).float()
+    with autocast(device, amp):
+        logits = model(x[:n], x[n:])
+    loss = F.binary_cross_entropy_with_logits(logits.float(), same)
+    _optimize(model, optimizer, scheduler, loss, grad_clip)
+    return loss.detach(), 2 * ((logits.detach() > 0).float() == same).sum()
+
+
+def supcon_loss(z: torch.Tensor, subject: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020): the other windows of a window's
+    subject in the batch are its positives, every other window a negative."""
+    z = F.normalize(z.float(), dim=1)
+    sim = z @ z.T / temperature
+    self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    sim = sim.masked_fill(self_mask, -torch.inf)
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    pos = (subject[:, None] == subject[None, :]) & ~self_mask
+    n_pos = pos.sum(1)
+    has = n_pos > 0
+    per_window = -(log_prob.masked_fill(~pos, 0).sum(1)[has] / n_pos[has])
+    return per_window.mean()
+
+
+def contrastive_step(
+    model, optimizer, scheduler, batch, device, amp: bool, grad_clip: float | None, temperature
+):
+    """One step on a `SubjectBatchSampler` batch; n correct: windows whose nearest other window
+    in the batch is of their subject."""
+    x, subject = to_model_input(batch[0], None, device), batch[1].to(device, non_blocking=True)
+    with autocast(device, amp):
+        z = model(x)
+    loss = supcon_loss(z, subject, temperature)
+    _optimize(model, optimizer, scheduler, loss, grad_clip)
+    with torch.no_grad():
+        zn = F.normalize(z.detach().float(), dim=1)
+        sim = (zn @ zn.T).fill_diagonal_(-2)
+        correct = (subject[sim.argmax(1)] == subject).sum()
+    return loss.detach(), correct
+
+
+@torch.no_grad()
+def model_outputs(model, loader, device, amp: bool, world_size: int = 1) -> np.ndarray:
+    """The model's output (e.g. embeddings) for every window of the loader's dataset, in dataset
+    order, all ranks' shards gathered; float32. Sampler as for `predict`."""
+    ds, sampler = loader.dataset, loader.batch_sampler
+    model.eval()
+    parts = []
+    for batch in loader:
+        x = to_model_input(host_batch(batch)[0], None, device)
+        with autocast(device, amp):
+            parts.append(model(x).float().cpu().numpy())
+    model.train()
+    out = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+    idx = sampler.indices()
+    if world_size > 1:
+        gathered: list[Any] = [None] * world_size
+        torch.distributed.all_gather_object(gathered, (idx, out))
+        idx = np.concatenate([g[0] for g in gathered])
+        out = np.concatenate([g[1] for g in gathered])
+    full = np.zeros((len(ds), out.shape[1] if out.ndim == 2 else 0), np.float32)
+    full[idx] = out
+    return full
+
+
+def evaluate_subjects(model, loader, device, amp: bool, world_size: int = 1) -> dict[str, Any]:
+    """Pair AUROC, EER and identification top-1 of the split's subjects (`subject_metrics`)."""
+    ds = loader.dataset
+    return subject_metrics(model_outputs(model, loader, device, amp, world_size), ds.label)
+
+
 @dataclass(frozen=True)
 class Objective:
     """What the loop does with a training batch and with a split it scores."""
 
     step: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # like train_step: (loss, n correct)
     evaluate: Callable[..., dict[str, Any]]  # like evaluate_classifier: metrics of a split
+    score: Callable[[dict[str, Any]], list[float]] = selection_score  # best.pt maximizes it
 
 
-OBJECTIVES = {"classify": Objective(step=train_step, evaluate=evaluate_classifier)}
+def objective_for(task: str, temperature: float = 0.1) -> Objective:
+    """The objective of `train.task`."""
+    if task == "contrastive":
+        return Objective(
+            step=functools.partial(contrastive_step, temperature=temperature),
+            evaluate=evaluate_subjects,
+            score=subject_selection_score,
+        )
+    return OBJECTIVES[task]
+
+
+OBJECTIVES = {
+    "classify": Objective(step=train_step, evaluate=evaluate_classifier),
+    "pairs": Objective(pairs_step, evaluate_subjects, subject_selection_score),
+    "contrastive": Objective(
+        functools.partial(contrastive_step, temperature=0.1),
+        evaluate_subjects,
+        subject_selection_score,
+    ),
+}

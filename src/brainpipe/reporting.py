@@ -183,7 +183,8 @@ def format_cache_table(s: dict[str, Any]) -> str:
         f"cache {s['path']}  format v{s['format_version']}  {s['bytes'] / 1e6:.1f} MB  {s['dtype']}",
         f"{s['n_recordings']} recordings, {s['n_subjects']} subjects, {s['hours']:.2f} h, {s['n_windows']} windows "
         f"of {s['window_samples']} samples (stride {s['stride_samples']}) at {s['sfreq']:g} Hz",
-        f"channels ({len(s['channels'])}): {' '.join(s['channels'])}",
+        f"channels ({len(s['channels'])}): "
+        + (channel_type_summary(s["channels"]) or " ".join(s["channels"])),
         *(
             [
                 f"set of {len(s['members'])} member caches: "
@@ -213,3 +214,31 @@ def lost_worker_line(path: str, pid: int, how: str, retried: bool) -> str:
         "retrying it in a fresh worker" if retried else "skipping it (its second worker died too)"
     )
     return f"build-cache: worker {pid} was killed ({how}) while preprocessing {path}; {then}"
+
+
+# --- train ---
+
+
+def channel_type_summary(channels: list[str] | tuple[str, ...]) -> str | None:
+    """ "306 MEG: 204 grad, 102 mag" for a cache of MEG channels; None when there is none.
+
+    Types from Elekta/MEGIN (Neuromag) names, as mne assigns them: "MEG nnn1" is a magnetometer,
+    "MEG nnn2"/"MEG nnn3" a planar gradiometer. Other channels are counted by their prefix.
+    """
+    meg = [c for c in channels if c.upper().startswith("MEG")]
+    if not meg:
+        return None
+    mag = sum(1 for c in meg if c.rstrip()[-1:] == "1")
+    grad = sum(1 for c in meg if c.rstrip()[-1:] in ("2", "3"))
+    parts = [f"{grad} grad"] * bool(grad) + [f"{mag} mag"] * bool(mag)
+    if len(meg) - mag - grad:
+        parts.append(f"{len(meg) - mag - grad} other")
+    text = f"{len(meg)} MEG: {', '.join(parts)}"
+    rest = [c for c in channels if not c.upper().startswith("MEG")]
+    if rest:
+        kinds: dict[str, int] = {}
+        for c in rest:
+            kind = c.split()[0].upper() if c.split() else c
+            kinds[kind] = kinds.get(kind, 0) + 1
+        text += "; " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    return text

@@ -3,7 +3,9 @@
 Owns `BatchRing` (slots of shared memory every process maps once), the tokens that travel in
 its place (`SlotBatch` from the sampler to a worker, `RingSlot` from the worker back), the
 `RingBatchSampler` that numbers the slots, and `collate_batch`, the DataLoader `collate_fn` for
-batches a dataset already assembled. Torch-free at import (torch is imported where a tensor is
+batches a dataset already assembled. Also what a kill -9 must not leave behind: ring names carry
+the owner's pid so the next run removes a dead owner's ring (`remove_stale_rings`), and
+`die_with_parent`, the `worker_init_fn` that ends workers with their trainer. Torch-free at import (torch is imported where a tensor is
 made), so datasets can import it.
 
     ring = BatchRing(BatchRing.slots_for(num_workers, prefetch_factor), (B, n_samples, n_channels))
@@ -17,10 +19,20 @@ made), so datasets can import it.
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
+import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
+# Where POSIX shared memory lives on Linux, and the names of our rings in it: the creating
+# process's pid is in the name, so a later run can tell a ring whose owner was killed (-9 leaves
+# no chance to unlink) from one in use.
+SHM_DIR = Path("/dev/shm")
+RING_PREFIX = "brainpipe-ring-"
 
 
 class SlotBatch(NamedTuple):
@@ -83,7 +95,8 @@ class BatchRing:
             np.dtype(dtype),
         )
         self.nbytes = self.n_slots * int(np.prod(self.shape)) * self.dtype.itemsize
-        self._shm = shared_memory.SharedMemory(create=True, size=max(self.nbytes, 1))
+        name = f"{RING_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        self._shm = shared_memory.SharedMemory(name=name, create=True, size=max(self.nbytes, 1))
         self._owner = True
         self.name = self._shm.name
         self.array = np.ndarray((self.n_slots, *self.shape), self.dtype, buffer=self._shm.buf)
@@ -102,8 +115,7 @@ class BatchRing:
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        import sys
-        from multiprocessing import resource_tracker, shared_memory
+        from multiprocessing import shared_memory
 
         self.n_slots, self.shape, self.dtype = (
             state["n_slots"],
@@ -114,10 +126,7 @@ class BatchRing:
         if sys.version_info >= (3, 13):
             self._shm = shared_memory.SharedMemory(name=state["name"], track=False)
         else:
-            self._shm = shared_memory.SharedMemory(name=state["name"])
-            # Before 3.13 attaching registers the segment for removal when this process's
-            # tracker shuts down, as if this process owned it.
-            resource_tracker.unregister(self._shm._name, "shared_memory")  # type: ignore[attr-defined]
+            self._shm = _attach_untracked(state["name"])
         self._owner = False
         self.name = self._shm.name
         self.array = np.ndarray((self.n_slots, *self.shape), self.dtype, buffer=self._shm.buf)
@@ -136,6 +145,102 @@ class BatchRing:
             self._owner = False
             with contextlib.suppress(FileNotFoundError):
                 self._shm.unlink()
+
+
+def _attach_untracked(name: str) -> Any:
+    """Map an existing segment without telling the resource tracker (Python < 3.13).
+
+    Attaching with `SharedMemory(name)` registers the segment with the tracker, which workers
+    share with the trainer (fork and spawn alike); unregistering it again, as this module once
+    did, removed the trainer's own registration, so the trainer's unlink at exit printed a
+    resource_tracker KeyError traceback and, after a kill -9, nobody removed the ring.
+    """
+    import _posixshmem  # what SharedMemory itself uses; the only untracked way before 3.13
+    import mmap
+
+    class _Attached:
+        def __init__(self) -> None:
+            fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
+            try:
+                self._mmap = mmap.mmap(fd, os.fstat(fd).st_size)
+            finally:
+                os.close(fd)
+            self.buf: memoryview | None = memoryview(self._mmap)
+            self.name = name
+
+        def close(self) -> None:
+            if self.buf is not None:
+                self.buf.release()
+                self.buf = None
+            self._mmap.close()
+
+        def unlink(self) -> None:  # never called: attached rings are not owners
+            raise AssertionError("an attached ring does not own its segment")
+
+    return _Attached()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, killed but not yet reaped, counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): trust kill(0)
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def remove_stale_rings(shm_dir: Path = SHM_DIR) -> list[str]:
+    """Remove rings whose creating process is gone (a trainer killed with -9); their names."""
+    removed = []
+    try:
+        entries = list(shm_dir.glob(f"{RING_PREFIX}*"))
+    except OSError:
+        return removed
+    for path in entries:
+        pid = path.name[len(RING_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path.name)
+    return removed
+
+
+def die_with_parent(parent_pid: int, worker_id: int = 0) -> None:
+    """DataLoader `worker_init_fn`: the worker dies when the trainer that started it does.
+
+    A worker killed with its trainer (kill -9, the OOM killer) otherwise lives on as an orphan
+    holding ~200 MB and the resource tracker's pipe, which keeps the tracker (and so the ring in
+    /dev/shm) alive too. Linux's parent-death signal covers fork and spawn, where the trainer is
+    the parent. Under forkserver the parent is the fork server, which only exits once no worker
+    holds its "alive" pipe, so a thread also watches the trainer's pid (twice a second). Use
+    `functools.partial(die_with_parent, os.getpid())` (it pickles).
+    """
+    import signal
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    def watch() -> None:
+        while pid_alive(parent_pid):
+            time.sleep(0.5)
+        os._exit(1)
+
+    if not pid_alive(parent_pid):
+        os._exit(1)
+    threading.Thread(target=watch, name="brainpipe-parent-watch", daemon=True).start()
 
 
 class RingBatchSampler:

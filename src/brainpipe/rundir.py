@@ -15,6 +15,7 @@ metrics.jsonl, W&B) and JSON output (`write_json`, summary.json).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,6 +29,7 @@ import torch
 from brainpipe.config import Config
 from brainpipe.errors import BrainpipeError
 from brainpipe.fsutil import atomic_output, check_writable_dir
+from brainpipe.ring import pid_alive
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoints and RNG state
@@ -37,6 +39,29 @@ from brainpipe.fsutil import atomic_output, check_writable_dir
 def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
     with atomic_output(path) as tmp:
         torch.save(ckpt, tmp)
+
+
+def restore_best(run_dir: Path, ckpt: dict[str, Any]) -> bool:
+    """Make best.pt hold the best epoch `ckpt` (last.pt) records; False when it cannot.
+
+    `train` writes best.pt before last.pt, so last.pt never records a best epoch whose
+    best.pt was not written. A run killed while writing best.pt by an older brainpipe (which
+    wrote last.pt first) lost it: when the best epoch is last.pt's own, last.pt is that best.
+    """
+    want = ckpt["best"]["epoch"] + 1
+    path = run_dir / "best.pt"
+    if path.exists():
+        try:
+            if torch.load(path, map_location="cpu", weights_only=True)["epoch"] == want:
+                return True
+        except Exception:  # torn or foreign: replaced below when possible
+            pass
+    if want == ckpt["epoch"]:
+        save_checkpoint(ckpt, path)
+        return True
+    with contextlib.suppress(OSError):
+        path.unlink()  # stale weights must not pass for the recorded best epoch's
+    return False
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -93,11 +118,26 @@ _DATA_KEYS = (
     ("train", "seed"),
     ("train", "val_fraction"),
     ("train", "eval_split"),
+    ("train", "task"),
+    ("train", "test_fraction"),
 )
+
+
+def remove_torn_outputs(run_dir: Path) -> list[Path]:
+    """Remove temp files (`.NAME.tmp-PID`, see `atomic_output`) that a killed writer left."""
+    removed = []
+    for tmp in run_dir.glob(".*.tmp-*") if run_dir.is_dir() else []:
+        pid = tmp.name.rsplit(".tmp-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
 
 
 def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> dict[str, Any] | None:
     """The checkpoint to resume from (None for a new run), after checking the run dir for it."""
+    remove_torn_outputs(run_dir)
     last = run_dir / "last.pt"
     if not resume:
         if last.exists():
@@ -112,7 +152,7 @@ def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> dict[str, Any] | 
     ckpt = load_checkpoint(last)
     then, now = ckpt["config"], cfg.to_dict()
     for section, key in _DATA_KEYS:
-        if not same_setting(then[section][key], now[section][key]):
+        if not same_setting(then[section].get(key, now[section][key]), now[section][key]):
             raise BrainpipeError(
                 f"--resume: {section}.{key}={now[section][key]!r} but the run in {run_dir} "
                 f"used {then[section][key]!r}; changing it would change the data splits. Keep "

@@ -3,12 +3,15 @@ checked against the config, the splits and the loaders that feed the model.
 
 `train`, `predict` and `embed` are stages and never import each other; the loader they share
 lives here so that inference reads batches exactly as training does (same dataset, same batch
-ring, same worker settings).
+ring, same worker settings). Before any worker starts, /dev/shm is checked for the batches in
+flight (`shm_prefetch`: a smaller prefetch, or one line naming free, needed and the fix). The
+subject tasks (`train.task` pairs/contrastive) get their splits by subject
+(`make_subject_datasets`) and their samplers (`train_sampler`) here too.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 import os
 import shutil
 from dataclasses import dataclass
@@ -20,13 +23,27 @@ import torch
 from brainpipe import cacheset
 from brainpipe.cachefile import CacheReader
 from brainpipe.config import Config
-from brainpipe.datasets import CacheWindowDataset
+from brainpipe.datasets import CacheWindowDataset, subject_keys
 from brainpipe.errors import BrainpipeError
-from brainpipe.ring import BatchRing, RingBatchSampler, collate_batch
+from brainpipe.ring import (
+    SHM_DIR,
+    BatchRing,
+    RingBatchSampler,
+    collate_batch,
+    die_with_parent,
+    remove_stale_rings,
+)
 from brainpipe.rundir import (
     same_setting,
 )
-from brainpipe.samplers import WindowBatchSampler, carve_validation, class_balanced_weights
+from brainpipe.samplers import (
+    PairBatchSampler,
+    SubjectBatchSampler,
+    WindowBatchSampler,
+    carve_subjects,
+    carve_validation,
+    class_balanced_weights,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Set-up pieces: each checks its input and fails with one BrainpipeError before any work
@@ -118,9 +135,51 @@ class Splits:
         return {k: len(ds) if ds is not None else 0 for k, ds in sets}
 
 
+def make_subject_datasets(reader: CacheReader, cfg: Config) -> Splits:
+    """The subject tasks' splits: by subject, y = subject code, no labels needed.
+
+    The corpus's own `train` and `train.eval_split` splits when it has both (validation carved
+    from train); otherwise train / validation / held-out test subjects carved from all
+    subjects with `train.val_fraction` and `train.test_fraction` (`carve_subjects`).
+    """
+    t, w = cfg.train, cfg.window
+    r = reader.recordings
+    done = r["status"] == 1
+    splits = set(r["split"][done].tolist())
+    keys = subject_keys(reader)
+    if "train" in splits and t.eval_split in splits:
+        names = keys[done & (r["split"] == "train")]
+        train_s, val_s, _ = carve_subjects(names, t.val_fraction, 0.0, t.seed)
+        pool, eval_split, eval_s = "train", t.eval_split, None
+    else:
+        train_s, val_s, eval_s = carve_subjects(keys[done], t.val_fraction, t.test_fraction, t.seed)
+        pool = eval_split = None
+    kw: dict[str, Any] = dict(
+        window_s=w.seconds, stride_s=w.stride_seconds, labelled_only=False, target="subject"
+    )
+    data = Splits(
+        train=CacheWindowDataset(
+            reader, pool, subjects=train_s, augment=t.augment, seed=t.seed, **kw
+        ),
+        val=CacheWindowDataset(reader, pool, subjects=val_s, **kw) if len(val_s) else None,
+        eval=CacheWindowDataset(reader, eval_split, subjects=eval_s, **kw)
+        if eval_s is None or len(eval_s)
+        else None,
+    )
+    for name, ds in (("train", data.train), *data.evaluated().items()):
+        if len(ds) == 0:
+            raise BrainpipeError(
+                f"{reader.path}: the {name} subjects have no windows of {w.seconds:g} s; check "
+                "window.seconds against the recordings' lengths"
+            )
+    return data
+
+
 def make_datasets(reader: CacheReader, cfg: Config) -> Splits:
     """train / val (carved from train by subject) / eval datasets, checked for emptiness."""
     t, w = cfg.train, cfg.window
+    if t.task != "classify":
+        return make_subject_datasets(reader, cfg)
     r = reader.recordings
     done = r["status"] == 1
     splits = sorted(set(r["split"][done].tolist()))
@@ -173,6 +232,51 @@ def make_datasets(reader: CacheReader, cfg: Config) -> Splits:
 # ---------------------------------------------------------------------------------------------
 
 
+def shm_prefetch(
+    free: int | None, num_workers: int, prefetch_factor: int, batch_bytes: int, scored: bool
+) -> int:
+    """The largest prefetch factor <= `prefetch_factor` whose batches fit `free` bytes of /dev/shm.
+
+    With workers, every batch in flight lives in shared memory: the training ring
+    (`BatchRing.slots_for` slots) and, while a split is scored, torch's own hand-over of
+    `num_workers * prefetch_factor` batches. A worker that cannot allocate them dies in its
+    queue feeder and the trainer waits forever, so a run that does not fit fails here, in one
+    line, before any worker starts.
+    """
+    if num_workers == 0 or free is None:
+        return prefetch_factor
+
+    def need(pf: int) -> int:
+        in_flight = BatchRing.slots_for(num_workers, pf) + (num_workers * pf if scored else 0)
+        return int(1.1 * in_flight * batch_bytes) + (4 << 20)  # 10% and 4 MiB for the rest
+
+    for pf in range(prefetch_factor, 0, -1):
+        if need(pf) <= free:
+            if pf < prefetch_factor:
+                print(
+                    f"note: /dev/shm has {free / 2**20:.0f} MiB free: train.prefetch_factor "
+                    f"{prefetch_factor} -> {pf} so the batches in flight fit; give the container "
+                    "more (docker --shm-size, compose shm_size) to prefetch more",
+                    flush=True,
+                )
+            return pf
+    raise BrainpipeError(
+        f"/dev/shm has {free / 2**20:.0f} MiB free but {num_workers} loader workers need "
+        f"{need(1) / 2**20:.0f} MiB for their batches ({batch_bytes / 2**20:.1f} MiB each) even "
+        "at train.prefetch_factor=1; give the container more shared memory (docker --shm-size, "
+        "compose shm_size), or lower train.batch_size or train.num_workers (0: no shared memory)"
+    )
+
+
+def shm_free() -> int | None:
+    """Bytes free in /dev/shm for this process: shared by the ranks of one node."""
+    if not SHM_DIR.is_dir():
+        return None
+    remove_stale_rings()  # rings of trainers killed with -9 count as used until removed
+    per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return shutil.disk_usage(SHM_DIR).free // per_node
+
+
 def make_loader(
     ds, batch_sampler, device: torch.device, num_workers: int, prefetch_factor: int, ring=False
 ):
@@ -180,6 +284,7 @@ def make_loader(
 
     Returns (loader, ring or None). Without a ring (or without workers) torch moves each batch
     through fresh shared memory, which costs a worker ~40 ms per 21 MB batch (see BatchRing).
+    Workers die with this process (`die_with_parent`). Check /dev/shm first (`shm_prefetch`).
     """
     from torch.utils.data import DataLoader
 
@@ -187,19 +292,9 @@ def make_loader(
     if ring and num_workers > 0:
         n_slots = BatchRing.slots_for(num_workers, prefetch_factor)
         shape = (batch_sampler.batch_size, ds.window_samples, ds.n_channels)
-        need = n_slots * math.prod(shape) * ds.reader.dtype.itemsize
-        free = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else None
-        if free is None or free > 1.2 * need:
-            shared = BatchRing(n_slots, shape, ds.reader.dtype)
-            ds.ring = shared
-            batch_sampler = RingBatchSampler(batch_sampler, n_slots)
-        else:
-            print(
-                f"note: /dev/shm has {free / 2**20:.0f} MiB free, the batch ring needs "
-                f"{need / 2**20:.0f} MiB: workers fall back to torch's slower hand-over; give "
-                "the container more (docker --shm-size, compose shm_size)",
-                flush=True,
-            )
+        shared = BatchRing(n_slots, shape, ds.reader.dtype)
+        ds.ring = shared
+        batch_sampler = RingBatchSampler(batch_sampler, n_slots)
     loader = DataLoader(
         ds,
         batch_sampler=batch_sampler,
@@ -208,6 +303,7 @@ def make_loader(
         pin_memory=device.type == "cuda",
         persistent_workers=num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        worker_init_fn=functools.partial(die_with_parent, os.getpid()) if num_workers else None,
         # Its own generator: worker seeding must not consume the global RNG, or a resumed run
         # would draw other dropout masks than an uninterrupted one.
         generator=torch.Generator(),
@@ -218,28 +314,54 @@ def make_loader(
 @dataclass
 class Loaders:
     train: Any  # DataLoader
-    sampler: WindowBatchSampler
+    sampler: Any  # WindowBatchSampler, or the subject tasks' (see train_sampler)
     evaluated: dict[str, Any]  # split name -> DataLoader, every window once
     steps_per_epoch: int
     ring: BatchRing | None
 
 
-def make_loaders(data: Splits, cfg: Config, env: DistEnv, device: torch.device) -> Loaders:
-    """The training loader (shuffled, sharded, through the batch ring) and the scoring loaders."""
+def train_sampler(ds: CacheWindowDataset, cfg: Config, env: DistEnv) -> Any:
+    """The training batches of `train.task`: shuffled windows, subject pairs, or k windows of
+    m subjects; sharded over DDP ranks, resumable (state_dict)."""
     t = cfg.train
-    per_rank = -(-len(data.train) // env.world_size)
-    sampler = WindowBatchSampler(
-        len(data.train),
+    if t.task == "pairs":
+        return PairBatchSampler(
+            ds.label, t.batch_size, same_fraction=t.same_fraction, seed=t.seed,
+            rank=env.rank, world_size=env.world_size,
+        )  # fmt: skip
+    if t.task == "contrastive":
+        return SubjectBatchSampler(
+            ds.label, t.batch_size, t.windows_per_subject, seed=t.seed, rank=env.rank,
+            world_size=env.world_size,
+        )  # fmt: skip
+    per_rank = -(-len(ds) // env.world_size)
+    return WindowBatchSampler(
+        len(ds),
         t.batch_size,
         shuffle=True,
         drop_last=per_rank >= t.batch_size,  # no ragged last batch, unless it is the only one
         seed=t.seed,
         rank=env.rank,
         world_size=env.world_size,
-        weights=class_balanced_weights(data.train.label) if t.balanced_sampling else None,
+        weights=class_balanced_weights(ds.label) if t.balanced_sampling else None,
+    )
+
+
+def make_loaders(data: Splits, cfg: Config, env: DistEnv, device: torch.device) -> Loaders:
+    """The training loader (shuffled, sharded, through the batch ring) and the scoring loaders."""
+    t = cfg.train
+    sampler = train_sampler(data.train, cfg, env)
+    batch_bytes = sampler.batch_size * data.train.window_samples * data.train.n_channels
+    batch_bytes *= data.train.reader.dtype.itemsize
+    prefetch = shm_prefetch(
+        shm_free() if t.num_workers else None,
+        t.num_workers,
+        t.prefetch_factor,
+        batch_bytes,
+        bool(data.evaluated()),
     )
     train_loader, ring = make_loader(
-        data.train, sampler, device, t.num_workers, t.prefetch_factor, ring=True
+        data.train, sampler, device, t.num_workers, prefetch, ring=True
     )
     evaluated = {
         name: make_loader(
@@ -254,7 +376,7 @@ def make_loaders(data: Splits, cfg: Config, env: DistEnv, device: torch.device) 
             ),
             device,
             t.num_workers,
-            t.prefetch_factor,
+            prefetch,
         )[0]
         for name, ds in data.evaluated().items()
     }

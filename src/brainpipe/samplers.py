@@ -171,6 +171,169 @@ class SubjectPairSampler(_EpochSeeded):
             yield self.pairs.sample(rng, self.batch_size, self.same_fraction)
 
 
+class _SubjectTable:
+    """Windows grouped by subject code: O(1) draws of a subject's k-th window."""
+
+    def __init__(self, subject: np.ndarray):
+        self.subject = np.asarray(subject, dtype=np.int64)
+        names, code = np.unique(self.subject, return_inverse=True)
+        self.code = code.astype(np.int64)  # 0..n_subjects-1
+        self.order = np.argsort(self.code, kind="stable")
+        self.count = np.bincount(self.code, minlength=len(names)).astype(np.int64)
+        self.first = np.concatenate([[0], np.cumsum(self.count)[:-1]]).astype(np.int64)
+
+
+class PairBatchSampler(_EpochSeeded):
+    """Batches of `batch_size` window pairs as one flat array `[a_1..a_B, b_1..b_B]` (2B windows).
+
+    Every window is the first of a pair once per epoch (a permutation sharded over DDP ranks
+    like `WindowBatchSampler`, so no window anchors on two ranks); its partner is another
+    window of the same subject for round(B * same_fraction) pairs of each batch and a window of
+    a uniformly drawn other subject for the rest. `subject`: the subject code of each window.
+    """
+
+    def __init__(
+        self,
+        subject: np.ndarray,
+        batch_size: int,
+        *,
+        same_fraction: float = 0.5,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.table = _SubjectTable(subject)
+        if len(self.table.count) < 2 or not (self.table.count >= 2).any():
+            raise BrainpipeError(
+                f"subject pairs need two subjects and one with two windows; the training "
+                f"windows hold {len(self.table.count)} subjects"
+            )
+        if not 0 <= same_fraction <= 1:
+            raise BrainpipeError(f"same_fraction={same_fraction}: must be in [0, 1]")
+        self.anchors = WindowBatchSampler(
+            len(self.table.subject),
+            batch_size,
+            drop_last=True,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+        )
+        self.pairs_per_batch, self.same_fraction = batch_size, same_fraction
+        self.batch_size = 2 * batch_size  # windows per batch, as the loader's ring sees them
+        self.seed, self.epoch, self.rank = int(seed), 0, rank
+
+    def __len__(self) -> int:
+        return len(self.anchors)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        t = self.table
+        self.anchors.set_epoch(self.epoch)
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, 1])
+        n = self.pairs_per_batch
+        multi = t.count[t.code] >= 2
+        for a in self.anchors:
+            same = np.zeros(n, bool)
+            same[: int(round(n * self.same_fraction))] = True
+            rng.shuffle(same)
+            same &= multi[a]  # a subject's only window has no same-subject partner
+            s1 = t.code[a]
+            s2 = s1.copy()
+            n_sub, n_diff = len(t.count), int((~same).sum())
+            s2[~same] = (s1[~same] + 1 + rng.integers(0, n_sub - 1, n_diff)) % n_sub
+            k2 = (rng.random(n) * t.count[s2]).astype(np.int64)
+            # Same subject: any of its windows but the anchor itself.
+            b = t.order[t.first[s2] + k2]
+            clash = same & (b == a)
+            while clash.any():
+                k2[clash] = (rng.random(int(clash.sum())) * t.count[s2[clash]]).astype(np.int64)
+                b[clash] = t.order[t.first[s2[clash]] + k2[clash]]
+                clash = same & (b == a)
+            yield np.concatenate([a, b])
+
+
+class SubjectBatchSampler(_EpochSeeded):
+    """Batches of k windows of each of m subjects (`batch_size` = m * k), for contrastive losses.
+
+    Each epoch every subject's windows are shuffled and cut into groups of k (the remainder
+    waits for another epoch); the groups are shuffled and dealt to the DDP ranks in turn, so a
+    window is in at most one batch of one rank. All ranks get the same number of batches.
+    """
+
+    def __init__(
+        self,
+        subject: np.ndarray,
+        batch_size: int,
+        windows_per_subject: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.table = _SubjectTable(subject)
+        self.k = int(windows_per_subject)
+        self.m = batch_size // self.k
+        if self.m < 2:
+            raise BrainpipeError(
+                f"train.batch_size={batch_size} holds {self.m} subjects of "
+                f"train.windows_per_subject={self.k} windows; a contrastive batch needs two"
+            )
+        groups = int((self.table.count // self.k).sum())
+        if groups // world_size < self.m:
+            raise BrainpipeError(
+                f"the training windows give {groups} groups of {self.k} windows of one "
+                f"subject, fewer than a batch of {self.m} per rank; lower train.batch_size or "
+                "train.windows_per_subject"
+            )
+        self.batch_size = self.m * self.k
+        self.n_batches = groups // world_size // self.m
+        self.seed, self.epoch, self.rank, self.world_size = int(seed), 0, rank, world_size
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        t, k = self.table, self.k
+        rng = np.random.default_rng([self.seed, self.epoch])  # the same on every rank
+        groups = []
+        for s in range(len(t.count)):
+            win = t.order[t.first[s] : t.first[s] + t.count[s]]
+            win = rng.permutation(win)
+            groups.append(win[: len(win) // k * k].reshape(-1, k))
+        all_groups = np.concatenate(groups) if groups else np.zeros((0, k), np.int64)
+        all_groups = all_groups[rng.permutation(len(all_groups))][self.rank :: self.world_size]
+        for b in range(self.n_batches):
+            yield all_groups[b * self.m : (b + 1) * self.m].reshape(-1)
+
+
+def carve_subjects(
+    names: np.ndarray, val_fraction: float, test_fraction: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Subjects divided into (train, validation, held-out test), deterministically from `seed`.
+
+    For corpora without a split of their own (a CamCAN-like MEG tree). Each side gets
+    round(fraction * n) subjects, at least two when the fraction is > 0 (pair metrics need
+    two subjects), and train keeps at least two. The same keyed hash as `carve_validation`.
+    """
+    names = np.unique(np.asarray(names, dtype=str))
+    n = len(names)
+
+    def size(fraction: float) -> int:
+        return 0 if fraction <= 0 else max(2, int(round(fraction * n)))
+
+    n_test, n_val = size(test_fraction), size(val_fraction)
+    if n - n_test - n_val < 2:
+        raise BrainpipeError(
+            f"{n} subjects cannot give train.test_fraction={test_fraction} and "
+            f"train.val_fraction={val_fraction} two subjects each and keep two for training; "
+            "add subjects or lower the fractions"
+        )
+    order = _subject_order(names.tolist(), seed)
+    test = np.array(sorted(order[:n_test]), dtype=names.dtype)
+    val = np.array(sorted(order[n_test : n_test + n_val]), dtype=names.dtype)
+    train = names[~np.isin(names, np.concatenate([test, val]))]
+    return train, val, test
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation: carved out of a split by subject
 # ---------------------------------------------------------------------------------------------

@@ -3,9 +3,10 @@
 Reads a cache written by `brainpipe build-cache`; writes into the run dir:
 
     last.pt, best.pt        checkpoints each epoch, plain dicts written atomically (best: by the
-                            validation balanced accuracy, on a seizure cache first by the mean
-                            NEDC OVLP sensitivity at 1/2.5/5/10 FA/24h, see
-                            `metrics.selection_score`; the last epoch without validation)
+                            validation balanced accuracy, or EER for the subject tasks, on
+                            a seizure cache first by the mean NEDC OVLP sensitivity at
+                            1/2.5/5/10 FA/24h, see `metrics.selection_score`; the last epoch
+                            without validation)
     metrics.jsonl           one line per epoch: train loss, val/eval metrics, samples/s, data wait
     events.out.tfevents.*   TensorBoard (`tensorboard --logdir runs/`)
     summary.json            at the end: eval metrics of best.pt, epochs, samples/s, data wait
@@ -30,10 +31,13 @@ still float16 (half the bytes); the transpose to (batch, channels, time) and the
 float32 happen there, in one kernel. The CPU never touches a float32 sample.
 
 This module is the stage's order of operations: `train` -> `fit`, which reads top to bottom:
-loaders, model and optimizer, resume or seed, and the loop of train / evaluate / checkpoint. Its
+loaders, model and optimizer, resume or seed, and the loop of train / evaluate / checkpoint.
+`train.task` picks what a step does: `classify` (labels), or the subject tasks `pairs` and
+`contrastive` (MEG subject identification: splits by subject, metrics pair AUROC / EER /
+identification top-1 of held-out subjects; see `objectives.py`). Its
 pieces live beside it: `runtime.py` (DDP place, device, the cache checked against the config,
 splits and the DataLoader, shared with the inference stages), `models.py` (which model, its
-arguments), `objectives.py` (what a step does; `classify` today), `metrics.py` (scores of
+arguments), `objectives.py` (what a step does and how a split is scored), `metrics.py` (scores of
 predictions), `rundir.py` (checkpoints, RNG state, logs, summary.json), `datasets.py`,
 `samplers.py` and `ring.py` (the data).
 """
@@ -61,17 +65,17 @@ from brainpipe.metrics import (
     compute_metrics,
     event_metrics,
     seizure_column,
-    selection_score,
     window_starts_s,
 )
 from brainpipe.models import build_model, model_args
-from brainpipe.objectives import OBJECTIVES, class_weights
+from brainpipe.objectives import class_weights, objective_for
 from brainpipe.objectives import predict as predict_probs
-from brainpipe.ring import host_batch
+from brainpipe.ring import host_batch, remove_stale_rings
 from brainpipe.rundir import (
     RunLog,
     check_run_dir,
     check_wandb,
+    restore_best,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -138,7 +142,7 @@ class Trainee:
     model: torch.nn.Module  # unwrapped: no torch.compile, no DDP
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    sampler: WindowBatchSampler
+    sampler: WindowBatchSampler  # or a subject task's sampler: anything with a state_dict
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -155,6 +159,7 @@ def prepare(cache_path: str | os.PathLike, run_dir: Path, cfg: Config, resume: b
     started = time.perf_counter()
     t = cfg.train
     env = DistEnv.from_environ()
+    remove_stale_rings()  # batch rings in /dev/shm of trainers killed with -9
     device = resolve_device(t.device, env.local_rank)
     reader = open_cache(cache_path, cfg)
     check_cache_subjects(reader, t)
@@ -168,14 +173,15 @@ def prepare(cache_path: str | os.PathLike, run_dir: Path, cfg: Config, resume: b
             t.model_kwargs,
             data.train.n_channels,
             data.train.window_samples,
-            len(reader.label_names),
+            len(reader.label_names) if t.task == "classify" else t.embedding_dim,
             reader.sfreq,
         )
+        | ({"head": t.task} if t.task != "classify" else {})
     )
     torch.manual_seed(t.seed)
     model = build_model(margs)
     check_wandb(cfg)
-    if env.is_main and data.eval is not None:
+    if env.is_main and data.eval is not None and t.task == "classify":
         names = set(subject_keys(reader)[reader.recordings["split"] == "train"].tolist())
         shared = names & set(data.eval.subjects().tolist())
         if shared:
@@ -204,7 +210,7 @@ def train(
 def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
     """The loop: epochs of training, scoring and checkpoints; returns the summary."""
     cfg, t, env, device, data = s.cfg, s.cfg.train, s.env, s.device, s.data
-    objective = OBJECTIVES["classify"]
+    objective = objective_for(t.task, t.temperature)
 
     # -------- loaders --------
     loaders = make_loaders(data, cfg, env, device)
@@ -306,7 +312,7 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
                 row[name] = objective.evaluate(raw_model, loader, device, t.amp, env.world_size)
         done.epoch = epoch + 1
         done.history.append(row)
-        score = selection_score(row["val"]) if data.val is not None else None
+        score = objective.score(row["val"]) if data.val is not None else None
         improved = score is None or done.best is None or score > done.best
         if improved:
             done.best, done.best_epoch = score, epoch
@@ -318,9 +324,10 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
             torch.distributed.all_gather_object(rngs, rng_state())
         if env.is_main:
             ckpt = make_checkpoint(s, trainee, done, rngs)
-            save_checkpoint(ckpt, s.run_dir / "last.pt")
+            # best.pt first: last.pt must never record a best epoch whose weights are not on disk.
             if improved:
                 save_checkpoint(ckpt, s.run_dir / "best.pt")
+            save_checkpoint(ckpt, s.run_dir / "last.pt")
             log.epoch(row)
             print(epoch_line(row, t.epochs), flush=True)
 
@@ -343,6 +350,12 @@ def resume(s: Setup, trainee: Trainee) -> Progress:
     done = Progress(ckpt["epoch"], list(ckpt["history"]), best["score"], best["epoch"])
     if env.is_main:
         print(f"resuming {s.run_dir} after epoch {done.epoch}/{s.cfg.train.epochs}", flush=True)
+        if not restore_best(s.run_dir, ckpt):
+            print(
+                f"note: best.pt of epoch {best['epoch'] + 1} is lost; the next improving "
+                "epoch writes it",
+                flush=True,
+            )
     return done
 
 
@@ -397,12 +410,13 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
     """The one line an epoch prints."""
     line = f"epoch {row['epoch']}/{epochs}  loss {row['train']['loss']:.4f}"
     for name in ("val", "eval"):
-        if row[name]:
-            line += (
-                f"  {name} bacc {row[name]['balanced_accuracy']:.3f} auroc {row[name]['auroc']:.3f}"
-            )
-            if row[name].get("events"):
-                line += f" ovlp-sens {row[name]['events']['mean_sensitivity']:.3f}"
+        m = row[name]
+        if m and "eer" in m:  # the subject tasks
+            line += f"  {name} eer {m['eer']:.3f} top1 {m['identification_top1']:.3f}"
+        elif m:
+            line += f"  {name} bacc {m['balanced_accuracy']:.3f} auroc {m['auroc']:.3f}"
+            if m.get("events"):
+                line += f" ovlp-sens {m['events']['mean_sensitivity']:.3f}"
     return line + (
         f"  {row['samples_per_s']:,.0f} samples/s  data wait {row['data_wait_fraction']:.1%}"
     )
@@ -428,6 +442,9 @@ def make_summary(s: Setup, done: Progress, n_params: int) -> dict[str, Any]:
         "label_names": list(s.reader.label_names),
         "cache": str(s.reader.path),
         "run_dir": str(s.run_dir),
-        "checkpoints": {"last": str(s.run_dir / "last.pt"), "best": str(s.run_dir / "best.pt")},
+        "checkpoints": {
+            name: str(s.run_dir / f"{name}.pt") if (s.run_dir / f"{name}.pt").exists() else None
+            for name in ("last", "best")
+        },
         "time_s": time.perf_counter() - s.started,
     }
