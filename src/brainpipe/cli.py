@@ -37,13 +37,8 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="brainpipe", description="EEG/MEG training stack: index -> build-cache -> train."
-    )
-    ap.add_argument("--version", action="version", version=f"brainpipe {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_stages(sub: argparse._SubParsersAction) -> None:
+    """The pipeline: synth, index, build-cache, cache-set, train."""
     p = sub.add_parser("synth", help="write a synthetic TUH-like corpus (TUAB, TUSZ or MEG)")
     p.add_argument("--layout", choices=["tuab", "tusz", "meg"], required=True)
     p.add_argument("--out", required=True, metavar="DIR")
@@ -105,25 +100,15 @@ def _parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the run dir's last checkpoint"
     )
 
+
+def _add_inference(sub: argparse._SubParsersAction) -> None:
+    """What a trained model gives: embed, predict, score."""
     p = sub.add_parser("embed", help="embeddings of every window of a cache from a checkpoint")
     p.add_argument("--cache", required=True, metavar="PATH")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="e.g. runs/meg/best.pt")
     p.add_argument("--out", required=True, metavar="FILE", help="embeddings file to write (.h5)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: the run's)")
-
-    p = sub.add_parser("inspect", help="summarize an index or a cache")
-    p.add_argument("path", metavar="PATH")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--verify", action="store_true", help="cache: also run `brainpipe verify`")
-
-    p = sub.add_parser("verify", help="check a cache: tables, finite values, windows vs raw files")
-    p.add_argument("path", metavar="CACHE")
-    p.add_argument(
-        "--n-windows", type=int, default=8, help="random windows re-preprocessed from raw"
-    )
-    p.add_argument("--raw", metavar="DIR", help="raw root, when it moved since indexing")
-    p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser(
         "predict",
@@ -167,6 +152,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--curve", metavar="FILE.csv", help="write the sweep's curve (implies --sweep)")
     p.add_argument("--plot", metavar="FILE.png", help="plot the sweep's curve (implies --sweep)")
+
+
+def _add_checks(sub: argparse._SubParsersAction) -> None:
+    """Looking at files: inspect, verify."""
+    p = sub.add_parser("inspect", help="summarize an index or a cache")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--verify", action="store_true", help="cache: also run `brainpipe verify`")
+
+    p = sub.add_parser("verify", help="check a cache: tables, finite values, windows vs raw files")
+    p.add_argument("path", metavar="CACHE")
+    p.add_argument(
+        "--n-windows", type=int, default=8, help="random windows re-preprocessed from raw"
+    )
+    p.add_argument("--raw", metavar="DIR", help="raw root, when it moved since indexing")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="brainpipe", description="EEG/MEG training stack: index -> build-cache -> train."
+    )
+    ap.add_argument("--version", action="version", version=f"brainpipe {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_stages, _add_inference, _add_checks):
+        add(sub)
     return ap
 
 
