@@ -84,6 +84,7 @@ from brainpipe.rundir import (
 )
 from brainpipe.runtime import (
     DistEnv,
+    Loaders,
     Splits,
     make_datasets,
     make_loaders,
@@ -257,59 +258,12 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
     for epoch in range(done.epoch, t.epochs):
         # -------- train one epoch --------
         loaders.sampler.set_epoch(epoch)
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        n_seen, wait_s, busy_s = 0, 0.0, 0.0
-        batches = iter(loaders.train)
-        bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{t.epochs}",
-            leave=False,
-            disable=progress_bar_disabled(env.is_main),
-        )
-        for _ in range(steps_per_epoch):
-            t0 = time.perf_counter()
-            batch = host_batch(next(batches))
-            t1 = time.perf_counter()
-            loss, n_correct = objective.step(
-                model, optimizer, scheduler, batch, device, t.amp, t.grad_clip, **step_kw
-            )
-            loss_sum += loss * len(batch[1])
-            correct += n_correct
-            # Waiting on the step's result makes its time real (CUDA runs asynchronously): the
-            # GPU is idle exactly while the next batch is awaited, so `wait` is GPU idle time.
-            loss_value = loss.item()
-            t2 = time.perf_counter()
-            n_seen += len(batch[1])
-            wait_s += t1 - t0
-            busy_s += t2 - t0
-            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-            bar.update()
-        bar.close()
-        del batches
-        f64 = dict(device=device, dtype=torch.float64)
-        totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(n_seen, **f64)])
-        if env.enabled:
-            torch.distributed.all_reduce(totals)
+        stats = train_epoch(s, model, trainee, objective, loaders, epoch, step_kw)
 
         # -------- evaluate --------
-        n_total = max(float(totals[2]), 1.0)
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "step": (epoch + 1) * steps_per_epoch,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train": {"loss": float(totals[0]) / n_total, "accuracy": float(totals[1]) / n_total},
-            "samples_per_s": n_seen * env.world_size / max(busy_s, 1e-9),
-            "data_wait_fraction": wait_s / max(busy_s, 1e-9),
-            "epoch_time_s": busy_s,
-        }
-        row.update(val=None, eval=None)
+        row = epoch_row(epoch, steps_per_epoch, optimizer, stats, env.world_size)
         for name, loader in loaders.evaluated.items():
-            if s.reader.task == "seizure":  # window metrics and OVLP events, one inference
-                row[name] = evaluate_seizures(s, raw_model, loader)
-            else:
-                row[name] = objective.evaluate(raw_model, loader, device, t.amp, env.world_size)
+            row[name] = evaluate_split(s, objective, raw_model, loader)
         done.epoch = epoch + 1
         done.history.append(row)
         score = objective.score(row["val"]) if data.val is not None else None
@@ -337,6 +291,89 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
     if env.is_main:
         write_json(s.run_dir / "summary.json", summary)
     return summary
+
+
+def train_epoch(
+    s: Setup,
+    model: torch.nn.Module,
+    trainee: Trainee,
+    objective: Any,
+    loaders: Loaders,
+    epoch: int,
+    step_kw: dict[str, Any],
+) -> dict[str, float]:
+    """One pass over the training batches; loss and accuracy summed over every rank."""
+    t, env, device = s.cfg.train, s.env, s.device
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    n_seen, wait_s, busy_s = 0, 0.0, 0.0
+    batches = iter(loaders.train)
+    bar = tqdm(
+        total=loaders.steps_per_epoch,
+        desc=f"epoch {epoch + 1}/{t.epochs}",
+        leave=False,
+        disable=progress_bar_disabled(env.is_main),
+    )
+    for _ in range(loaders.steps_per_epoch):
+        t0 = time.perf_counter()
+        batch = host_batch(next(batches))
+        t1 = time.perf_counter()
+        loss, n_correct = objective.step(
+            model, trainee.optimizer, trainee.scheduler, batch, device, t.amp, t.grad_clip,
+            **step_kw,
+        )  # fmt: skip
+        loss_sum += loss * len(batch[1])
+        correct += n_correct
+        # Waiting on the step's result makes its time real (CUDA runs asynchronously): the
+        # GPU is idle exactly while the next batch is awaited, so `wait` is GPU idle time.
+        loss_value = loss.item()
+        t2 = time.perf_counter()
+        n_seen += len(batch[1])
+        wait_s += t1 - t0
+        busy_s += t2 - t0
+        bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+        bar.update()
+    bar.close()
+    del batches
+    f64 = dict(device=device, dtype=torch.float64)
+    totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(n_seen, **f64)])
+    if env.enabled:
+        torch.distributed.all_reduce(totals)
+    n_total = max(float(totals[2]), 1.0)
+    return {
+        "loss": float(totals[0]) / n_total,
+        "accuracy": float(totals[1]) / n_total,
+        "n_seen": n_seen,
+        "wait_s": wait_s,
+        "busy_s": busy_s,
+    }
+
+
+def epoch_row(
+    epoch: int, steps_per_epoch: int, optimizer: Any, stats: dict[str, float], world_size: int
+) -> dict[str, Any]:
+    """The epoch's line of metrics.jsonl before its splits are scored."""
+    busy = max(stats["busy_s"], 1e-9)
+    return {
+        "epoch": epoch + 1,
+        "step": (epoch + 1) * steps_per_epoch,
+        "lr": optimizer.param_groups[0]["lr"],
+        "train": {"loss": stats["loss"], "accuracy": stats["accuracy"]},
+        "samples_per_s": stats["n_seen"] * world_size / busy,
+        "data_wait_fraction": stats["wait_s"] / busy,
+        "epoch_time_s": stats["busy_s"],
+        "val": None,
+        "eval": None,
+    }
+
+
+def evaluate_split(s: Setup, objective: Any, model: torch.nn.Module, loader: Any) -> dict:
+    """A scored split: the objective's own scores; on a seizure cache the window metrics and
+    the OVLP events from one inference pass."""
+    if s.reader.task == "seizure":
+        return evaluate_seizures(s, model, loader)
+    return objective.evaluate(model, loader, s.device, s.cfg.train.amp, s.env.world_size)
 
 
 def resume(s: Setup, trainee: Trainee) -> Progress:
