@@ -138,29 +138,7 @@ class EdfWindowDataset:
             keep &= a["split"] == split
 
         chansets = a["chanset"]
-        wanted = list(channels) if channels is not None else None
-        wanted_types = None  # from the names, unless the channels come from a recording
-        if wanted is None and keep.any():
-            # One shape for every window: the channels (at sfreq) of the most common channel
-            # set; recordings lacking any of them are left out below, like with `channels`.
-            sets, n_of = np.unique(chansets[keep], return_counts=True)
-            first = int(np.flatnonzero(keep & (chansets == sets[np.argmax(n_of)]))[0])
-            at_rate = np.isclose(index.channel_sfreqs(first), self.sfreq)
-            wanted = [c for c, ok in zip(index.channels(first), at_rate, strict=True) if ok]
-            wanted_types = [
-                t for t, ok in zip(index.channel_types(first), at_rate, strict=True) if ok
-            ]
-        self.channels = tuple(wanted) if wanted is not None else None
-        set_picks = np.zeros((0, 0), np.int64)
-        if self.channels is not None:
-            set_picks, set_why = _chanset_picks(index, self.channels, self.sfreq, wanted_types)
-            bad = keep & (set_why[chansets] != "")
-            self.excluded += [
-                (str(p), str(why))
-                for p, why in zip(a["path"][bad], set_why[chansets][bad], strict=True)
-            ]
-            keep &= ~bad
-
+        set_picks, keep = self._pick_channels(index, channels, keep)
         self.recordings = np.flatnonzero(keep)
         self.paths = a["path"][self.recordings]
         self.is_edf = is_edf[self.recordings]
@@ -181,6 +159,34 @@ class EdfWindowDataset:
             else np.zeros(0, np.int64)
         )
         self._headers: dict[int, object] = {}
+
+    def _pick_channels(
+        self, index: Any, channels: Sequence[str] | None, keep: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Sets `self.channels` (default: those at `sfreq` of the most common channel set, so
+        every window has one shape); returns the picks of each channel set and `keep` without
+        the recordings that lack a channel or name one twice (added to `excluded`)."""
+        a, chansets = index.arrays, index.arrays["chanset"]
+        wanted = list(channels) if channels is not None else None
+        wanted_types = None  # from the names, unless the channels come from a recording
+        if wanted is None and keep.any():
+            sets, n_of = np.unique(chansets[keep], return_counts=True)
+            first = int(np.flatnonzero(keep & (chansets == sets[np.argmax(n_of)]))[0])
+            at_rate = np.isclose(index.channel_sfreqs(first), self.sfreq)
+            wanted = [c for c, ok in zip(index.channels(first), at_rate, strict=True) if ok]
+            wanted_types = [
+                t for t, ok in zip(index.channel_types(first), at_rate, strict=True) if ok
+            ]
+        self.channels = tuple(wanted) if wanted is not None else None
+        if self.channels is None:
+            return np.zeros((0, 0), np.int64), keep
+        set_picks, set_why = _chanset_picks(index, self.channels, self.sfreq, wanted_types)
+        bad = keep & (set_why[chansets] != "")
+        self.excluded += [
+            (str(p), str(why))
+            for p, why in zip(a["path"][bad], set_why[chansets][bad], strict=True)
+        ]
+        return set_picks, keep & ~bad
 
     def excluded_line(self) -> str:
         """One line: how many recordings are left out, by reason kind."""
