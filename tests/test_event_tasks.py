@@ -185,7 +185,7 @@ def test_events_task_checks_its_classes_before_reading_signals(tmp_path, monkeyp
     build_index(root, tmp_path / "i.npz", cfg, progress=False)
     import brainpipe.cache as stage
 
-    monkeypatch.setattr(stage, "_run_jobs", lambda *a: pytest.fail("read signals"))
+    monkeypatch.setattr(stage, "run_jobs", lambda *a, **k: pytest.fail("read signals"))
     with pytest.raises(BrainpipeError, match=r"no event of class N5 .*W=4, N5=0"):
         build_cache(tmp_path / "i.npz", tmp_path / "c.h5", cfg, workers=1, progress=False)
     # An index labelled by another mapping is refused rather than half-matched.

@@ -23,6 +23,10 @@ recordings by corpus.annotation_pairing. Header repairs and doubts (a colon-sepa
 unparsable start date) are kept as warnings, and so are a TUSZ recording's annotation
 problems (`annotations.py`'s kinds: a missing or unparsable file, the recording then indexed
 unlabelled; labels outside TUH's lists; events clipped at the recording's end).
+
+A little over 500 lines: the local scan and what one file's row takes (EDF headers and
+annotations, mne's formats, TUSZ annotation files, BIDS sidecars) read as one sequence; the
+object-storage scan is `index_remote.py`.
 """
 
 from __future__ import annotations
