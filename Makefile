@@ -44,7 +44,7 @@ MEG_DEMO_SET = --set preprocess.sfreq=100 --set preprocess.h_freq=40 --set prepr
 	--set train.val_fraction=0.2 \
 	--set "train.model_kwargs={n_filters_time: 16, n_filters_spat: 16, pool_time_length: 20, pool_time_stride: 10}"
 
-demo-meg:  ## synthetic MEG corpus -> index -> build-cache -> train subject pairs (CPU) -> EER (after make install)
+demo-meg: install  ## synthetic MEG corpus -> index -> build-cache -> train subject pairs (CPU) -> EER
 	$(PYTHON) -m brainpipe synth --layout meg --out $(DEMO)/meg/raw --n-subjects 20 --sessions 2 2 --duration 20 20 --seed 0 --overwrite
 	$(PYTHON) -m brainpipe index --raw $(DEMO)/meg/raw --index $(DEMO)/meg/index.npz --config configs/meg.yaml $(MEG_DEMO_SET)
 	$(PYTHON) -m brainpipe build-cache --index $(DEMO)/meg/index.npz --cache $(DEMO)/meg/cache.h5 --config configs/meg.yaml $(MEG_DEMO_SET) --force
