@@ -154,8 +154,8 @@ def _worker(job: tuple[int, str, dict, int, str, dict]) -> tuple[int, bytes | No
     i, path, pcfg, length, dtype, source = job
     cfg = PreprocessConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in pcfg.items()})
     try:
-        x, _mask = process_recording(path, cfg, expected_length=length, **source)
-        return i, x.astype(dtype).tobytes(), "", os.path.getsize(path)
+        x, _mask = process_recording(path, cfg, expected_length=length, dtype=dtype, **source)
+        return i, x.tobytes(), "", os.path.getsize(path)
     except BrainpipeError as e:
         return i, None, _strip_path(str(e), path), 0
     except (OSError, ValueError, MemoryError) as e:
