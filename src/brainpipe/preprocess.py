@@ -53,6 +53,16 @@ IQR is degenerate), both per channel over the whole recording; "none" keeps phys
 scaled by `plan.scale` (EEG in µV, MEG magnetometers in fT, gradiometers in fT/cm) because
 float16 storage cannot hold 1e-5 V or 1e-13 T. Channels that are constant over the recording
 give exactly 0 under zscore/robust; zero-filled channels are exactly 0 always.
+
+Long recordings: `preprocess_chunked` runs the same steps a time chunk at a time (build-cache
+uses it, through `cache.process_recording`), so a worker holds its result plus ~100-300 MB
+whatever the length, instead of the float64 recording and its copies (an hour of 306-channel
+1 kHz MEG: 8.8 GB per copy). Chunks overlap by the filters' reach, so their cores are the whole
+run's to float32 rounding; see its docstring for the design.
+
+About 730 lines, over the ~500 guideline: the whole-recording pipeline and its chunked twin
+share every private step (filter, derive, normalization statistics); apart they would have to
+export them.
 """
 
 from __future__ import annotations
