@@ -20,8 +20,10 @@ from brainpipe.config import load_config
 from brainpipe.errors import BrainpipeError
 from brainpipe.synthetic import CorpusSpec, make_corpus
 
-# Small enough that a 120 s recording takes several chunks at any of the rates below.
+# Small enough that the 120 s MEG recording takes several chunks at any of the rates below
+# (the whole path is taken up to six chunks' worth); EDF has ~20 channels, not 306.
 SMALL = 300_000
+SMALL_EDF = 40_000
 
 MEG = [
     "preprocess.montage=meg",
@@ -41,7 +43,7 @@ def _whole(path, cfg) -> np.ndarray:
     return pp.preprocess(data, sfreq, plan, cfg).T
 
 
-def _chunked(path, cfg) -> tuple[np.ndarray, int]:
+def _chunked(path, cfg, chunk_values=SMALL) -> tuple[np.ndarray, int]:
     read, n, sfreq, plan = open_recording(path, cfg)
     calls = []
 
@@ -49,7 +51,9 @@ def _chunked(path, cfg) -> tuple[np.ndarray, int]:
         calls.append((start, stop))
         return read(start, stop)
 
-    return pp.preprocess_chunked(counted, n, sfreq, plan, cfg, chunk_values=SMALL), len(calls)
+    return pp.preprocess_chunked(counted, n, sfreq, plan, cfg, chunk_values=chunk_values), len(
+        calls
+    )
 
 
 def _assert_same(
@@ -107,7 +111,7 @@ def test_meg_fif_chunks_equal_whole_recording(meg_fif, settings):
 )
 def test_edf_chunks_equal_whole_recording(eeg_edf, settings):
     cfg = _cfg(["preprocess.sfreq=200", *settings])
-    chunked, n_reads = _chunked(eeg_edf, cfg)
+    chunked, n_reads = _chunked(eeg_edf, cfg, SMALL_EDF)
     assert n_reads >= 3
     _assert_same(chunked, _whole(eeg_edf, cfg))
 
@@ -137,8 +141,10 @@ def test_flat_offset_and_zero_filled_channels_match(sfreq_in, normalize):
     data = rng.standard_normal((3, n)).cumsum(axis=1) * 1e-6
     data[1] = 5e-5
     data[2] += 3e-3
-    chunked = pp.preprocess_chunked(lambda a, b: data[:, a:b], n, sfreq_in, plan, cfg,
-                                    chunk_values=60_000)  # fmt: skip
+    reads = []
+    chunked = pp.preprocess_chunked(lambda a, b: reads.append(a) or data[:, a:b], n, sfreq_in,
+                                    plan, cfg, chunk_values=10_000)  # fmt: skip
+    assert len(reads) >= 3
     whole = pp.preprocess(data, sfreq_in, plan, cfg).T
     # float32 holds the 3 mV offset to 2e-10 V, 1e-4 of the band-passed walk on that channel:
     # the whole path's own rounding, which the chunks round differently; under "none" the flat
