@@ -125,13 +125,16 @@ def process_recording(
     bad: Collection[str] = (),
     *,
     dtype: np.typing.DTypeLike = np.float32,
-) -> tuple[np.ndarray, np.ndarray]:
+    out: Any = None,
+) -> tuple[Any, np.ndarray]:
     """Preprocessed signal of one recording, time-major (n_samples, n_channels) in `dtype`, and its mask.
 
     Read and filtered in time chunks (`preprocess.preprocess_chunked`), so the memory a worker
-    needs is the result (in `dtype`: pass the cache's) plus a few hundred MB at any length.
+    needs is the result (in `dtype`: pass the cache's) plus a few hundred MB at any length;
+    given `out` (`out[t0:t1] = rows` in time order, e.g. pwrites at the row's reserved offset
+    in the cache), the result goes there and is not held at all.
     """
-    from brainpipe.preprocess import preprocess_chunked
+    from brainpipe.preprocess import output_length, preprocess_chunked
 
     read_raw, n, sfreq, plan = open_recording(path, cfg, reader_options, bad)
 
@@ -141,11 +144,12 @@ def process_recording(
             raise BrainpipeError(f"{path}: non-finite samples (NaN/Inf) in the raw signal")
         return data
 
-    out = preprocess_chunked(read, n, sfreq, plan, cfg, dtype=dtype)
-    if expected_length is not None and out.shape[0] != expected_length:
+    n_out = output_length(n, sfreq, cfg)
+    if expected_length is not None and n_out and n_out != expected_length:  # 0: too short
         raise BrainpipeError(
-            f"{path}: changed since indexing ({out.shape[0]} samples after preprocessing, the index planned {expected_length}); re-run `brainpipe index`"
+            f"{path}: changed since indexing ({n_out} samples after preprocessing, the index planned {expected_length}); re-run `brainpipe index`"
         )
+    out = preprocess_chunked(read, n, sfreq, plan, cfg, dtype=dtype, out=out)
     return out, np.asarray(plan.mask, dtype=bool)
 
 

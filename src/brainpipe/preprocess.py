@@ -72,7 +72,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import signal
@@ -596,7 +596,8 @@ def preprocess_chunked(
     *,
     dtype: np.typing.DTypeLike = np.float32,
     chunk_values: int | None = None,
-) -> np.ndarray:
+    out: Any = None,
+) -> Any:
     """`preprocess` of a recording read a time slice at a time, time-major and in `dtype`.
 
     `read(start, stop)` returns samples [start, stop) of the uncropped recording, shape
@@ -605,6 +606,9 @@ def preprocess_chunked(
     rounding (robust and none: the same operations on the same float32 values; zscore: its
     mean and variance summed in float64 across chunks), while the working memory is a few
     chunks of `chunk_values` raw values, whatever the recording's length, plus the result.
+    `out` (optional, returned) receives the result instead of a new array: anything that takes
+    `out[t0:t1] = rows` for consecutive time blocks, e.g. a writer that pwrites each block at
+    its file offset, so that not even the result is held.
 
     Why time chunks: FIF (and EDF) store all channels sample block by sample block, so reading
     channel groups would read the whole file once per group. A time chunk is read with enough
@@ -626,12 +630,13 @@ def preprocess_chunked(
     core = _round_up(max(chunk_values // max(len(plan.source), 1), 4 * margin, 1), down)
     n_out = output_length(stop - start, sfreq_in, cfg, crop=False)
     n_ch = len(plan.names)
-    out = np.empty((n_out, n_ch), dtype=dtype)
+    if out is None:
+        out = np.empty((n_out, n_ch), dtype=dtype)
     # Up to six chunks' worth in one piece: the whole-recording path itself (at ~36 bytes of peak
     # per raw value, 0.9 GB at the default), as fast as before for EEG up to ~1.5 h: chunking
     # costs ~15% in the scratch file's round trip and the extra statistics pass
     if (stop - start) * len(plan.source) <= 6 * chunk_values or stop - start <= core + 2 * margin:
-        out[:] = preprocess(read(start, stop), sfreq_in, plan, cfg, crop=False).T
+        out[0:n_out] = preprocess(read(start, stop), sfreq_in, plan, cfg, crop=False).T
         return out
 
     lo = np.full(len(plan.source), np.inf)
