@@ -13,7 +13,9 @@ Prints MB/s of raw EDF per core, the ratios, and the sizes on disk.
 build-cache worker (`cache._worker`, in a fresh process) on a generated N-minute, 306-channel,
 1 kHz FIF, preprocessed as configs/meg.yaml does (grad+mag, 0.5-45 Hz, 50 Hz notch, zscore, clip
 20, float16) at each --meg-sfreq. The worker holds its result (N min x 306 x rate x 2 bytes) and
-the bytes it hands to the writer; the rest is the chunked preprocessing's working set.
+the bytes it hands to the writer; the rest is the chunked preprocessing's working set. The
+"rows pwritten" row is a worker that writes its rows to a file as they come (process_recording's
+`out=`), as one that pwrites into the cache at its reserved offset would: no result held.
 --meg-old-minutes M also measures the whole-recording path (load_recording + preprocess, as
 before chunking) on an M-minute FIF and scales its peak to N minutes (it grows linearly; keep M
 small: ~3 GB per 10 minutes at 250 Hz, ~6 GB at 1 kHz).
@@ -81,7 +83,7 @@ MEG_SETTINGS = [
 
 # One worker in a fresh process: baseline RSS after the imports, then the job's peak.
 _WORKER = """
-import json, resource, sys
+import json, os, resource, sys
 import numpy as np
 from brainpipe import cache, preprocess
 from brainpipe.config import load_config
@@ -98,6 +100,19 @@ if how == "chunked":  # what build-cache runs
     job = (0, path, cfg.to_dict()["preprocess"], n_out, cfg.cache.dtype, {})
     _, payload, reason, _ = cache._worker(job)
     assert payload is not None, reason
+elif how == "pwrite":  # a worker that pwrites its rows into the file (needs the writer's offset)
+    class Rows:
+        def __init__(self, fd, row_bytes):
+            self.fd, self.row_bytes = fd, row_bytes
+        def __setitem__(self, rows, block):
+            data = block.astype(cfg.cache.dtype).tobytes()
+            os.pwrite(self.fd, data, rows.start * self.row_bytes)
+    fd = os.open(path + ".rows", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    item = np.dtype(cfg.cache.dtype).itemsize
+    cache.process_recording(path, p, out=Rows(fd, item * len(plan.names)))
+    payload = b""
+    os.close(fd)
+    os.unlink(path + ".rows")
 else:  # before chunking: the whole recording as float64, then its copies
     data, sfreq, plan = cache.load_recording(path, p)
     out = preprocess.preprocess(data, sfreq, plan, p)
@@ -144,11 +159,12 @@ def meg_memory(work: Path, minutes: float, old_minutes: float | None, rates: lis
     head = f"{'one build-cache worker':<58} {'peak RSS GB':>11} {'above base':>10} {'result':>7} {'s':>6}"
     print(f"\n{head}")
     for rate in rates:
-        m = _worker_peak(fif, "chunked", rate)
-        print(
-            f"{f'chunked, {minutes:g} min -> {rate:g} Hz float16':<58} {m['peak'] / 1e9:>11.2f} "
-            f"{(m['peak'] - m['base']) / 1e9:>10.2f} {m['payload'] / 1e9:>7.2f} {m['wall']:>6.0f}"
-        )
+        for how, name in (("chunked", "chunked"), ("pwrite", "chunked, rows pwritten")):
+            m = _worker_peak(fif, how, rate)
+            print(
+                f"{f'{name}, {minutes:g} min -> {rate:g} Hz float16':<58} {m['peak'] / 1e9:>11.2f} "
+                f"{(m['peak'] - m['base']) / 1e9:>10.2f} {m['payload'] / 1e9:>7.2f} {m['wall']:>6.0f}"
+            )
         if old_fif is None:
             continue
         o = _worker_peak(old_fif, "whole", rate)
