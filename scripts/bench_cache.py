@@ -82,8 +82,12 @@ MEG_SETTINGS = [
 ]
 
 # One worker in a fresh process: baseline RSS after the imports, then the job's peak.
-_WORKER = """
-import json, os, resource, sys
+_WORKER = r"""
+import json, os, re, sys
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec, so a child of a large
+# process would report its parent's peak; VmHWM belongs to this address space.
+def hwm():
+    return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
 import numpy as np
 from brainpipe import cache, preprocess
 from brainpipe.config import load_config
@@ -95,7 +99,7 @@ read, n, sfreq, plan = cache.open_recording(path, p)
 n_out = preprocess.output_length(n, sfreq, p)
 read(0, 1000)
 preprocess._design(p.sfreq, p.l_freq, p.h_freq, tuple(p.notch_freqs))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = hwm()
 if how == "chunked":  # what build-cache runs
     job = (0, path, cfg.to_dict()["preprocess"], n_out, cfg.cache.dtype, {})
     _, payload, reason, _ = cache._worker(job)
@@ -118,7 +122,7 @@ else:  # before chunking: the whole recording as float64, then its copies
     out = preprocess.preprocess(data, sfreq, plan, p)
     del data
     payload = np.ascontiguousarray(out.T).astype(cfg.cache.dtype).tobytes()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = hwm()
 print(json.dumps({"base": base, "peak": peak, "payload": len(payload), "seconds": n / sfreq}))
 """
 

@@ -190,8 +190,12 @@ def test_non_finite_sample_in_a_late_chunk_is_one_error_naming_the_channel():
 
 
 _MEASURE = textwrap.dedent(
-    """
-    import json, os, resource, sys
+    r"""
+    import json, os, re, sys
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec, so a child of a large
+# process would report its parent's peak; VmHWM belongs to this address space.
+def hwm():
+    return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
     import numpy as np
     from brainpipe import preprocess as pp
     from brainpipe.cache import open_recording, process_recording
@@ -202,7 +206,7 @@ _MEASURE = textwrap.dedent(
     read, n, sfreq, plan = open_recording(path, cfg)
     read(0, 1000)  # mne's and scipy's imports and the filter design before the baseline
     pp._design(cfg.sfreq, cfg.l_freq, cfg.h_freq, tuple(cfg.notch_freqs))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = hwm()
     if len(sys.argv) > 3:  # the result pwritten block by block into a file, not held
         class Rows:
             def __init__(self, fd, row_bytes):
@@ -214,7 +218,7 @@ _MEASURE = textwrap.dedent(
         held = 0
     else:
         held = process_recording(path, cfg, dtype=np.float16)[0].nbytes
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = hwm()
     raw64 = len(plan.source) * int(n) * 8
     print(json.dumps({"extra": peak - base, "out": held, "raw64": raw64}))
     """
