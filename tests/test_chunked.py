@@ -192,10 +192,10 @@ def test_non_finite_sample_in_a_late_chunk_is_one_error_naming_the_channel():
 _MEASURE = textwrap.dedent(
     r"""
     import json, os, re, sys
-# VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec, so a child of a large
-# process would report its parent's peak; VmHWM belongs to this address space.
-def hwm():
-    return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec, so a child of a large
+    # process would report its parent's peak; VmHWM belongs to this address space.
+    def hwm():
+        return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
     import numpy as np
     from brainpipe import preprocess as pp
     from brainpipe.cache import open_recording, process_recording
