@@ -157,7 +157,7 @@ def meg_memory(work: Path, minutes: float, old_minutes: float | None, rates: lis
     t = time.perf_counter()
     fif = _meg_fif(work, minutes)
     print(
-        f"MEG: {minutes:g}-minute 306-channel 1 kHz FIF written in {time.perf_counter() - t:.0f} s"
+        f"MEG: {minutes:g}-minute 306-channel 1 kHz FIF, written (or kept) in {time.perf_counter() - t:.0f} s"
     )
     old_fif = _meg_fif(work, old_minutes) if old_minutes else None
     head = f"{'one build-cache worker':<58} {'peak RSS GB':>11} {'above base':>10} {'result':>7} {'s':>6}"

@@ -117,7 +117,7 @@ def test_edf_chunks_equal_whole_recording(eeg_edf, settings):
     _assert_same(chunked, _whole(eeg_edf, cfg))
 
 
-def test_process_recording_reads_in_chunks_and_returns_the_cache_dtype(meg_fif, monkeypatch):
+def test_process_recording_returns_the_cache_dtype_and_checks_the_length(meg_fif, monkeypatch):
     cfg = _cfg([*MEG, "preprocess.sfreq=250"])
     monkeypatch.setattr(pp, "CHUNK_VALUES", SMALL)
     out, mask = process_recording(meg_fif, cfg, expected_length=30_000, dtype=np.float16)
