@@ -83,7 +83,7 @@ MEG_SETTINGS = [
 
 # One worker in a fresh process: baseline RSS after the imports, then the job's peak.
 _WORKER = r"""
-import json, os, re, sys
+import json, os, re, sys, tempfile
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec, so a child of a large
 # process would report its parent's peak; VmHWM belongs to this address space.
 def hwm():
@@ -111,12 +111,10 @@ elif how == "pwrite":  # a worker that pwrites its rows into the file (needs the
         def __setitem__(self, rows, block):
             data = block.astype(cfg.cache.dtype).tobytes()
             os.pwrite(self.fd, data, rows.start * self.row_bytes)
-    fd = os.open(path + ".rows", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     item = np.dtype(cfg.cache.dtype).itemsize
-    cache.process_recording(path, p, out=Rows(fd, item * len(plan.names)))
+    with tempfile.TemporaryFile() as f:
+        cache.process_recording(path, p, out=Rows(f.fileno(), item * len(plan.names)))
     payload = b""
-    os.close(fd)
-    os.unlink(path + ".rows")
 else:  # before chunking: the whole recording as float64, then its copies
     data, sfreq, plan = cache.load_recording(path, p)
     out = preprocess.preprocess(data, sfreq, plan, p)
