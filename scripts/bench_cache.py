@@ -19,6 +19,10 @@ the bytes it hands to the writer; the rest is the chunked preprocessing's workin
 --meg-old-minutes M also measures the whole-recording path (load_recording + preprocess, as
 before chunking) on an M-minute FIF and scales its peak to N minutes (it grows linearly; keep M
 small: ~3 GB per 10 minutes at 250 Hz, ~6 GB at 1 kHz).
+
+Measured (2026-11-25, shared 2-core dev machine), 60 minutes, peak RSS of one worker in GB:
+-> 250 Hz: 1.27 (0.55 of result + its bytes); rows pwritten 0.35; whole path (10 min x 6) 19.2.
+-> 1 kHz: 4.59 (2.20 of result + its bytes); rows pwritten 0.61; whole path (10 min x 6) 38.9.
 """
 
 from __future__ import annotations
