@@ -1,18 +1,36 @@
 """Benchmark `build-cache` against the usual mne pipeline, in one run.
 
     python scripts/bench_cache.py [--n-subjects 30] [--keep DIR]
+    python scripts/bench_cache.py --meg-minutes 60 [--meg-old-minutes 10] [--meg-sfreq 250 1000]
 
 On one generated TUAB-like corpus (250/256/400/512 Hz, ~30 channels):
 (a) the mne way: read_raw_edf(preload=True) -> pick 19 channels -> FIR band-pass -> notch ->
     resample -> one float32 `.pt` file per window (10 s windows, 5 s stride);
 (b) our build-cache, same preprocessing, with 1 and 2 worker processes (best of 3 each).
 Prints MB/s of raw EDF per core, the ratios, and the sizes on disk.
+
+--meg-minutes N (needs ~2.5 GB of disk per 30 minutes; skips the EEG rows): peak RSS of one
+build-cache worker (`cache._worker`, in a fresh process) on a generated N-minute, 306-channel,
+1 kHz FIF, preprocessed as configs/meg.yaml does (grad+mag, 0.5-45 Hz, 50 Hz notch, zscore, clip
+20, float16) at each --meg-sfreq. The worker holds its result (N min x 306 x rate x 2 bytes) and
+the bytes it hands to the writer; the rest is the chunked preprocessing's working set. The
+"rows pwritten" row is a worker that writes its rows to a file as they come (process_recording's
+`out=`), as one that pwrites into the cache at its reserved offset would: no result held.
+--meg-old-minutes M also measures the whole-recording path (load_recording + preprocess, as
+before chunking) on an M-minute FIF and scales its peak to N minutes (it grows linearly; keep M
+small: ~3 GB per 10 minutes at 250 Hz, ~6 GB at 1 kHz).
+
+Measured (2026-11-25, shared 2-core dev machine), 60 minutes, peak RSS of one worker in GB:
+-> 250 Hz: 1.27 (0.55 of result + its bytes); rows pwritten 0.35; whole path (10 min x 6) 19.2.
+-> 1 kHz: 4.59 (2.20 of result + its bytes); rows pwritten 0.61; whole path (10 min x 6) 38.9.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +74,118 @@ def mne_way(files: list[Path], out: Path, channels: tuple[str, ...]) -> int:
     return n
 
 
+MEG_SETTINGS = [
+    "preprocess.montage=meg",
+    "preprocess.meg_picks=meg",
+    "preprocess.l_freq=0.5",
+    "preprocess.h_freq=45",
+    "preprocess.notch_freqs=[50]",
+    "preprocess.normalize=zscore",
+    "preprocess.clip=20",
+    "cache.dtype=float16",
+]
+
+# One worker in a fresh process: baseline RSS after the imports, then the job's peak.
+_WORKER = r"""
+import json, os, re, sys, tempfile
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec, so a child of a large
+# process would report its parent's peak; VmHWM belongs to this address space.
+def hwm():
+    return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
+import numpy as np
+from brainpipe import cache, preprocess
+from brainpipe.config import load_config
+
+path, how, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+cfg = load_config(None, settings)
+p = cfg.preprocess
+read, n, sfreq, plan = cache.open_recording(path, p)
+n_out = preprocess.output_length(n, sfreq, p)
+read(0, 1000)
+preprocess._design(p.sfreq, p.l_freq, p.h_freq, tuple(p.notch_freqs))
+base = hwm()
+if how == "chunked":  # what build-cache runs
+    job = (0, path, cfg.to_dict()["preprocess"], n_out, cfg.cache.dtype, {})
+    _, payload, reason, _ = cache._worker(job)
+    assert payload is not None, reason
+elif how == "pwrite":  # a worker that pwrites its rows into the file (needs the writer's offset)
+    class Rows:
+        def __init__(self, fd, row_bytes):
+            self.fd, self.row_bytes = fd, row_bytes
+        def __setitem__(self, rows, block):
+            data = block.astype(cfg.cache.dtype).tobytes()
+            os.pwrite(self.fd, data, rows.start * self.row_bytes)
+    item = np.dtype(cfg.cache.dtype).itemsize
+    with tempfile.TemporaryFile() as f:
+        cache.process_recording(path, p, out=Rows(f.fileno(), item * len(plan.names)))
+    payload = b""
+else:  # before chunking: the whole recording as float64, then its copies
+    data, sfreq, plan = cache.load_recording(path, p)
+    out = preprocess.preprocess(data, sfreq, plan, p)
+    del data
+    payload = np.ascontiguousarray(out.T).astype(cfg.cache.dtype).tobytes()
+peak = hwm()
+print(json.dumps({"base": base, "peak": peak, "payload": len(payload), "seconds": n / sfreq}))
+"""
+
+
+def _meg_fif(work: Path, minutes: float) -> Path:
+    from brainpipe.synthetic import CorpusSpec, make_corpus
+
+    out = work / f"meg_{minutes:g}min"
+    if not any(out.rglob("*.fif")):
+        spec = CorpusSpec(
+            "meg", n_subjects=1, duration_s=(minutes * 60, minutes * 60),
+            sessions_per_subject=(1, 1), sfreq=1000,
+        )  # fmt: skip
+        make_corpus(out, spec, overwrite=True)
+    return min(out.rglob("*.fif"), key=lambda p: len(p.name))  # mne reads on through -1.fif
+
+
+def _worker_peak(fif: Path, how: str, sfreq: float) -> dict:
+    settings = [*MEG_SETTINGS, f"preprocess.sfreq={sfreq:g}"]
+    t = time.perf_counter()
+    res = subprocess.run(
+        [sys.executable, "-c", _WORKER, str(fif), how, json.dumps(settings)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if res.returncode != 0:
+        raise SystemExit(f"worker failed on {fif}:\n{res.stderr[-3000:]}")
+    return {**json.loads(res.stdout.strip().splitlines()[-1]), "wall": time.perf_counter() - t}
+
+
+def meg_memory(work: Path, minutes: float, old_minutes: float | None, rates: list[float]) -> None:
+    """Print the peak-RSS rows of one worker on a long 306-channel 1 kHz FIF."""
+    t = time.perf_counter()
+    fif = _meg_fif(work, minutes)
+    print(
+        f"MEG: {minutes:g}-minute 306-channel 1 kHz FIF, written (or kept) in {time.perf_counter() - t:.0f} s"
+    )
+    old_fif = _meg_fif(work, old_minutes) if old_minutes else None
+    head = f"{'one build-cache worker':<58} {'peak RSS GB':>11} {'above base':>10} {'result':>7} {'s':>6}"
+    print(f"\n{head}")
+    for rate in rates:
+        for how, name in (("chunked", "chunked"), ("pwrite", "chunked, rows pwritten")):
+            m = _worker_peak(fif, how, rate)
+            print(
+                f"{f'{name}, {minutes:g} min -> {rate:g} Hz float16':<58} {m['peak'] / 1e9:>11.2f} "
+                f"{(m['peak'] - m['base']) / 1e9:>10.2f} {m['payload'] / 1e9:>7.2f} {m['wall']:>6.0f}"
+            )
+        if old_fif is None:
+            continue
+        o = _worker_peak(old_fif, "whole", rate)
+        grow = (o["peak"] - o["base"]) * minutes / old_minutes
+        print(
+            f"{f'whole recording (before), {old_minutes:g} min -> {rate:g} Hz':<58} "
+            f"{o['peak'] / 1e9:>11.2f} {(o['peak'] - o['base']) / 1e9:>10.2f} "
+            f"{o['payload'] / 1e9:>7.2f} {o['wall']:>6.0f}"
+        )
+        print(
+            f"{f'  ... scaled to {minutes:g} min':<58} {(o['base'] + grow) / 1e9:>11.2f} "
+            f"{grow / 1e9:>10.2f}"
+        )
+
+
 def du(path: Path) -> int:
     return (
         sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -70,7 +200,18 @@ def main() -> int:
     )
     ap.add_argument("--n-subjects", type=int, default=30)
     ap.add_argument("--keep", metavar="DIR")
+    ap.add_argument("--meg-minutes", type=float, metavar="N", help="peak RSS of one worker instead")
+    ap.add_argument("--meg-old-minutes", type=float, metavar="M")
+    ap.add_argument("--meg-sfreq", type=float, nargs="+", default=[250.0, 1000.0], metavar="HZ")
     args = ap.parse_args()
+    if args.meg_minutes:
+        work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_cache_"))
+        try:
+            meg_memory(work, args.meg_minutes, args.meg_old_minutes, args.meg_sfreq)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        return 0
 
     from brainpipe.cache import build_cache
     from brainpipe.config import STANDARD_1020, load_config

@@ -53,15 +53,26 @@ IQR is degenerate), both per channel over the whole recording; "none" keeps phys
 scaled by `plan.scale` (EEG in µV, MEG magnetometers in fT, gradiometers in fT/cm) because
 float16 storage cannot hold 1e-5 V or 1e-13 T. Channels that are constant over the recording
 give exactly 0 under zscore/robust; zero-filled channels are exactly 0 always.
+
+Long recordings: `preprocess_chunked` runs the same steps a time chunk at a time (build-cache
+uses it, through `cache.process_recording`), so a worker holds its result plus ~100-300 MB
+whatever the length, instead of the float64 recording and its copies (an hour of 306-channel
+1 kHz MEG: 8.8 GB per copy). Chunks overlap by the filters' reach, so their cores are the whole
+run's to float32 rounding; see its docstring for the design.
+
+About 730 lines, over the ~500 guideline: the whole-recording pipeline and its chunked twin
+share every private step (filter, derive, normalization statistics); apart they would have to
+export them.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import signal
@@ -80,6 +91,7 @@ __all__ = [
     "output_length",
     "plan_channels",
     "preprocess",
+    "preprocess_chunked",
     "resample_factors",
 ]
 
@@ -445,6 +457,18 @@ def preprocess(
             f"expected a ({len(plan.source)}, n_samples) block for this plan, got shape {data.shape}"
         )
     n_samples = data.shape[1]
+    start, stop = _span(n_samples, sfreq_in, cfg, crop)
+    x = data[:, start:stop]
+    lo, hi = _min_max(x, plan)
+    y = _filter(x, sfreq_in, cfg)
+    out, flat_out = _derive(y, lo == hi, plan)
+    _normalize(out, flat_out, plan, cfg)
+    if cfg.clip is not None:
+        np.clip(out, -cfg.clip, cfg.clip, out=out)
+    return out
+
+
+def _span(n_samples: int, sfreq_in: float, cfg: PreprocessConfig, crop: bool) -> tuple[int, int]:
     start, stop = crop_bounds(n_samples, sfreq_in, cfg) if crop else (0, n_samples)
     if stop <= start:
         raise BrainpipeError(
@@ -452,9 +476,11 @@ def preprocess(
             f"cropping (preprocess.crop_start_s={cfg.crop_start_s:g}, "
             f"max_duration_s={cfg.max_duration_s})"
         )
-    x = data[:, start:stop]
+    return start, stop
 
-    # min/max find NaN (it propagates) and Inf, and flat channels, in two passes
+
+def _min_max(x: np.ndarray, plan: ChannelPlan) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row min and max; they find NaN (it propagates) and Inf, and flat channels."""
     lo, hi = x.min(axis=1), x.max(axis=1)
     bad = ~(np.isfinite(lo) & np.isfinite(hi))
     if bad.any():
@@ -462,8 +488,11 @@ def preprocess(
             f"input has non-finite samples (NaN/Inf) in source channel(s) "
             f"{', '.join(str(plan.source[i]) for i in np.flatnonzero(bad))}"
         )
-    flat = lo == hi
+    return lo, hi
 
+
+def _filter(x: np.ndarray, sfreq_in: float, cfg: PreprocessConfig) -> np.ndarray:
+    """Resample to cfg.sfreq, then the one zero-phase band-pass/notch FIR; float32 out."""
     up, down = resample_factors(sfreq_in, cfg.sfreq)
     if up != down:
         window = _antialias(sfreq_in, cfg.sfreq, up, down, cfg.h_freq)
@@ -476,16 +505,10 @@ def preprocess(
     # float32 from here: ~2.5x faster convolution, and 1e-7 relative error is far below the
     # float16 the cache stores
     y = x.astype(np.float32)
-
     kernel = _design(cfg.sfreq, cfg.l_freq, cfg.h_freq, tuple(cfg.notch_freqs)).kernel
     if kernel is not None:
         y = _apply_fir(y, kernel)
-
-    out, flat_out = _derive(y, flat, plan)
-    _normalize(out, flat_out, plan, cfg)
-    if cfg.clip is not None:
-        np.clip(out, -cfg.clip, cfg.clip, out=out)
-    return out
+    return y
 
 
 def _apply_fir(y: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -527,6 +550,16 @@ def _normalize(
         return
     everything = bool(real.all())
     rows = out if everything else out[real]  # out[real] is a copy; skip it when possible
+    centre, scale = _centre_scale(rows, cfg)
+    scale[flat_out[real]] = 0.0
+    rows -= centre
+    rows *= scale
+    if not everything:
+        out[real] = rows
+
+
+def _centre_scale(rows: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row (centre, 1 / spread) of float32 rows (k, n) under zscore/robust, shapes (k, 1)."""
     if cfg.normalize == "zscore":
         centre = rows.mean(axis=1, keepdims=True)
         spread = rows.std(axis=1, keepdims=True)
@@ -539,10 +572,174 @@ def _normalize(
         std = rows.std(axis=1, keepdims=True)
         spread = np.where(spread < 1e-3 * std, std, spread)
     # the smallest normal float32 keeps 1/spread finite; flat channels (rounding noise only)
-    # are set to exactly 0 instead of having that noise blown up to unit variance
-    scale = 1.0 / np.maximum(spread, np.finfo(np.float32).tiny)
-    scale[flat_out[real]] = 0.0
-    rows -= centre
-    rows *= scale
-    if not everything:
-        out[real] = rows
+    # are set to exactly 0 by the caller instead of having that noise blown up to unit variance
+    return centre, 1.0 / np.maximum(spread, np.finfo(np.float32).tiny)
+
+
+# ---------------------------------------------------------------------------------------------
+# the same pipeline over time chunks, for recordings too long to hold as float64
+
+
+# Raw values (channels x samples) one chunk holds: the filtering keeps about eight float copies
+# of a chunk alive (input, resampled, float32, padded, FFT blocks), ~250 MB at this size.
+CHUNK_VALUES = 4_000_000
+# Float32 values one normalization group holds (robust: a group of whole output channels).
+_GROUP_VALUES = 32_000_000
+
+
+def preprocess_chunked(
+    read: Callable[[int, int], np.ndarray],
+    n_samples: int,
+    sfreq_in: float,
+    plan: ChannelPlan,
+    cfg: PreprocessConfig,
+    *,
+    dtype: np.typing.DTypeLike = np.float32,
+    chunk_values: int | None = None,
+    out: Any = None,
+) -> Any:
+    """`preprocess` of a recording read a time slice at a time, time-major and in `dtype`.
+
+    `read(start, stop)` returns samples [start, stop) of the uncropped recording, shape
+    (len(plan.source), stop - start), in Volts. The result equals
+    `preprocess(read(0, n_samples), sfreq_in, plan, cfg).T.astype(dtype)` within float32
+    rounding (robust and none: the same operations on the same float32 values; zscore: its
+    mean and variance summed in float64 across chunks), while the working memory is a few
+    chunks of `chunk_values` raw values, whatever the recording's length, plus the result.
+    `out` (optional, returned) receives the result instead of a new array: anything that takes
+    `out[t0:t1] = rows` for consecutive time blocks, e.g. a writer that pwrites each block at
+    its file offset, so that not even the result is held.
+
+    Why time chunks: FIF (and EDF) store all channels sample block by sample block, so reading
+    channel groups would read the whole file once per group. A time chunk is read with enough
+    margin on each side (the FIR's half length plus the anti-alias filter's reach, at the output
+    rate) that its core comes out as in the whole-recording run: both filters are linear and
+    shift-invariant, and chunks start at multiples of the resampling `down` factor, so the
+    polyphase phase lines up exactly (the true edges are padded as in the whole run). The
+    filtered, derived core goes to a float32 scratch file (unnamed, in TMPDIR) while the
+    normalization statistics gather; a second pass normalizes, clips and casts each chunk.
+    """
+    chunk_values = chunk_values or CHUNK_VALUES
+    start, stop = _span(n_samples, sfreq_in, cfg, crop=True)
+    up, down = resample_factors(sfreq_in, cfg.sfreq)
+    kernel = _design(cfg.sfreq, cfg.l_freq, cfg.h_freq, tuple(cfg.notch_freqs)).kernel
+    reach = 0 if kernel is None else (len(kernel) - 1) // 2  # output samples an edge disturbs
+    if up != down:
+        reach += len(_antialias(sfreq_in, cfg.sfreq, up, down, cfg.h_freq)) // min(up, down) + 2
+    margin = _round_up(_round_up(reach * down, up) // up, down)  # input samples
+    # at least 4 margins long: the overlap costs at most 50% more filtering (8 margins: 25%,
+    # but ~150 MB more for 306 channels, where the merged 50 Hz notch makes the kernel long)
+    core = _round_up(max(chunk_values // max(len(plan.source), 1), 4 * margin, 1), down)
+    n_out = output_length(stop - start, sfreq_in, cfg, crop=False)
+    n_ch = len(plan.names)
+    if out is None:
+        out = np.empty((n_out, n_ch), dtype=dtype)
+    # Up to six chunks' worth in one piece: the whole-recording path itself (at ~36 bytes of peak
+    # per raw value, 0.9 GB at the default), as fast as before for EEG up to ~1.5 h: chunking
+    # costs ~15% in the scratch file's round trip and the extra statistics pass
+    if (stop - start) * len(plan.source) <= 6 * chunk_values or stop - start <= core + 2 * margin:
+        out[0:n_out] = preprocess(read(start, stop), sfreq_in, plan, cfg, crop=False).T
+        return out
+
+    lo = np.full(len(plan.source), np.inf)
+    hi = np.full(len(plan.source), -np.inf)
+    zsum = _ZSum(n_ch) if cfg.normalize == "zscore" else None
+    with tempfile.TemporaryFile() as scratch:
+        for a in range(start, stop, core):
+            b = min(a + core, stop)
+            r0, r1 = max(start, a - margin), min(stop, b + margin)
+            x = read(r0, r1)
+            clo, chi = _min_max(x, plan)
+            np.minimum(lo, clo, out=lo)
+            np.maximum(hi, chi, out=hi)
+            y = _filter(x, sfreq_in, cfg)
+            del x
+            o0 = (a - start) * up // down - (r0 - start) * up // down
+            o1 = o0 + output_length(b - a, sfreq_in, cfg, crop=False)
+            derived, _ = _derive(y[:, o0:o1], np.zeros(len(y), dtype=bool), plan)
+            del y
+            if zsum is not None:
+                zsum.add(derived)
+            scratch.write(np.ascontiguousarray(derived.T).tobytes())
+            del derived
+        _, flat_out = _derive(np.zeros((len(plan.source), 0), np.float32), lo == hi, plan)
+        centre, scale = _chunked_centre_scale(
+            scratch, n_out, flat_out, plan, cfg, zsum, chunk_values
+        )
+        block = max(chunk_values // max(n_ch, 1), 1)
+        for t in range(0, n_out, block):
+            rows = _scratch_rows(scratch, t, min(t + block, n_out), n_ch)
+            rows -= centre
+            rows *= scale
+            if cfg.clip is not None:
+                np.clip(rows, -cfg.clip, cfg.clip, out=rows)
+            out[t : t + len(rows)] = rows
+    return out
+
+
+def _round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+class _ZSum:
+    """Per-channel mean and standard deviation accumulated over chunks, in float64 around a
+    shift (the first chunk's mean), so the variance does not cancel for offsets of 1e3 sd."""
+
+    def __init__(self, n_ch: int) -> None:
+        self.n, self.shift = 0, None
+        self.s1, self.s2 = np.zeros(n_ch), np.zeros(n_ch)
+
+    def add(self, rows: np.ndarray) -> None:
+        if self.shift is None:
+            self.shift = rows.mean(axis=1, dtype=np.float64)
+        d = rows - self.shift[:, None]
+        self.s1 += d.sum(axis=1)
+        self.s2 += np.einsum("ij,ij->i", d, d)
+        self.n += rows.shape[1]
+
+    def centre_spread(self) -> tuple[np.ndarray, np.ndarray]:
+        m = self.s1 / self.n
+        return self.shift + m, np.sqrt(np.maximum(self.s2 / self.n - m * m, 0.0))
+
+
+def _scratch_rows(scratch, t0: int, t1: int, n_ch: int) -> np.ndarray:
+    """Output samples [t0, t1) of the float32 time-major scratch file, shape (t1 - t0, n_ch)."""
+    scratch.seek(t0 * n_ch * 4)
+    rows = np.fromfile(scratch, dtype=np.float32, count=(t1 - t0) * n_ch)
+    return rows.reshape(t1 - t0, n_ch)
+
+
+def _chunked_centre_scale(
+    scratch,
+    n_out: int,
+    flat_out: np.ndarray,
+    plan: ChannelPlan,
+    cfg: PreprocessConfig,
+    zsum: _ZSum | None,
+    chunk_values: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(centre, scale) per output channel, shape (n_ch,) float32, as `_normalize` sets them."""
+    n_ch = len(plan.names)
+    real = np.asarray(plan.mask, dtype=bool)
+    centre = np.zeros(n_ch, dtype=np.float32)
+    scale = np.ones(n_ch, dtype=np.float32)
+    if cfg.normalize == "none":
+        return centre, np.asarray(plan.scale, dtype=np.float32)
+    if zsum is not None:
+        c, spread = zsum.centre_spread()
+        centre[:] = c
+        scale[:] = 1.0 / np.maximum(spread.astype(np.float32), np.finfo(np.float32).tiny)
+    else:  # robust: the quantiles need each channel whole, gathered a group at a time
+        group = max(_GROUP_VALUES // max(n_out, 1), 1)
+        step = max(chunk_values // n_ch, 1)
+        for g0 in range(0, n_ch, group):
+            cols = slice(g0, min(g0 + group, n_ch))
+            rows = np.empty((cols.stop - g0, n_out), dtype=np.float32)
+            for t in range(0, n_out, step):
+                part = _scratch_rows(scratch, t, min(t + step, n_out), n_ch)
+                rows[:, t : t + len(part)] = part[:, cols].T
+            c, s = _centre_scale(rows, cfg)
+            centre[cols], scale[cols] = c[:, 0], s[:, 0]
+    scale[flat_out | ~real] = 0.0  # zero-filled outputs are 0 and stay 0
+    centre[~real] = 0.0
+    return centre, scale
