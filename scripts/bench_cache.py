@@ -13,16 +13,17 @@ Prints MB/s of raw EDF per core, the ratios, and the sizes on disk.
 build-cache worker (`cache._worker`, in a fresh process) on a generated N-minute, 306-channel,
 1 kHz FIF, preprocessed as configs/meg.yaml does (grad+mag, 0.5-45 Hz, 50 Hz notch, zscore, clip
 20, float16) at each --meg-sfreq. The worker holds its result (N min x 306 x rate x 2 bytes) and
-the bytes it hands to the writer; the rest is the chunked preprocessing's working set. The
-"rows pwritten" row is a worker that writes its rows to a file as they come (process_recording's
-`out=`), as one that pwrites into the cache at its reserved offset would: no result held.
+the chunked preprocessing's working set only: it pwrites its rows into the partial cache at the
+recording's reserved offset as they come (`cachefile.RowTarget`), holding no result. The
+"result held" row is a worker that returns its rows' bytes to the writer instead (N min x 306 x
+rate x 2 bytes, twice).
 --meg-old-minutes M also measures the whole-recording path (load_recording + preprocess, as
 before chunking) on an M-minute FIF and scales its peak to N minutes (it grows linearly; keep M
 small: ~3 GB per 10 minutes at 250 Hz, ~6 GB at 1 kHz).
 
 Measured (2026-11-25, shared 2-core dev machine), 60 minutes, peak RSS of one worker in GB:
--> 250 Hz: 1.27 (0.55 of result + its bytes); rows pwritten 0.35; whole path (10 min x 6) 19.2.
--> 1 kHz: 4.59 (2.20 of result + its bytes); rows pwritten 0.61; whole path (10 min x 6) 38.9.
+-> 250 Hz: rows pwritten 0.35; result held 1.27 (0.55 of result + its bytes); whole path (10 min x 6) 19.2.
+-> 1 kHz: rows pwritten 0.61; result held 4.59 (2.20 of result + its bytes); whole path (10 min x 6) 38.9.
 """
 
 from __future__ import annotations
@@ -104,21 +105,20 @@ n_out = preprocess.output_length(n, sfreq, p)
 read(0, 1000)
 preprocess._design(p.sfreq, p.l_freq, p.h_freq, tuple(p.notch_freqs))
 base = hwm()
-if how == "chunked":  # what build-cache runs
-    job = (0, path, cfg.to_dict()["preprocess"], n_out, cfg.cache.dtype, {})
-    _, payload, reason, _ = cache._worker(job)
-    assert payload is not None, reason
-elif how == "pwrite":  # a worker that pwrites its rows into the file (needs the writer's offset)
-    class Rows:
-        def __init__(self, fd, row_bytes):
-            self.fd, self.row_bytes = fd, row_bytes
-        def __setitem__(self, rows, block):
-            data = block.astype(cfg.cache.dtype).tobytes()
-            os.pwrite(self.fd, data, rows.start * self.row_bytes)
+if how in ("chunked", "held"):
+    from brainpipe.cachefile import RowTarget
+
     item = np.dtype(cfg.cache.dtype).itemsize
-    with tempfile.TemporaryFile() as f:
-        cache.process_recording(path, p, out=Rows(f.fileno(), item * len(plan.names)))
-    payload = b""
+    n_ch = len(plan.names)
+    with tempfile.NamedTemporaryFile() as f:
+        f.truncate(n_out * n_ch * item)
+        # chunked: what build-cache runs, the worker pwrites its rows at the row's place in the
+        # partial cache; held: a worker that hands its rows' bytes to the writer instead.
+        target = RowTarget(f.name, 0, n_out, item, n_ch, str(np.dtype(cfg.cache.dtype)))
+        job = (0, path, cfg.to_dict()["preprocess"], n_out, cfg.cache.dtype, {})
+        _, payload, reason, _ = cache._worker((*job, target) if how == "chunked" else job)
+    assert payload is not None, reason
+    payload = payload if isinstance(payload, bytes) else b""
 else:  # before chunking: the whole recording as float64, then its copies
     data, sfreq, plan = cache.load_recording(path, p)
     out = preprocess.preprocess(data, sfreq, plan, p)
@@ -165,7 +165,10 @@ def meg_memory(work: Path, minutes: float, old_minutes: float | None, rates: lis
     head = f"{'one build-cache worker':<58} {'peak RSS GB':>11} {'above base':>10} {'result':>7} {'s':>6}"
     print(f"\n{head}")
     for rate in rates:
-        for how, name in (("chunked", "chunked"), ("pwrite", "chunked, rows pwritten")):
+        for how, name in (
+            ("chunked", "build-cache worker (rows pwritten)"),
+            ("held", "chunked, result held"),
+        ):
             m = _worker_peak(fif, how, rate)
             print(
                 f"{f'{name}, {minutes:g} min -> {rate:g} Hz float16':<58} {m['peak'] / 1e9:>11.2f} "

@@ -168,20 +168,41 @@ def process_recording(
     return out, np.asarray(plan.mask, dtype=bool)
 
 
-def _worker(job: tuple[int, Any, dict, int, str, dict]) -> tuple[int, bytes | None, str, int]:
-    """Process one recording; returns (row, signal bytes or None, error reason, raw bytes read).
+# A worker's result payload when it wrote the recording's rows into the cache itself.
+WRITTEN = "written"
 
-    The recording is a path, or an `objectstore.ObjectInfo`: fetched whole with one GET into a
-    spool file (TMPDIR), read like a local file, removed; the bucket is never written."""
-    i, path, pcfg, length, dtype, source = job
+
+def _worker(job: tuple) -> tuple[int, Any, str, int]:
+    """Process one recording; returns (row, payload, error reason, raw bytes read).
+
+    job: (row, recording, preprocess config, length, dtype, how to read it, RowTarget or None).
+    With a target the worker pwrites its rows into the partial cache as they come out of the
+    chunked preprocessing (a 60-minute 306-channel recording is never held whole) and the
+    payload is WRITTEN, or ("write-error", strerror) when the disk refuses; without one the
+    payload is the rows' bytes. None: skipped, with the reason. The recording is a path, or an
+    `objectstore.ObjectInfo`: fetched whole with one GET into a spool file (TMPDIR), read like
+    a local file, removed; the bucket is never written."""
+    i, path, pcfg, length, dtype, source, *rest = job
     if not isinstance(path, str):
         from brainpipe.objectstore import remote_worker
 
         return remote_worker(_worker, job)
+    target = rest[0] if rest else None
     cfg = PreprocessConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in pcfg.items()})
     try:
-        x, _mask = process_recording(path, cfg, expected_length=length, dtype=dtype, **source)
-        return i, x.tobytes(), "", os.path.getsize(path)
+        if target is None:
+            x, _mask = process_recording(path, cfg, expected_length=length, dtype=dtype, **source)
+            return i, x.tobytes(), "", os.path.getsize(path)
+        try:
+            with target.open() as sink:
+                process_recording(
+                    path, cfg, expected_length=length, dtype=dtype, out=sink, **source
+                )
+        except OSError as e:
+            if e.filename is None:  # the cache's disk, not the recording
+                return i, ("write-error", e.strerror or str(e)), "", 0
+            raise
+        return i, WRITTEN, "", os.path.getsize(path)
     except BrainpipeError as e:
         return i, None, _strip_path(str(e), path), 0
     except (OSError, ValueError, MemoryError) as e:
@@ -633,7 +654,7 @@ def _build(
     """Write the planned rows through the one CacheWriter, then finish it."""
     with CacheWriter(cache_path, plan.layout, overwrite=force) as writer:
         try:
-            jobs = _jobs(plan, writer.pending_rows(), root, cfg)
+            jobs = _jobs(plan, writer, root, cfg)
             n_workers = max(1, workers or cfg.cache.workers)
             results = run_jobs(_worker, jobs, n_workers, on_lost=_report_lost_worker)
             raw_bytes = _write_results(writer, results, progress, t0)
@@ -759,9 +780,9 @@ def _reprocess(
         return process_recording(got.path, cfg, expected_length=length, **source)[0]
 
 
-def _jobs(plan: Plan, rows: list[int], root: Path | str, cfg: Config) -> list[tuple]:
+def _jobs(plan: Plan, writer: CacheWriter, root: Path | str, cfg: Config) -> list[tuple]:
     """One picklable worker job per row: (row, raw file or ObjectInfo, preprocess config, length,
-    dtype, how to read the file: reader options and bad channels)."""
+    dtype, how to read the file: reader options and bad channels, where its rows go)."""
     r = plan.layout.recordings
     pcfg = cfg.to_dict()["preprocess"]
     opts = dict(cfg.corpus.reader_options)
@@ -782,8 +803,9 @@ def _jobs(plan: Plan, rows: list[int], root: Path | str, cfg: Config) -> list[tu
             int(r["length"][row]),
             cfg.cache.dtype,
             {"reader_options": opts, "bad": plan.bad_channels.get(row, ())},
+            writer.target(row),  # the worker writes its rows into the partial cache itself
         )  # fmt: skip
-        for row in rows
+        for row in writer.pending_rows()
     ]
 
 
@@ -799,11 +821,16 @@ def _write_results(writer: CacheWriter, results, progress: bool, t0: float) -> i
         bar = tqdm(total=n, initial=initial, unit="rec", desc="build-cache", disable=None)
     try:
         for row, payload, reason, nbytes in results:
-            if payload is not None:
-                writer.write(row, payload)
-                raw_bytes += nbytes
-            else:
+            if payload is None:
                 writer.skip(row, reason)
+                continue
+            if payload == WRITTEN:
+                writer.written(row)
+            elif isinstance(payload, tuple):  # ("write-error", strerror): a full disk
+                writer.write_failed(payload[1])
+            else:
+                writer.write(row, payload)
+            raw_bytes += nbytes
             if bar is not None:
                 bar.update(1)
                 el = time.perf_counter() - t0

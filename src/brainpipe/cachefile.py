@@ -39,10 +39,11 @@ would put the format's contract, and its crash-safety contract, in two places ag
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,49 @@ class Written:
     bytes: int
 
 
+@dataclass(frozen=True)
+class RowTarget:
+    """A recording's reserved rows in a partial cache: a file, a byte offset, a shape, a dtype.
+
+    Picklable; `open()` gives the sink `preprocess.preprocess_chunked` fills (`sink[t0:t1] =
+    rows`, in time order), which pwrites each block at its place and fdatasyncs on close.
+    """
+
+    path: str
+    offset: int
+    length: int
+    item_bytes: int
+    n_channels: int
+    dtype: str
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[_RowSink]:
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            sink = _RowSink(self, fd)
+            yield sink
+            if sink.next != self.length:
+                raise ValueError(f"{sink.next} rows written, the layout reserves {self.length}")
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+
+class _RowSink:
+    def __init__(self, target: RowTarget, fd: int):
+        self.target, self.fd, self.next = target, fd, 0
+        self._row_bytes = target.item_bytes * target.n_channels
+
+    def __setitem__(self, rows: slice, block: np.ndarray) -> None:
+        t = self.target
+        start = rows.start or 0
+        if start != self.next or len(block) != (rows.stop - start):
+            raise ValueError(f"rows {start}..{rows.stop} out of order (next is {self.next})")
+        data = np.ascontiguousarray(block, dtype=t.dtype).tobytes()
+        _pwrite_all(self.fd, data, t.offset + start * self._row_bytes)
+        self.next = rows.stop
+
+
 class CacheWriter:
     """Write one cache crash-safely: create or resume `<cache>.partial`, fill it, rename it.
 
@@ -375,6 +419,30 @@ class CacheWriter:
             ) from e
         self.status[row] = STATUS_DONE
         self._journal(row, "")
+
+    def target(self, row: int) -> RowTarget:
+        """Where recording `row`'s bytes go, for a worker process that writes them itself
+        (`RowTarget.open()`), so a long recording's result never has to be held or sent."""
+        item = np.dtype(self.layout.dtype).itemsize
+        return RowTarget(
+            str(self.partial),
+            self._base + int(self._offsets[row]) * self._row_bytes,
+            int(self._lengths[row]),
+            item,
+            self._row_bytes // item,
+            str(np.dtype(self.layout.dtype)),
+        )
+
+    def written(self, row: int) -> None:
+        """Record that a worker wrote recording `row` through its `target` (and fdatasynced)."""
+        self.status[row] = STATUS_DONE
+        self._journal(row, "")
+
+    def write_failed(self, strerror: str) -> None:
+        """A worker could not write its rows (a full disk): the build stops, resumable."""
+        raise BrainpipeError(
+            f"{self.partial}: cannot write ({strerror}); free space or choose another --cache path, then re-run to resume"
+        )
 
     def skip(self, row: int, reason: str) -> None:
         """Leave recording `row` out; its reserved rows stay zeros no window points at."""
