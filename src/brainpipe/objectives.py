@@ -76,6 +76,16 @@ def class_weights(
     return torch.tensor([1.0, pos_weight], device=device)
 
 
+def _optimize(model, optimizer, scheduler, loss, grad_clip: float | None) -> None:
+    """One optimizer step of every objective: backward, clip, step, schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+
+
 def train_step(
     model, optimizer, scheduler, batch, device, amp: bool, grad_clip: float | None,
     class_weight: torch.Tensor | None = None,
@@ -89,12 +99,7 @@ def train_step(
     with autocast(device, amp):
         logits = model(x)
     loss = F.cross_entropy(logits.float(), y, weight=class_weight)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    scheduler.step()
+    _optimize(model, optimizer, scheduler, loss, grad_clip)
     return loss.detach(), (logits.detach().argmax(1) == y).sum()
 
 
@@ -136,15 +141,6 @@ def evaluate_classifier(model, loader, device, amp: bool, world_size: int = 1) -
 # ---------------------------------------------------------------------------------------------
 # Subject tasks (no labels: y is the window's subject code, see CacheWindowDataset target=)
 # ---------------------------------------------------------------------------------------------
-
-
-def _optimize(model, optimizer, scheduler, loss, grad_clip: float | None) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    scheduler.step()
 
 
 def pairs_step(model, optimizer, scheduler, batch, device, amp: bool, grad_clip: float | None):
