@@ -146,6 +146,7 @@ def test_shm_for_less_prefetch_shrinks_it(cache, tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # whole training processes killed and restarted; `make test` runs it
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
 def test_kill_9_leaves_no_workers_and_no_ring(cache, tmp_path, method):
     script = _script(tmp_path, method)
@@ -213,6 +214,7 @@ def test_stale_ring_of_a_dead_owner_is_removed(tmp_path):
         mine.close()
 
 
+@pytest.mark.slow  # whole training processes killed and restarted; `make test` runs it
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
 def test_normal_exit_prints_no_resource_tracker_traceback(cache, tmp_path, method):
     script = _script(tmp_path, method)
@@ -231,6 +233,7 @@ def test_normal_exit_prints_no_resource_tracker_traceback(cache, tmp_path, metho
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a training process killed and resumed; `make test` runs it
 def test_kill_while_writing_best_then_resume_restores_it(cache, tmp_path):
     run = tmp_path / "run"
     # Without validation every epoch is the best. torch.save of epoch 2's best.pt kills the
