@@ -103,32 +103,43 @@ def train_step(
     return loss.detach(), (logits.detach().argmax(1) == y).sum()
 
 
-@torch.no_grad()
 def predict(model, loader, device, amp: bool, world_size: int = 1) -> np.ndarray:
     """Class probabilities for every window of the loader's dataset, all ranks' shards gathered.
 
     The loader's batch sampler must be a `WindowBatchSampler` without shuffling; with
     `world_size` > 1 (DDP, the process group initialized) each rank scored its shard.
     """
+    width = len(loader.dataset.label_names)
+    return _gathered(model, loader, device, amp, world_size, _softmax, width, np.float64)
+
+
+def _softmax(logits: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(logits, 1)
+
+
+@torch.no_grad()
+def _gathered(model, loader, device, amp, world_size, post, width: int, dtype) -> np.ndarray:
+    """`post(model output)` for every window of the loader's dataset, in dataset order, each
+    rank's shard gathered (DDP); `width` is the row size when there is no window at all."""
     ds, sampler = loader.dataset, loader.batch_sampler
     model.eval()
     parts = []
     for batch in loader:
         x = to_model_input(host_batch(batch)[0], None, device)
         with autocast(device, amp):
-            logits = model(x)
-        parts.append(torch.softmax(logits.float(), 1).cpu().numpy())
+            y = model(x)
+        parts.append(post(y.float()).cpu().numpy())
     model.train()
-    probs = np.concatenate(parts) if parts else np.zeros((0, len(ds.label_names)), np.float32)
+    out = np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
     idx = sampler.indices()
     if world_size > 1:
         gathered: list[Any] = [None] * world_size
-        torch.distributed.all_gather_object(gathered, (idx, probs))
+        torch.distributed.all_gather_object(gathered, (idx, out))
         idx = np.concatenate([g[0] for g in gathered])
-        probs = np.concatenate([g[1] for g in gathered])
-    out = np.empty((len(ds), probs.shape[1]), np.float64)
-    out[idx] = probs
-    return out
+        out = np.concatenate([g[1] for g in gathered])
+    full = np.zeros((len(ds), out.shape[1] if out.ndim == 2 else 0), dtype)
+    full[idx] = out
+    return full
 
 
 def evaluate_classifier(model, loader, device, amp: bool, world_size: int = 1) -> dict[str, Any]:
@@ -189,28 +200,10 @@ def contrastive_step(
     return loss.detach(), correct
 
 
-@torch.no_grad()
 def model_outputs(model, loader, device, amp: bool, world_size: int = 1) -> np.ndarray:
     """The model's output (e.g. embeddings) for every window of the loader's dataset, in dataset
     order, all ranks' shards gathered; float32. Sampler as for `predict`."""
-    ds, sampler = loader.dataset, loader.batch_sampler
-    model.eval()
-    parts = []
-    for batch in loader:
-        x = to_model_input(host_batch(batch)[0], None, device)
-        with autocast(device, amp):
-            parts.append(model(x).float().cpu().numpy())
-    model.train()
-    out = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-    idx = sampler.indices()
-    if world_size > 1:
-        gathered: list[Any] = [None] * world_size
-        torch.distributed.all_gather_object(gathered, (idx, out))
-        idx = np.concatenate([g[0] for g in gathered])
-        out = np.concatenate([g[1] for g in gathered])
-    full = np.zeros((len(ds), out.shape[1] if out.ndim == 2 else 0), np.float32)
-    full[idx] = out
-    return full
+    return _gathered(model, loader, device, amp, world_size, lambda y: y, 0, np.float32)
 
 
 def evaluate_subjects(model, loader, device, amp: bool, world_size: int = 1) -> dict[str, Any]:
