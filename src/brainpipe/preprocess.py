@@ -621,15 +621,7 @@ def preprocess_chunked(
     """
     chunk_values = chunk_values or CHUNK_VALUES
     start, stop = _span(n_samples, sfreq_in, cfg, crop=True)
-    up, down = resample_factors(sfreq_in, cfg.sfreq)
-    kernel = _design(cfg.sfreq, cfg.l_freq, cfg.h_freq, tuple(cfg.notch_freqs)).kernel
-    reach = 0 if kernel is None else (len(kernel) - 1) // 2  # output samples an edge disturbs
-    if up != down:
-        reach += len(_antialias(sfreq_in, cfg.sfreq, up, down, cfg.h_freq)) // min(up, down) + 2
-    margin = _round_up(_round_up(reach * down, up) // up, down)  # input samples
-    # at least 4 margins long: the overlap costs at most 50% more filtering (8 margins: 25%,
-    # but ~150 MB more for 306 channels, where the merged 50 Hz notch makes the kernel long)
-    core = _round_up(max(chunk_values // max(len(plan.source), 1), 4 * margin, 1), down)
+    up, down, margin, core = _chunk_geometry(sfreq_in, cfg, len(plan.source), chunk_values)
     n_out = output_length(stop - start, sfreq_in, cfg, crop=False)
     n_ch = len(plan.names)
     if out is None:
@@ -666,15 +658,37 @@ def preprocess_chunked(
         centre, scale = _chunked_centre_scale(
             scratch, n_out, flat_out, plan, cfg, zsum, chunk_values
         )
-        block = max(chunk_values // max(n_ch, 1), 1)
-        for t in range(0, n_out, block):
-            rows = _scratch_rows(scratch, t, min(t + block, n_out), n_ch)
-            rows -= centre
-            rows *= scale
-            if cfg.clip is not None:
-                np.clip(rows, -cfg.clip, cfg.clip, out=rows)
-            out[t : t + len(rows)] = rows
+        _normalize_scratch(scratch, out, n_out, n_ch, centre, scale, cfg.clip, chunk_values)
     return out
+
+
+def _chunk_geometry(
+    sfreq_in: float, cfg: PreprocessConfig, n_source: int, chunk_values: int
+) -> tuple[int, int, int, int]:
+    """Resampling factors, the margin each chunk is read with on both sides (input samples,
+    a multiple of `down`) and the chunk's core length."""
+    up, down = resample_factors(sfreq_in, cfg.sfreq)
+    kernel = _design(cfg.sfreq, cfg.l_freq, cfg.h_freq, tuple(cfg.notch_freqs)).kernel
+    reach = 0 if kernel is None else (len(kernel) - 1) // 2  # output samples an edge disturbs
+    if up != down:
+        reach += len(_antialias(sfreq_in, cfg.sfreq, up, down, cfg.h_freq)) // min(up, down) + 2
+    margin = _round_up(_round_up(reach * down, up) // up, down)  # input samples
+    # at least 4 margins long: the overlap costs at most 50% more filtering (8 margins: 25%,
+    # but ~150 MB more for 306 channels, where the merged 50 Hz notch makes the kernel long)
+    core = _round_up(max(chunk_values // max(n_source, 1), 4 * margin, 1), down)
+    return up, down, margin, core
+
+
+def _normalize_scratch(scratch, out, n_out, n_ch, centre, scale, clip, chunk_values) -> None:
+    """Second pass: the scratch file's rows normalized, clipped and handed to `out` in order."""
+    block = max(chunk_values // max(n_ch, 1), 1)
+    for t in range(0, n_out, block):
+        rows = _scratch_rows(scratch, t, min(t + block, n_out), n_ch)
+        rows -= centre
+        rows *= scale
+        if clip is not None:
+            np.clip(rows, -clip, clip, out=rows)
+        out[t : t + len(rows)] = rows
 
 
 def _round_up(n: int, k: int) -> int:
