@@ -226,3 +226,47 @@ def test_lazy_dataset_with_mne_rows_pickles_for_every_start_method(mixed, method
         got = pool.map(_window, [(ds, 0), (ds, last)])
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w)
+
+
+def test_recording_files_are_what_mne_opens_together():
+    """What object storage copies for one recording: its parts, never a neighbour's."""
+    from brainpipe.readers import recording_files
+
+    keys = [
+        "sub-01/eeg/sub-01_task-rest_eeg.vhdr",
+        "sub-01/eeg/sub-01_task-rest_eeg.vmrk",
+        "sub-01/eeg/sub-01_task-rest_eeg.eeg",
+        "sub-01/eeg/sub-01_task-rest_channels.tsv",
+        "sub-01/eeg/sub-01_task-rest_eeg2.eeg",
+        "sub-01/eeg/deeper/sub-01_task-rest_eeg.eeg",
+        "sub-02/meg/sub-02_task-noise_split-01_meg.fif",
+        "sub-02/meg/sub-02_task-noise_split-02_meg.fif",
+        "sub-02/meg/sub-02_task-other_split-02_meg.fif",
+        "raw/run.fif",
+        "raw/run-1.fif",
+        "raw/run-2.fif",
+        "raw/run-1b.fif",
+        "raw/a-1.fif",
+        "raw/a-2.fif",
+        "ctf/s1.ds/s1.meg4",
+        "ctf/s1.ds/s1.res4",
+        "ctf/s1.dsx",
+        "set/x.set",
+        "set/x.fdt",
+        "tusz/t.edf",
+        "tusz/t.csv_bi",
+    ]
+    assert recording_files("sub-01/eeg/sub-01_task-rest_eeg.vhdr", keys) == [
+        "sub-01/eeg/sub-01_task-rest_eeg.vhdr",
+        "sub-01/eeg/sub-01_task-rest_eeg.eeg",
+        "sub-01/eeg/sub-01_task-rest_eeg.vmrk",
+    ]
+    assert recording_files("sub-02/meg/sub-02_task-noise_split-01_meg.fif", keys) == [
+        "sub-02/meg/sub-02_task-noise_split-01_meg.fif",
+        "sub-02/meg/sub-02_task-noise_split-02_meg.fif",
+    ]
+    assert recording_files("raw/run.fif", keys) == ["raw/run.fif", "raw/run-1.fif", "raw/run-2.fif"]
+    assert recording_files("raw/a-1.fif", keys) == ["raw/a-1.fif"]  # a-2 is another recording
+    assert recording_files("ctf/s1.ds", keys) == ["ctf/s1.ds/s1.meg4", "ctf/s1.ds/s1.res4"]
+    assert recording_files("set/x.set", keys) == ["set/x.set", "set/x.fdt"]
+    assert recording_files("tusz/t.edf", keys) == ["tusz/t.edf"]  # the .csv_bi is read apart

@@ -62,7 +62,7 @@ def bids_recordings(candidates: Iterable[str]) -> list[str]:
     return out
 
 
-def _sidecar(relpath: str, suffix: str) -> str:
+def sidecar(relpath: str, suffix: str) -> str:
     """`sub-01_task-rest_run-01_eeg.edf` -> `sub-01_task-rest_run-01_<suffix>.tsv`, same folder."""
     head, _, name = relpath.rstrip("/").rpartition("/")
     stem = name.split(".", 1)[0]
@@ -127,7 +127,7 @@ class BidsLayout:
 
     def events(self, relpath: str) -> tuple[Event, ...]:
         """The recording's `*_events.tsv` as events (label: trial_type, else value)."""
-        path = self.root / _sidecar(relpath, "events")
+        path = self.root / sidecar(relpath, "events")
         if not path.is_file():
             return ()
         columns, rows = read_tsv(path)
@@ -150,7 +150,7 @@ class BidsLayout:
 
     def bad_channels(self, relpath: str) -> frozenset[str]:
         """Channel names the recording's `*_channels.tsv` marks `status` bad."""
-        path = self.root / _sidecar(relpath, "channels")
+        path = self.root / sidecar(relpath, "channels")
         if not path.is_file():
             return frozenset()
         _, rows = read_tsv(path)

@@ -773,11 +773,48 @@ def _reprocess(
     """`process_recording` of a raw file again, local or fetched from object storage."""
     if isinstance(root, Path):
         return process_recording(root / rel, cfg, expected_length=length, **source)[0]
-    from brainpipe.objectstore import ObjectStore
+    from brainpipe.objectstore import ObjectStore, RecordingObjects, remote_worker
 
     store = ObjectStore(root)
+    src = _remote_sources(root, [rel], [0], store)[0]
+    if isinstance(src, RecordingObjects):
+        job = (0, src, cfg, length, source)
+
+        def run(j: tuple) -> tuple:
+            try:
+                return j[0], process_recording(j[1], j[2], expected_length=j[3], **j[4])[0], "", 0
+            except BrainpipeError as e:  # the temp dir's name is taken out of the reason
+                return j[0], None, str(e), 0
+
+        _, x, reason, _ = remote_worker(run, job)
+        if x is None:
+            raise BrainpipeError(f"{root}/{rel}: {reason}")
+        return x
     with store.fetch_to_spool(store.info(rel)) as got:
         return process_recording(got.path, cfg, expected_length=length, **source)[0]
+
+
+def _remote_sources(root: str, paths: list, sizes: list, store: Any = None) -> list:
+    """What a worker fetches for each recording in object storage: the object of an EDF/BDF,
+    or, for mne's formats, the `RecordingObjects` of every file that makes it up (a .vhdr's
+    .vmrk and .eeg, a CTF .ds), found in one listing made only when there are such rows."""
+    from brainpipe.objectstore import ObjectInfo, ObjectStore, RecordingObjects
+    from brainpipe.readers import EDF_SUFFIXES, recording_files
+
+    paths = [str(p) for p in paths]
+    listing: dict = {}
+    if not all(p.lower().endswith(EDF_SUFFIXES) for p in paths):
+        listing = {o.key: o for o in (store or ObjectStore(root)).list()}
+    out: list = []
+    for p, n in zip(paths, sizes, strict=True):
+        if p.lower().endswith(EDF_SUFFIXES):
+            out.append(ObjectInfo(p, f"{root}/{p}", int(n), None, None))
+            continue
+        keys = recording_files(p, listing)
+        if not keys or any(k not in listing for k in keys):
+            raise BrainpipeError(f"{root}/{p}: not in the bucket any more; re-run index")
+        out.append(RecordingObjects(root, p, tuple(listing[k] for k in keys)))
+    return out
 
 
 def _jobs(plan: Plan, writer: CacheWriter, root: Path | str, cfg: Config) -> list[tuple]:
@@ -786,13 +823,8 @@ def _jobs(plan: Plan, writer: CacheWriter, root: Path | str, cfg: Config) -> lis
     r = plan.layout.recordings
     pcfg = cfg.to_dict()["preprocess"]
     opts = dict(cfg.corpus.reader_options)
-    if isinstance(root, str):  # object storage: the worker fetches the object it names
-        from brainpipe.objectstore import ObjectInfo
-
-        src = [
-            ObjectInfo(p, f"{root}/{p}", int(n), None, None)
-            for p, n in zip(r["path"], plan.raw_bytes, strict=True)
-        ]
+    if isinstance(root, str):  # object storage: the worker fetches the objects it names
+        src = _remote_sources(root, r["path"], plan.raw_bytes)
     else:
         src = [str(root / str(p)) for p in r["path"]]
     return [
@@ -909,13 +941,28 @@ class VerifyReport:
         }
 
 
-def _source(cfg: Config, root: Path, relpath: str) -> dict:
+def _source(cfg: Config, root: Path | str, relpath: str) -> dict:
     """How build-cache's worker read a recording (reader options, BIDS bad channels), again."""
-    from brainpipe.bids import BidsLayout
+    opts = {"reader_options": dict(cfg.corpus.reader_options), "bad": ()}
+    if cfg.corpus.layout != "bids":
+        return opts
+    from brainpipe.bids import BidsLayout, sidecar
 
-    bids = cfg.corpus.layout == "bids"
-    bad = BidsLayout(root, cfg.corpus).bad_channels(str(relpath)) if bids else ()
-    return {"reader_options": dict(cfg.corpus.reader_options), "bad": bad}
+    if isinstance(root, Path):
+        return {**opts, "bad": BidsLayout(root, cfg.corpus).bad_channels(str(relpath))}
+    import tempfile
+
+    from brainpipe.objectstore import ObjectStore
+
+    # Object storage: the layout reads its files from a temp copy of the ones it needs.
+    store = ObjectStore(root)
+    listing = {o.key: o for o in store.list()}
+    want = ["dataset_description.json", "participants.tsv", sidecar(str(relpath), "channels")]
+    with tempfile.TemporaryDirectory(prefix="brainpipe-verify-") as tmp:
+        store.fetch_into([listing[k] for k in want if k in listing], tmp)
+        if "dataset_description.json" not in listing:
+            raise BrainpipeError(f"{root}: not a BIDS dataset root (no dataset_description.json)")
+        return {**opts, "bad": BidsLayout(tmp, cfg.corpus).bad_channels(str(relpath))}
 
 
 def verify_cache(

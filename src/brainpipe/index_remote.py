@@ -2,38 +2,45 @@
 
 Part of the index stage (`index.scan` hands URL roots here), kept in its own module so the
 local scan stays as it is. One listing (sizes, ETags), then concurrent range reads of the
-first 16 KiB of every new or changed recording (`ObjectStore.read_heads`; a second read only
-for a longer header), parsed by `edf.read_header_bytes`. Annotation files (`.csv_bi`, ...) are
-fetched whole (they are small) into a temp dir and read by the normal parser. The rows are the
-ones the local scan makes; `mtime_ns` is the object's LastModified.
+first 16 KiB of every new or changed EDF/BDF (`ObjectStore.read_heads`; a second read only
+for a longer header), parsed by `edf.read_header_bytes`. Annotation files (`.csv_bi`, ...) and
+BIDS files (`dataset_description.json`, `participants.tsv`, each recording's `*_events.tsv`
+and `*_channels.tsv`) are fetched whole (they are small) into a temp dir and read by the
+normal parsers. The rows are the ones the local scan makes; `mtime_ns` is the LastModified.
 
-EDF+/BDF+ recordings with an annotation signal are fetched whole (their events sit in the data
-records), except in the TUH layouts (events from the annotation files) unless
-`corpus.event_labels` is set.
+Fetched whole, with every object that makes them up (`readers.recording_files`: a .vhdr's
+.vmrk and .eeg, each part of a split FIF, the files of a CTF .ds), and read like local files:
+recordings in mne's formats, whose headers are not at a fixed place; and EDF+/BDF+ with an
+annotation signal (their events sit in the data records), except in the TUH and BIDS layouts
+(events from the annotation files or events.tsv) unless `corpus.event_labels` is set.
 
 Incremental: a row of the previous index is reused when its object's size and ETag (and its
-annotation file's ETag) are unchanged; the ETags are kept in the index's meta (`etags`). The
-index records the URL root, never a credential; bytes and requests sent are in the result.
+annotation file's ETag) are unchanged; for a recording of several objects, or a BIDS one, the
+ETag compared hashes those of all its objects and sidecars, so editing any of them re-reads
+it. The ETags are kept in the index's meta (`etags`). The index records the URL root, never a
+credential; bytes and requests sent are in the result.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import hashlib
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from brainpipe import __version__
+from brainpipe.bids import bids_recordings, sidecar
 from brainpipe.config import Config
 from brainpipe.edf import header_length
+from brainpipe.errors import BrainpipeError
 from brainpipe.index import EDF_SUFFIXES, ScanResult, _annotation_file, raw_root_of
 from brainpipe.indexfile import Index, Recording
 from brainpipe.objectstore import ObjectInfo, ObjectStore, ObjectStoreError
+from brainpipe.readers import is_directory_format, recording_files
 
 DEFAULT_IN_FLIGHT = 64  # range reads at once: at 100 ms a request, ~640 headers a second
 
@@ -50,50 +57,34 @@ def scan_remote(
     """`index.scan` of a URL root; `reader_class` is the local scan's per-file reader."""
     t0 = time.perf_counter()
     c = cfg.corpus
-    root = raw_root_of(raw)
     store = ObjectStore(raw.rstrip("/"), max_in_flight=workers or DEFAULT_IN_FLIGHT)
     objects = {o.key: o for o in store.list()}
-    exts = tuple(s.lower() for s in c.extensions)
-    candidates = [
-        k for k in objects if k.lower().endswith(exts) and not k.rsplit("/", 1)[-1].startswith(".")
-    ]
-    errors: list[tuple[str, str]] = []
+    candidates = _candidates(objects, c)
+    if c.layout == "bids":
+        if "dataset_description.json" not in objects:
+            raise BrainpipeError(
+                f"{raw_root_of(raw)}: not a BIDS dataset root (no dataset_description.json); "
+                "pass --raw with the prefix that holds it, or use corpus.layout=generic"
+            )
+        candidates = bids_recordings(candidates)
+    files = {rel: recording_files(rel, objects) for rel in candidates}
+    units = {rel: _unit(store, rel, files[rel], objects, c) for rel in candidates}
+    lookup = {**objects, **units}
     pairs = _pairs(candidates, set(objects), c)
-    reused, todo, n_removed = _match(pairs, objects, None if force else previous)
-    for rel, _ in [t for t in todo if not t[0].lower().endswith(EDF_SUFFIXES)]:
-        errors.append((rel, "only EDF/BDF are indexed from object storage; copy it locally"))
-    todo = [t for t in todo if t[0].lower().endswith(EDF_SUFFIXES)]
-    heads = store.read_heads([objects[r] for r, _ in todo], header_length=header_length)
+    reused, todo, n_removed = _match(pairs, lookup, None if force else previous)
+    errors: list[tuple[str, str]] = []
+    results: list = []
     with tempfile.TemporaryDirectory(prefix="brainpipe-index-") as tmp:
-        failed = _fetch_whole(store, [objects[a] for _, a in todo if a], Path(tmp))
-        errors += [(r, f"annotation file {a}: {failed[a]}") for r, a in todo if a in failed]
-        todo = [(r, a) for r, a in todo if a not in failed]
-        # EDF+/BDF+ with annotation signals: their events sit in the data records, so those
-        # objects are fetched whole and read like local files; every other one by its header.
-        # TUH layouts take their events from the annotation files (real TUH EDFs are plain EDF;
-        # edfio-written ones carry an empty annotation signal): headers only there.
-        whole = (
-            [h.obj for h in heads if not h.error and _has_annotation_signal(h.data)]
-            if c.layout not in ("tuab", "tusz") or c.event_labels
-            else []
-        )
-        failed = _fetch_whole(store, whole, Path(tmp))
-        errors += [(o.key, f"unreadable: {failed[o.key]}") for o in whole if o.key in failed]
-        todo = [(r, a) for r, a in todo if r not in failed]
-        fetched = {o.key for o in whole}
-        reader = reader_class(tmp, c, on_read)
-        reader.heads = {h.obj.key: h for h in heads if h.obj.key not in fetched}
-        # Headers are in memory now: parsing is CPU only, so no threads.
-        results = reader.many([(r, (a,) if a else ()) for r, a in todo])
-    fresh = [r for r in results if isinstance(r, Recording)]
+        results, errors = _read_todo(store, todo, files, objects, c, reader_class, tmp, on_read)
+    fresh = [_as_listed(r, units[r.path]) for r in results if isinstance(r, Recording)]
     errors += [r for r in results if not isinstance(r, Recording)]
     meta = {
         "brainpipe_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "raw_root": root,
+        "raw_root": raw_root_of(raw),
         "layout": c.layout,
         "corpus_config": cfg.to_dict()["corpus"],
-        "etags": {k: objects[k].etag or "" for p in pairs for k in p if k},
+        "etags": {k: lookup[k].etag or "" for p in pairs for k in p if k},
     }
     if reused:
         kept = previous.take(np.array(sorted(reused), dtype=np.int64))
@@ -110,6 +101,108 @@ def scan_remote(
         transferred=sent.bytes,
         requests=sent.requests,
     )
+
+
+def _read_todo(
+    store: ObjectStore,
+    todo: list[tuple[str, str | None]],
+    files: dict[str, list[str]],
+    objects: dict[str, ObjectInfo],
+    c: Any,
+    reader_class: type,
+    tmp: str,
+    on_read: Callable[[str], None] | None,
+) -> tuple[list, list[tuple[str, str]]]:
+    """The index rows (or (path, reason)) of the recordings to read, and fetch failures.
+
+    EDF/BDF by their headers (range reads); every other format, and EDF+/BDF+ whose events sit
+    in their annotation signal, fetched whole into `tmp` under their own names and read like
+    local files. Annotation files and BIDS sidecars are fetched whole (they are small)."""
+    errors: list[tuple[str, str]] = []
+    edf = [t for t in todo if t[0].lower().endswith(EDF_SUFFIXES)]
+    heads = store.read_heads([objects[r] for r, _ in edf], header_length=header_length)
+    # TUH layouts take their events from the annotation files (real TUH EDFs are plain EDF;
+    # edfio-written ones carry an empty annotation signal), BIDS from events.tsv: headers only
+    # there. Elsewhere an EDF+ annotation signal holds the events, so the file comes whole.
+    annotated = c.layout not in ("tuab", "tusz", "bids") or c.event_labels
+    whole = {r for r, _ in todo} - {r for r, _ in edf}
+    whole |= {
+        h.obj.key for h in heads if annotated and not h.error and _has_annotation_signal(h.data)
+    }
+    side = [a for _, a in todo if a] + _bids_sidecars(c, [r for r, _ in todo], objects)
+    want = side + [k for r in sorted(whole) for k in files[r]]
+    failed = store.fetch_into([objects[k] for k in dict.fromkeys(want)], tmp)
+    if c.layout == "bids" and "dataset_description.json" in failed:
+        why = failed["dataset_description.json"]
+        raise ObjectStoreError(f"{store.root}/dataset_description.json: {why}")
+    for rel, ann in todo:
+        bad = next((k for k in files[rel] if k in failed), None)
+        if ann in failed:
+            errors.append((rel, f"annotation file {ann}: {failed[ann]}"))
+        elif bad is not None:
+            where = "" if bad == rel else f"{bad}: "
+            errors.append((rel, f"unreadable: {where}{failed[bad]}"))
+    dropped = {r for r, _ in errors}
+    reader = reader_class(tmp, c, on_read)
+    reader.heads = {h.obj.key: h for h in heads if h.obj.key not in whole}
+    # Headers are in memory or on local disk now: parsing is CPU only, so no threads.
+    results = reader.many([(r, (a,) if a else ()) for r, a in todo if r not in dropped])
+    return results, errors
+
+
+def _candidates(objects: dict[str, ObjectInfo], c: Any) -> list[str]:
+    """Keys with a corpus extension, and the directory recordings (a CTF `x.ds/`), sorted."""
+    exts = tuple(s.lower() for s in c.extensions)
+    out = set()
+    for key in objects:
+        parts = key.split("/")
+        if any(p.startswith(".") for p in parts):
+            continue
+        for k in range(len(parts) - 1):  # a directory recording is one candidate, not walked
+            if is_directory_format(parts[k]):
+                if parts[k].lower().endswith(exts):
+                    out.add("/".join(parts[: k + 1]))
+                break
+        else:
+            if key.lower().endswith(exts):
+                out.add(key)
+    return sorted(out)
+
+
+def _bids_sidecars(c: Any, rels: list[str], objects: dict[str, ObjectInfo]) -> list[str]:
+    """The BIDS files the layout reads for `rels`: the dataset's description and participants,
+    each recording's events.tsv and channels.tsv (those that exist)."""
+    if c.layout != "bids":
+        return []
+    want = ["dataset_description.json", "participants.tsv"]
+    want += [sidecar(r, s) for r in rels for s in ("events", "channels")]
+    return [k for k in dict.fromkeys(want) if k in objects]
+
+
+def _unit(
+    store: ObjectStore, rel: str, files: list[str], objects: dict[str, ObjectInfo], c: Any
+) -> ObjectInfo:
+    """What the re-index compares for one recording: its object as listed, or, for a recording
+    of several objects (or a BIDS one, whose sidecars say what it holds), one entry whose ETag
+    hashes all of theirs, so an edit to any of them re-reads it."""
+    watched = list(files)
+    if c.layout == "bids":
+        watched += [k for k in (sidecar(rel, "events"), sidecar(rel, "channels")) if k in objects]
+    if watched == [rel]:
+        return objects[rel]
+    infos = [objects[k] for k in watched]
+    etags = [o.etag for o in infos]
+    digest = None
+    if all(etags):
+        digest = hashlib.sha1("\n".join(f"{o.key} {o.etag}" for o in infos).encode()).hexdigest()
+    size = objects[rel].size if rel in objects else sum(objects[k].size for k in files)
+    times = [o.mtime_ns for o in infos if o.mtime_ns is not None]
+    return ObjectInfo(rel, f"{store.root}/{rel}", size, digest, max(times) if times else None)
+
+
+def _as_listed(rec: Recording, unit: ObjectInfo) -> Recording:
+    """A row read from a temp copy, with the size and time the listing gives the recording."""
+    return dataclasses.replace(rec, size=unit.size, mtime_ns=unit.mtime_ns or rec.mtime_ns)
 
 
 def _has_annotation_signal(head: bytes) -> bool:
@@ -155,25 +248,3 @@ def _match(
         else:
             todo.append((rel, ann))
     return reused, todo, len(set(rows) - {r for r, _ in pairs})
-
-
-def _fetch_whole(store: ObjectStore, objs: list[ObjectInfo], into: Path) -> dict[str, str]:
-    """Each object fetched whole to `into`/key with its LastModified as mtime;
-    returns key -> reason for those that failed."""
-
-    def one(o: ObjectInfo) -> tuple[str, str | None]:
-        try:
-            got = store.fetch(o)
-        except ObjectStoreError as e:
-            return o.key, str(e).split(": ", 1)[-1]
-        p = into / o.key
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(got.data)
-        if o.mtime_ns is not None:
-            os.utime(p, ns=(o.mtime_ns, o.mtime_ns))
-        return o.key, None
-
-    if not objs:
-        return {}
-    with ThreadPoolExecutor(min(store.max_in_flight, len(objs))) as pool:
-        return {k: why for k, why in pool.map(one, objs) if why}

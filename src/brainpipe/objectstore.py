@@ -7,8 +7,9 @@ Owns the remote-read path of the raw tree, nothing else: stages call it only for
 - `read_heads(objects, n=16 KiB)`: the first n bytes of many objects, `max_in_flight` range GETs
   at once; a second range read only where the header is longer (`header_length(head)` says so).
   A FUSE mount or fsspec's default `open()` (50 MiB read-ahead) would download whole files.
-- `fetch(obj)` / `fetch_to_spool(obj, dir)`: one whole object with one GET, to memory or to a
-  spool file, with retries and exponential backoff on transient errors.
+- `fetch(obj)` / `fetch_to_spool(obj, dir)` / `fetch_into(objs, dir)`: whole objects with one
+  GET each, to memory, a spool file or a folder under their own names (a recording of several
+  files), with retries and exponential backoff on transient errors.
 - Every result carries the bytes it transferred and its request count (`Transfer`).
 
 Credentials come from the backend's own chain (environment, config files, instance role); this
@@ -378,6 +379,28 @@ class ObjectStore:
         data, t = self._get(obj, 0, obj.size)
         return Fetched(obj, t, data=data)
 
+    def fetch_into(self, objects: Sequence[ObjectInfo], into: str | os.PathLike) -> dict[str, str]:
+        """Each object whole to `into`/key, its LastModified as mtime, `max_in_flight` at once.
+
+        Returns key -> one-line reason for each object that failed; the others are in place."""
+
+        def one(o: ObjectInfo) -> tuple[str, str | None]:
+            try:
+                got = self.fetch(o)
+            except ObjectStoreError as e:
+                return o.key, str(e).split(": ", 1)[-1]
+            p = Path(into, o.key)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(got.data)
+            if o.mtime_ns is not None:
+                os.utime(p, ns=(o.mtime_ns, o.mtime_ns))
+            return o.key, None
+
+        if not objects:
+            return {}
+        with ThreadPoolExecutor(min(self.max_in_flight, len(objects))) as pool:
+            return {k: why for k, why in pool.map(one, objects) if why}
+
     @contextlib.contextmanager
     def fetch_to_spool(
         self, obj: ObjectInfo, dir: str | os.PathLike | None = None
@@ -398,14 +421,32 @@ class ObjectStore:
                 path.unlink()
 
 
+@dataclass(frozen=True, slots=True)
+class RecordingObjects:
+    """The objects that together are one recording (BrainVision .vhdr/.vmrk/.eeg, a CTF .ds
+    directory, a split FIF; `readers.recording_files` says which): `key` is the recording's
+    path as the index has it, relative to `root`."""
+
+    root: str
+    key: str
+    objects: tuple[ObjectInfo, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(o.size for o in self.objects)
+
+
 def remote_worker(process: Callable[[tuple], tuple], job: tuple) -> tuple:
     """Run a build-cache worker on a spool copy of the object a job names.
 
-    `job` is (row, ObjectInfo, ...); `process` gets the same job with the spool file's path and
-    returns (row, payload, reason, raw bytes). The object is fetched whole with one GET (EDF
+    `job` is (row, ObjectInfo or RecordingObjects, ...); `process` gets the same job with the
+    spool file's path and returns (row, payload, reason, raw bytes). An object is fetched whole
+    with one GET (EDF
     records interleave channels, so ranges per channel would save little), retried with
     backoff; one that keeps failing comes back as a skipped row with its reason."""
     row, obj, *rest = job
+    if isinstance(obj, RecordingObjects):
+        return _remote_set(process, job)
     store = ObjectStore(obj.url[: -len(obj.key) - 1])
     try:
         with store.fetch_to_spool(obj) as got:
@@ -413,6 +454,20 @@ def remote_worker(process: Callable[[tuple], tuple], job: tuple) -> tuple:
             return i, payload, reason.replace(str(got.path), obj.key), got.transfer.bytes
     except ObjectStoreError as e:
         return row, None, str(e).removeprefix(f"{obj.url}: "), 0
+
+
+def _remote_set(process: Callable[[tuple], tuple], job: tuple) -> tuple:
+    """`remote_worker` for a recording of several objects: all fetched into one temp dir under
+    their own names (mne finds a .vhdr's .eeg beside it), processed there, removed."""
+    row, rec, *rest = job
+    store = ObjectStore(rec.root)
+    with tempfile.TemporaryDirectory(prefix="brainpipe-spool-") as tmp:
+        failed = store.fetch_into(rec.objects, tmp)
+        if failed:
+            key, why = next(iter(failed.items()))
+            return row, None, f"{key}: {why}", 0
+        i, payload, reason, _ = process((row, f"{tmp}/{rec.key}", *rest))
+        return i, payload, reason.replace(f"{tmp}/", ""), store.transferred.bytes
 
 
 def _rebuild(root, max_in_flight, retries, backoff_s, storage_options) -> ObjectStore:

@@ -16,7 +16,8 @@ inside a `.ds` does not change them, so re-index with `--force` after editing on
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from brainpipe.errors import BrainpipeError
@@ -111,3 +112,38 @@ def open_raw(path: str, reader_options: Mapping[str, Any] | None = None):
 def is_directory_format(name: str) -> bool:
     """Whether a path names a recording stored as a directory (CTF .ds, EGI .mff, MEF3 .mefd)."""
     return name.lower().rstrip("/").endswith(DIRECTORY_SUFFIXES)
+
+
+def recording_suffix(name: str) -> str | None:
+    """The recording suffix `name` ends with (the longest: `.fif.gz` over `.gz`), or None."""
+    low = name.lower().rstrip("/")
+    return max((s for s in known_suffixes() if low.endswith(s)), key=len, default=None)
+
+
+def recording_files(rel: str, keys: Iterable[str]) -> list[str]:
+    """Of `keys` (every file of a tree, relative, `/`-separated), those that make up the
+    recording `rel`: what must be copied together for mne to open it (object storage).
+
+    An EDF/BDF is its file. A directory recording (CTF .ds, EGI .mff) is every file under
+    it. Otherwise the file
+    itself and those beside it that share its stem (BrainVision .vmrk/.eeg, EEGLAB .fdt,
+    Persyst .dat, CURRY .cdt.dpa) or continue it (a split FIF: mne's `raw-1.fif`, BIDS'
+    `_split-02_meg.fif`). Nothing else: a tree of `run-1.fif`...`run-50.fif` copies one each.
+    """
+    rel = rel.rstrip("/")
+    if rel.lower().endswith(EDF_SUFFIXES):  # one file by definition (a TUSZ .csv_bi beside it
+        return [rel]  # is an annotation file, read as such)
+    if is_directory_format(rel):
+        return sorted(k for k in keys if k.startswith(rel + "/"))
+    folder, _, name = rel.rpartition("/")
+    stem = name[: len(name) - len(recording_suffix(name) or "." + name.rsplit(".", 1)[-1])]
+    m = re.search(r"_split-\d+", stem)
+    head = (
+        re.escape(stem[: m.start()]) + r"_split-\d+" + re.escape(stem[m.end() :])
+        if m
+        else re.escape(stem)
+    )
+    same = re.compile(head + r"(-\d+)?\..+")
+    prefix = folder + "/" if folder else ""
+    beside = (k[len(prefix) :] for k in keys if k != rel and k.startswith(prefix))
+    return [rel, *sorted(prefix + n for n in beside if same.fullmatch(n))]
