@@ -154,3 +154,36 @@ def test_the_index_records_the_url_root_without_credentials():
 
     assert raw_root_of("s3://KEY:secret@corpus/tusz/") == "s3://corpus/tusz"
     assert raw_root_of(URL + "/") == URL
+
+
+def test_sleep_edf_hypnograms_pair_with_their_recordings_from_s3(s3, tmp_path):
+    """Sleep-EDF (PhysioNet's open bucket has it): each hypnogram, an annotation-only EDF+, is
+    found by its header's range read and read whole with its recording, as from a local tree."""
+    from test_edf_annotations import sleep_edf_tree
+
+    local_root = tmp_path / "sleep-cassette"
+    sleep_edf_tree(local_root)
+    s3.upload_tree(local_root, BUCKET, "sleep")
+    c = load_config(None, ['corpus.event_labels={"Sleep stage W": "W", "Sleep stage R": "REM"}'])
+    here = build_index(local_root, tmp_path / "local.npz", c, progress=False).index
+    res = build_index(f"s3://{BUCKET}/sleep", tmp_path / "s3.npz", c, progress=False)
+    remote = res.index
+    assert remote.path.tolist() == ["SC4001E0-PSG.edf", "SC4012E0-PSG.edf"] and not remote.errors
+    for i in range(2):
+        got, want = remote.event_table(i), here.event_table(i)
+        assert got.keys() == want.keys() and len(want["onset_s"]) > 0
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert remote.event_table(1)["label"].tolist() == ["W", "REM"]
+    # A changed hypnogram re-reads its recording only.
+    assert build_index(f"s3://{BUCKET}/sleep", tmp_path / "s3.npz", c, progress=False).n_read == 0
+    import edfio
+
+    hyp = tmp_path / "SC4012EC-Hypnogram.edf"
+    edfio.Edf([], annotations=[edfio.EdfAnnotation(0.0, 120.0, "Sleep stage W")]).write(hyp)
+    s3.client().upload_file(str(hyp), BUCKET, "sleep/SC4012EC-Hypnogram.edf")
+    again = build_index(f"s3://{BUCKET}/sleep", tmp_path / "s3.npz", c, progress=False)
+    assert (again.n_read, again.n_reused) == (1, 1)
+    assert Index.load(tmp_path / "s3.npz").event_table(1)["description"].tolist() == [
+        "Sleep stage W"
+    ]

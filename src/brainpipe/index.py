@@ -101,14 +101,15 @@ def _annotation_file(rel: str, every: set[str], suffixes: tuple[str, ...]) -> st
 
 
 def _pair_annotation_files(
-    root: str, candidates: list[str], pairing: str | None, memo: dict
+    candidates: list[str], pairing: str | None, annotation_only: Callable[[list[str]], set[str]]
 ) -> tuple[list[str], dict[str, tuple[str, ...]]]:
     """The candidates without the annotation-only EDF+ files that pair with a recording, and
     recording -> its annotation files (Sleep-EDF: SC4001EC-Hypnogram.edf for SC4001E0-PSG.edf).
 
     Files pair when corpus.annotation_pairing gives them the same `key`; a group pairs when it
-    holds exactly one recording. Only grouped files' headers are read here (a Sleep-EDF tree:
-    a few hundred); an annotation-only file left unpaired stays a candidate and is reported."""
+    holds exactly one recording. `annotation_only(paths)` says which of the grouped files hold
+    only annotations; only their headers are read (a Sleep-EDF tree: a few hundred). An
+    annotation-only file left unpaired stays a candidate and is reported."""
     if pairing is None:
         return candidates, {}
     rx = re.compile(pairing)
@@ -118,10 +119,10 @@ def _pair_annotation_files(
         if m is not None and m["key"] is not None:
             groups.setdefault(m["key"], []).append(rel)
     paired: dict[str, tuple[str, ...]] = {}
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        only = [rel for rel in members if _annotation_only(f"{root}/{rel}", memo)]
+    grouped = [g for g in groups.values() if len(g) >= 2]
+    only_ones = annotation_only([rel for g in grouped for rel in g]) if grouped else set()
+    for members in grouped:
+        only = [rel for rel in members if rel in only_ones]
         recordings = [rel for rel in members if rel not in only]
         if only and len(recordings) == 1:
             paired[recordings[0]] = tuple(only)
@@ -378,7 +379,9 @@ def scan(
     paired: dict[str, tuple[str, ...]] = {}
     if c.layout == "generic":
         candidates, paired = _pair_annotation_files(
-            str(root), candidates, c.annotation_pairing, reader.memo
+            candidates,
+            c.annotation_pairing,
+            lambda rels: {r for r in rels if _annotation_only(f"{root}/{r}", reader.memo)},
         )
     reused, todo, n_removed = _match_previous(root, candidates, every, c, previous, errors, paired)
     results = _read_all(reader, todo, workers or cfg.index.workers, progress)

@@ -5,8 +5,9 @@ local scan stays as it is. One listing (sizes, ETags), then concurrent range rea
 first 16 KiB of every new or changed EDF/BDF (`ObjectStore.read_heads`; a second read only
 for a longer header), parsed by `edf.read_header_bytes`. Annotation files (`.csv_bi`, ...) and
 BIDS files (`dataset_description.json`, `participants.tsv`, each recording's `*_events.tsv`
-and `*_channels.tsv`) are fetched whole (they are small) into a temp dir and read by the
-normal parsers. The rows are the ones the local scan makes; `mtime_ns` is the LastModified.
+and `*_channels.tsv`) and the annotation-only EDF+ files that pair with a recording
+(`corpus.annotation_pairing`: Sleep-EDF hypnograms, found by their range-read headers) are
+fetched whole into a temp dir and read by the normal parsers. The rows are the ones the local scan makes; `mtime_ns` is the LastModified.
 
 Fetched whole, with every object that makes them up (`readers.recording_files`: a .vhdr's
 .vmrk and .eeg, each part of a split FIF, the files of a CTF .ds), and read like local files:
@@ -35,11 +36,17 @@ import numpy as np
 from brainpipe import __version__
 from brainpipe.bids import bids_recordings, sidecar
 from brainpipe.config import Config
-from brainpipe.edf import header_length
+from brainpipe.edf import ANNOTATION_LABELS, header_length
 from brainpipe.errors import BrainpipeError
-from brainpipe.index import EDF_SUFFIXES, ScanResult, _annotation_file, raw_root_of
+from brainpipe.index import (
+    EDF_SUFFIXES,
+    ScanResult,
+    _annotation_file,
+    _pair_annotation_files,
+    raw_root_of,
+)
 from brainpipe.indexfile import Index, Recording
-from brainpipe.objectstore import ObjectInfo, ObjectStore, ObjectStoreError
+from brainpipe.objectstore import Head, ObjectInfo, ObjectStore, ObjectStoreError
 from brainpipe.readers import is_directory_format, recording_files
 
 DEFAULT_IN_FLIGHT = 64  # range reads at once: at 100 ms a request, ~640 headers a second
@@ -67,15 +74,23 @@ def scan_remote(
                 "pass --raw with the prefix that holds it, or use corpus.layout=generic"
             )
         candidates = bids_recordings(candidates)
+    heads: dict[str, Head] = {}  # headers read to pair files, not read again
+    paired: dict[str, tuple[str, ...]] = {}
+    if c.layout == "generic":  # Sleep-EDF: hypnograms pair with their recordings
+        candidates, paired = _pair_annotation_files(
+            candidates,
+            c.annotation_pairing,
+            lambda rels: _annotation_only(store, [objects[r] for r in rels], heads),
+        )
     files = {rel: recording_files(rel, objects) for rel in candidates}
     units = {rel: _unit(store, rel, files[rel], objects, c) for rel in candidates}
     lookup = {**objects, **units}
-    pairs = _pairs(candidates, set(objects), c)
+    pairs = _pairs(candidates, set(objects), c, paired)
     reused, todo, n_removed = _match(pairs, lookup, None if force else previous)
-    errors: list[tuple[str, str]] = []
-    results: list = []
     with tempfile.TemporaryDirectory(prefix="brainpipe-index-") as tmp:
-        results, errors = _read_todo(store, todo, files, objects, c, reader_class, tmp, on_read)
+        results, errors = _read_todo(
+            store, todo, files, objects, c, (reader_class, tmp, on_read), heads
+        )
     fresh = [_as_listed(r, units[r.path]) for r in results if isinstance(r, Recording)]
     errors += [r for r in results if not isinstance(r, Recording)]
     meta = {
@@ -84,7 +99,7 @@ def scan_remote(
         "raw_root": raw_root_of(raw),
         "layout": c.layout,
         "corpus_config": cfg.to_dict()["corpus"],
-        "etags": {k: lookup[k].etag or "" for p in pairs for k in p if k},
+        "etags": {k: lookup[k].etag or "" for rel, anns in pairs for k in (rel, *anns)},
     }
     if reused:
         kept = previous.take(np.array(sorted(reused), dtype=np.int64))
@@ -105,39 +120,44 @@ def scan_remote(
 
 def _read_todo(
     store: ObjectStore,
-    todo: list[tuple[str, str | None]],
+    todo: list[tuple[str, tuple[str, ...]]],
     files: dict[str, list[str]],
     objects: dict[str, ObjectInfo],
     c: Any,
-    reader_class: type,
-    tmp: str,
-    on_read: Callable[[str], None] | None,
+    reading: tuple[type, str, Callable[[str], None] | None],
+    known: dict[str, Head],
 ) -> tuple[list, list[tuple[str, str]]]:
     """The index rows (or (path, reason)) of the recordings to read, and fetch failures.
+
+    `reading`: the local scan's reader class, the temp dir, the per-file callback; `known`:
+    headers already read (to pair files).
 
     EDF/BDF by their headers (range reads); every other format, and EDF+/BDF+ whose events sit
     in their annotation signal, fetched whole into `tmp` under their own names and read like
     local files. Annotation files and BIDS sidecars are fetched whole (they are small)."""
+    reader_class, tmp, on_read = reading
     errors: list[tuple[str, str]] = []
-    edf = [t for t in todo if t[0].lower().endswith(EDF_SUFFIXES)]
-    heads = store.read_heads([objects[r] for r, _ in edf], header_length=header_length)
+    edf = [r for r, _ in todo if r.lower().endswith(EDF_SUFFIXES)]
+    unknown = [objects[r] for r in edf if r not in known]
+    heads = [known[r] for r in edf if r in known]
+    heads += store.read_heads(unknown, header_length=header_length)
     # TUH layouts take their events from the annotation files (real TUH EDFs are plain EDF;
     # edfio-written ones carry an empty annotation signal), BIDS from events.tsv: headers only
     # there. Elsewhere an EDF+ annotation signal holds the events, so the file comes whole.
     annotated = c.layout not in ("tuab", "tusz", "bids") or c.event_labels
-    whole = {r for r, _ in todo} - {r for r, _ in edf}
+    whole = {r for r, _ in todo} - set(edf)
     whole |= {
         h.obj.key for h in heads if annotated and not h.error and _has_annotation_signal(h.data)
     }
-    side = [a for _, a in todo if a] + _bids_sidecars(c, [r for r, _ in todo], objects)
+    side = [a for _, anns in todo for a in anns] + _bids_sidecars(c, [r for r, _ in todo], objects)
     want = side + [k for r in sorted(whole) for k in files[r]]
     failed = store.fetch_into([objects[k] for k in dict.fromkeys(want)], tmp)
     if c.layout == "bids" and "dataset_description.json" in failed:
         why = failed["dataset_description.json"]
         raise ObjectStoreError(f"{store.root}/dataset_description.json: {why}")
-    for rel, ann in todo:
+    for rel, anns in todo:
         bad = next((k for k in files[rel] if k in failed), None)
-        if ann in failed:
+        if ann := next((a for a in anns if a in failed), None):
             errors.append((rel, f"annotation file {ann}: {failed[ann]}"))
         elif bad is not None:
             where = "" if bad == rel else f"{bad}: "
@@ -146,7 +166,7 @@ def _read_todo(
     reader = reader_class(tmp, c, on_read)
     reader.heads = {h.obj.key: h for h in heads if h.obj.key not in whole}
     # Headers are in memory or on local disk now: parsing is CPU only, so no threads.
-    results = reader.many([(r, (a,) if a else ()) for r, a in todo if r not in dropped])
+    results = reader.many([t for t in todo if t[0] not in dropped])
     return results, errors
 
 
@@ -205,27 +225,50 @@ def _as_listed(rec: Recording, unit: ObjectInfo) -> Recording:
     return dataclasses.replace(rec, size=unit.size, mtime_ns=unit.mtime_ns or rec.mtime_ns)
 
 
-def _has_annotation_signal(head: bytes) -> bool:
-    """Whether an EDF/BDF header's signal labels name an annotation signal (EDF+/BDF+)."""
+def _labels(head: bytes) -> set[str]:
+    """An EDF/BDF header's signal labels; none where it does not parse (the header parse
+    reports the problem with its own line)."""
     try:
         ns = int(head[252:256].decode("ascii").strip())
+        return {head[256 + 16 * i : 272 + 16 * i].decode("latin-1").strip() for i in range(ns)}
     except ValueError:
-        return False  # the header parse reports the problem with its own line
-    labels = head[256 : 256 + 16 * ns]
-    return b"EDF Annotations" in labels or b"BDF Annotations" in labels
+        return set()
 
 
-def _pairs(candidates: list[str], every: set[str], corpus: Any) -> list[tuple[str, str | None]]:
-    tusz = corpus.layout == "tusz"
-    return [
-        (rel, _annotation_file(rel, every, corpus.annotation_suffixes) if tusz else None)
-        for rel in candidates
-    ]
+def _has_annotation_signal(head: bytes) -> bool:
+    """Whether an EDF/BDF header's signal labels name an annotation signal (EDF+/BDF+)."""
+    return not ANNOTATION_LABELS.isdisjoint(_labels(head))
+
+
+def _pairs(
+    candidates: list[str], every: set[str], corpus: Any, paired: dict[str, tuple[str, ...]]
+) -> list[tuple[str, tuple[str, ...]]]:
+    """Each recording with its annotation files: the TUSZ .csv_bi/.csv, or paired EDF+ files."""
+    if corpus.layout != "tusz":
+        return [(rel, paired.get(rel, ())) for rel in candidates]
+    out = []
+    for rel in candidates:
+        csv = _annotation_file(rel, every, corpus.annotation_suffixes)
+        out.append((rel, (csv,) if csv else ()))
+    return out
+
+
+def _annotation_only(
+    store: ObjectStore, objs: list[ObjectInfo], heads: dict[str, Head]
+) -> set[str]:
+    """Of `objs`, the EDF+/BDF+ files that hold only annotation signals, by their range-read
+    headers (kept in `heads` for the scan's own reading)."""
+    edf = [o for o in objs if o.key.lower().endswith(EDF_SUFFIXES)]
+    got = store.read_heads(edf, header_length=header_length)
+    heads.update((h.obj.key, h) for h in got)
+    return {h.obj.key for h in got if not h.error and _labels(h.data) <= ANNOTATION_LABELS}
 
 
 def _match(
-    pairs: list[tuple[str, str | None]], objects: dict[str, ObjectInfo], previous: Index | None
-) -> tuple[list[int], list[tuple[str, str | None]], int]:
+    pairs: list[tuple[str, tuple[str, ...]]],
+    objects: dict[str, ObjectInfo],
+    previous: Index | None,
+) -> tuple[list[int], list[tuple[str, tuple[str, ...]]], int]:
     """Rows of `previous` whose objects kept their size and ETags, the pairs to read, and how
     many of its recordings are gone."""
     if previous is None or not len(previous):
@@ -233,7 +276,7 @@ def _match(
     rows = dict(zip(previous.path.tolist(), range(len(previous)), strict=True))
     etags = previous.meta.get("etags", {})
     reused, todo = [], []
-    for rel, ann in pairs:
+    for rel, anns in pairs:
         j = rows.get(rel)
         o = objects[rel]
         same = (
@@ -241,10 +284,11 @@ def _match(
             and o.etag is not None
             and int(previous.size[j]) == o.size
             and etags.get(rel) == o.etag
-            and (etags.get(ann) == objects[ann].etag if ann else previous.ann_mtime_ns[j] == 0)
+            and all(etags.get(a) == objects[a].etag for a in anns)
+            and (bool(anns) or previous.ann_mtime_ns[j] == 0)
         )
         if same:
             reused.append(j)
         else:
-            todo.append((rel, ann))
+            todo.append((rel, anns))
     return reused, todo, len(set(rows) - {r for r, _ in pairs})
