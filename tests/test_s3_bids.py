@@ -16,9 +16,9 @@ import mne
 import numpy as np
 import pytest
 from s3server import S3Server, use_s3
+from test_s3_stages import windows
 
 from brainpipe.cache import build_cache, verify_cache
-from brainpipe.cachefile import CacheReader
 from brainpipe.channels import BAD_TYPE
 from brainpipe.config import load_config
 from brainpipe.errors import BrainpipeError
@@ -153,18 +153,6 @@ def test_bids_index_from_s3_equals_the_local_index(local, s3, tmp_path):
     # The MEG recording is both parts: 200 s, not the first part's share of it.
     assert int(remote.n_samples[2]) == 200_000
     assert res.n_read == 3 and s3.requests["PUT"] == 0
-
-
-def windows(path: Path) -> dict:
-    with CacheReader(path) as r:
-        rec, w = r.recordings, r.windows
-        x = r.read_windows(w["start"], r.window_samples)
-        keys = zip(
-            rec["path"][w["recording"]].tolist(),
-            (w["start"] - rec["offset"][w["recording"]]).tolist(),
-            strict=True,
-        )
-        return dict(zip(keys, x, strict=True))
 
 
 @pytest.mark.parametrize(
