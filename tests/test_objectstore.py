@@ -154,6 +154,30 @@ def test_fetch_whole_object_is_one_get(s3, raw, tmp_path):
     assert store.transferred.bytes == 2 * obj.size
 
 
+def test_fetch_into_streams_objects_to_their_own_names_in_bounded_pieces(
+    s3, raw, tmp_path, monkeypatch
+):
+    from brainpipe import objectstore
+
+    store = ObjectStore(f"s3://{BUCKET}/tuab")
+    objs = store.list(suffixes=(".edf",))[:3]
+    piece = 100_000  # stands in for the 8 MiB piece: every object here takes several
+    monkeypatch.setattr(objectstore, "FOLDER_CHUNK", piece)
+    gone = dataclasses.replace(objs[0], key="edf/nope.edf", url=objs[0].url + ".nope")
+    s3.reset_counters()
+    assert store.fetch_into(objs, tmp_path / "into") == {}
+    for o in objs:
+        out = tmp_path / "into" / o.key
+        assert out.read_bytes() == (raw / o.key).read_bytes()
+        assert out.stat().st_mtime_ns == o.mtime_ns
+    assert s3.requests["GET"] == sum(-(-o.size // piece) for o in objs)
+    assert s3.body_bytes["GET"] == sum(o.size for o in objs)
+    failed = store.fetch_into([gone, objs[1]], tmp_path / "again")
+    assert list(failed) == ["edf/nope.edf"] and "\n" not in failed["edf/nope.edf"]
+    assert not (tmp_path / "again" / "edf" / "nope.edf").exists()
+    assert (tmp_path / "again" / objs[1].key).read_bytes() == (raw / objs[1].key).read_bytes()
+
+
 def test_etag_changes_when_an_object_is_overwritten(s3, raw, tmp_path):
     store = ObjectStore(f"s3://{BUCKET}/tuab")
     before = {o.key: o for o in store.list()}

@@ -44,6 +44,8 @@ from brainpipe.errors import BrainpipeError
 
 HEAD_BYTES = 16 * 1024  # holds an EDF header of up to 63 signals: one GET for nearly every file
 SPOOL_CHUNK = 64 * 1024 * 1024  # whole-object reads up to this size are one GET
+# fetch_into runs max_in_flight downloads at once: 64 x 8 MiB bounds its memory at 512 MiB.
+FOLDER_CHUNK = 8 * 1024 * 1024
 
 # Which install brings a protocol's backend; the s3 extra is ours, the others are fsspec's own.
 _INSTALL = {
@@ -382,16 +384,19 @@ class ObjectStore:
     def fetch_into(self, objects: Sequence[ObjectInfo], into: str | os.PathLike) -> dict[str, str]:
         """Each object whole to `into`/key, its LastModified as mtime, `max_in_flight` at once.
 
+        Streamed in ranged GETs of 8 MiB (one for a small object), so memory stays bounded by
+        the requests in flight whatever the objects' sizes (a MEG FIF part is up to 2 GB).
         Returns key -> one-line reason for each object that failed; the others are in place."""
 
         def one(o: ObjectInfo) -> tuple[str, str | None]:
-            try:
-                got = self.fetch(o)
-            except ObjectStoreError as e:
-                return o.key, str(e).split(": ", 1)[-1]
             p = Path(into, o.key)
             p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(got.data)
+            try:
+                with open(p, "wb") as f:
+                    self._download(o, f, FOLDER_CHUNK)
+            except ObjectStoreError as e:
+                p.unlink(missing_ok=True)  # no part of a file is left to be read as whole
+                return o.key, str(e).split(": ", 1)[-1]
             if o.mtime_ns is not None:
                 os.utime(p, ns=(o.mtime_ns, o.mtime_ns))
             return o.key, None
@@ -401,6 +406,14 @@ class ObjectStore:
         with ThreadPoolExecutor(min(self.max_in_flight, len(objects))) as pool:
             return {k: why for k, why in pool.map(one, objects) if why}
 
+    def _download(self, obj: ObjectInfo, f: Any, chunk: int) -> Transfer:
+        total = Transfer()
+        for start in range(0, obj.size, chunk):
+            data, t = self._get(obj, start, min(start + chunk, obj.size))
+            f.write(data)
+            total = total + t
+        return total
+
     @contextlib.contextmanager
     def fetch_to_spool(
         self, obj: ObjectInfo, dir: str | os.PathLike | None = None
@@ -409,12 +422,8 @@ class ObjectStore:
         fd, name = tempfile.mkstemp(prefix="brainpipe-spool-", suffix=Path(obj.key).suffix, dir=dir)
         path = Path(name)
         try:
-            total = Transfer()
             with os.fdopen(fd, "wb") as f:
-                for start in range(0, obj.size, SPOOL_CHUNK):
-                    data, t = self._get(obj, start, min(start + SPOOL_CHUNK, obj.size))
-                    f.write(data)
-                    total = total + t
+                total = self._download(obj, f, SPOOL_CHUNK)
             yield Fetched(obj, total, path=path)
         finally:
             with contextlib.suppress(OSError):
