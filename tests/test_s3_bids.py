@@ -155,6 +155,28 @@ def test_bids_index_from_s3_equals_the_local_index(local, s3, tmp_path):
     assert res.n_read == 3 and s3.requests["PUT"] == 0
 
 
+def test_recordings_fetched_whole_are_read_a_batch_at_a_time(local, s3, tmp_path, monkeypatch):
+    """One recording per batch (the bound is 2 GiB): the same index, each batch's parts removed
+    from local disk before the next batch is fetched."""
+    from brainpipe import index_remote
+
+    monkeypatch.setattr(index_remote, "WHOLE_BATCH_BYTES", 1)
+    parts = {".eeg", ".vhdr", ".vmrk", ".fif"}
+    on_disk: list[list[str]] = []  # recording parts present as each fetch starts
+    fetch = index_remote.ObjectStore.fetch_into
+
+    def watched(store, objs, into):
+        on_disk.append([p.name for p in Path(into).rglob("*") if p.suffix in parts])
+        return fetch(store, objs, into)
+
+    monkeypatch.setattr(index_remote.ObjectStore, "fetch_into", watched)
+    here = build_index(local / "ds9", tmp_path / "local.npz", cfg(), progress=False).index
+    build_index(URL, tmp_path / "s3.npz", cfg(), progress=False)
+    assert content(Index.load(tmp_path / "s3.npz")) == content(here)
+    # sidecars, the header-read EDF, then the BrainVision and the split FIF one batch each
+    assert on_disk == [[], [], [], []]
+
+
 @pytest.mark.parametrize(
     "extra",
     [

@@ -29,6 +29,7 @@ import hashlib
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,7 @@ from brainpipe.objectstore import Head, ObjectInfo, ObjectStore, ObjectStoreErro
 from brainpipe.readers import is_directory_format, recording_files
 
 DEFAULT_IN_FLIGHT = 64  # range reads at once: at 100 ms a request, ~640 headers a second
+WHOLE_BATCH_BYTES = 2 << 30  # recordings fetched whole sit on local disk this much at a time
 
 
 def scan_remote(
@@ -150,24 +152,51 @@ def _read_todo(
         h.obj.key for h in heads if annotated and not h.error and _has_annotation_signal(h.data)
     }
     side = [a for _, anns in todo for a in anns] + _bids_sidecars(c, [r for r, _ in todo], objects)
-    want = side + [k for r in sorted(whole) for k in files[r]]
-    failed = store.fetch_into([objects[k] for k in dict.fromkeys(want)], tmp)
+    failed = store.fetch_into([objects[k] for k in dict.fromkeys(side)], tmp)
     if c.layout == "bids" and "dataset_description.json" in failed:
         why = failed["dataset_description.json"]
         raise ObjectStoreError(f"{store.root}/dataset_description.json: {why}")
-    for rel, anns in todo:
-        bad = next((k for k in files[rel] if k in failed), None)
-        if ann := next((a for a in anns if a in failed), None):
-            errors.append((rel, f"annotation file {ann}: {failed[ann]}"))
-        elif bad is not None:
-            where = "" if bad == rel else f"{bad}: "
-            errors.append((rel, f"unreadable: {where}{failed[bad]}"))
-    dropped = {r for r, _ in errors}
     reader = reader_class(tmp, c, on_read)
     reader.heads = {h.obj.key: h for h in heads if h.obj.key not in whole}
-    # Headers are in memory or on local disk now: parsing is CPU only, so no threads.
-    results = reader.many([t for t in todo if t[0] not in dropped])
-    return results, errors
+    done: dict[str, Any] = {}
+    # Whole recordings come in batches of bounded size, each removed once read: an index of
+    # a MEG corpus never holds more than a batch of it on local disk.
+    for batch in [[t for t in todo if t[0] not in whole], *_batches(todo, whole, files, objects)]:
+        keys = [k for r, _ in batch if r in whole for k in files[r]]
+        failed.update(store.fetch_into([objects[k] for k in keys], tmp))
+        for rel, anns in batch:
+            bad = next((k for k in files[rel] if k in failed), None)
+            if ann := next((a for a in anns if a in failed), None):
+                errors.append((rel, f"annotation file {ann}: {failed[ann]}"))
+            elif bad is not None:
+                where = "" if bad == rel else f"{bad}: "
+                errors.append((rel, f"unreadable: {where}{failed[bad]}"))
+        dropped = {r for r, _ in errors}
+        # Headers are in memory or on local disk now: parsing is CPU only, so no threads.
+        ok = [t for t in batch if t[0] not in dropped]
+        done.update(zip((r for r, _ in ok), reader.many(ok), strict=True))
+        for k in keys:
+            Path(tmp, k).unlink(missing_ok=True)
+    return [done[r] for r, _ in todo if r in done], errors
+
+
+def _batches(
+    todo: list[tuple[str, tuple[str, ...]]],
+    whole: set[str],
+    files: dict[str, list[str]],
+    objects: dict[str, ObjectInfo],
+) -> list[list[tuple[str, tuple[str, ...]]]]:
+    """The recordings fetched whole, in batches of up to WHOLE_BATCH_BYTES (one at least)."""
+    out: list[list] = [[]]
+    size = 0
+    for t in (t for t in todo if t[0] in whole):
+        n = sum(objects[k].size for k in files[t[0]])
+        if out[-1] and size + n > WHOLE_BATCH_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(t)
+        size += n
+    return [b for b in out if b]
 
 
 def _candidates(objects: dict[str, ObjectInfo], c: Any) -> list[str]:
