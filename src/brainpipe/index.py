@@ -387,19 +387,34 @@ def scan(
     results = _read_all(reader, todo, workers or cfg.index.workers, progress)
     fresh = [r for r in results if isinstance(r, Recording)]
     errors += [r for r in results if not isinstance(r, Recording)]
-    meta = {
+    index = assemble(fresh, errors, previous, reused, scan_meta(str(root), cfg))
+    return ScanResult(index, len(results), len(reused), n_removed, time.perf_counter() - t0)
+
+
+def scan_meta(raw_root: str, cfg: Config, **more: Any) -> dict[str, Any]:
+    """What an index records of the scan that made it (local or object storage)."""
+    return {
         "brainpipe_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "raw_root": str(root),
-        "layout": c.layout,
+        "raw_root": raw_root,
+        "layout": cfg.corpus.layout,
         "corpus_config": cfg.to_dict()["corpus"],
+        **more,
     }
-    if reused:
-        kept = previous.take(np.array(sorted(reused), dtype=np.int64))
-        index = Index.concat([kept, Index.from_recordings(fresh, [], meta)], errors, meta)
-    else:
-        index = Index.from_recordings(fresh, errors, meta)
-    return ScanResult(index, len(results), len(reused), n_removed, time.perf_counter() - t0)
+
+
+def assemble(
+    fresh: list[Recording],
+    errors: list[tuple[str, str]],
+    previous: Index | None,
+    reused: list[int],
+    meta: dict[str, Any],
+) -> Index:
+    """The new index: the reused rows of `previous`, then the recordings read now."""
+    if not reused:
+        return Index.from_recordings(fresh, errors, meta)
+    kept = previous.take(np.array(sorted(reused), dtype=np.int64))
+    return Index.concat([kept, Index.from_recordings(fresh, [], meta)], errors, meta)
 
 
 def _match_previous(

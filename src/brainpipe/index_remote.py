@@ -32,9 +32,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from brainpipe import __version__
 from brainpipe.bids import bids_recordings, sidecar
 from brainpipe.config import Config
 from brainpipe.edf import ANNOTATION_LABELS, header_length
@@ -44,7 +41,9 @@ from brainpipe.index import (
     ScanResult,
     _annotation_file,
     _pair_annotation_files,
+    assemble,
     raw_root_of,
+    scan_meta,
 )
 from brainpipe.indexfile import Index, Recording
 from brainpipe.objectstore import Head, ObjectInfo, ObjectStore, ObjectStoreError
@@ -95,19 +94,8 @@ def scan_remote(
         )
     fresh = [_as_listed(r, units[r.path]) for r in results if isinstance(r, Recording)]
     errors += [r for r in results if not isinstance(r, Recording)]
-    meta = {
-        "brainpipe_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "raw_root": raw_root_of(raw),
-        "layout": c.layout,
-        "corpus_config": cfg.to_dict()["corpus"],
-        "etags": {k: lookup[k].etag or "" for rel, anns in pairs for k in (rel, *anns)},
-    }
-    if reused:
-        kept = previous.take(np.array(sorted(reused), dtype=np.int64))
-        index = Index.concat([kept, Index.from_recordings(fresh, [], meta)], errors, meta)
-    else:
-        index = Index.from_recordings(fresh, errors, meta)
+    etags = {k: lookup[k].etag or "" for rel, anns in pairs for k in (rel, *anns)}
+    index = assemble(fresh, errors, previous, reused, scan_meta(raw_root_of(raw), cfg, etags=etags))
     sent = store.transferred
     return ScanResult(
         index,
