@@ -7,7 +7,7 @@
 
 Without --cache it generates a synthetic TUAB corpus and builds a cache of 22 TCP channels x
 2,000 samples (10 s at 200 Hz; windows every 0.5 s, so many windows from little raw data).
-For each model and each num_workers it runs `brainpipe.train.train` (the real loop: DataLoader,
+For each model and each num_workers it runs `brainpipe.training.train.train` (the real loop: DataLoader,
 batch ring, pinned copies, bf16 autocast) and reads samples/s and the data-wait fraction of the
 steady epochs from its summary. The bound is the same model, optimizer and step function on one
 batch that is already on the device: what the GPU consumes when it never waits.
@@ -43,9 +43,9 @@ def data_on_device_rate(cfg, reader, device, steps: int) -> float:
     """Samples/s of train_step on one batch that never leaves the device."""
     import torch
 
-    from brainpipe.models import build_model, model_args
-    from brainpipe.objectives import objective_for
-    from brainpipe.runtime import DistEnv, make_datasets, train_sampler
+    from brainpipe.training.models import build_model, model_args
+    from brainpipe.training.objectives import objective_for
+    from brainpipe.training.runtime import DistEnv, make_datasets, train_sampler
 
     t = cfg.train
     ds = make_datasets(reader, cfg).train
@@ -107,9 +107,9 @@ def main() -> int:
     from brainpipe.cache import build_cache
     from brainpipe.config import load_config
     from brainpipe.index import build_index
-    from brainpipe.runtime import open_cache, resolve_device
+    from brainpipe.training.runtime import open_cache, resolve_device
     from brainpipe.synthetic import make_corpus
-    from brainpipe.train import train
+    from brainpipe.training.train import train
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_train_"))
     cache = Path(args.cache) if args.cache else work / "cache.h5"

@@ -192,7 +192,7 @@ def test_a_shard_outside_the_subjects_fails_in_one_line(built, tmp_path, capsys)
 
 
 def test_train_takes_a_set(built, tmp_path):
-    from brainpipe.train import train
+    from brainpipe.training.train import train
 
     out = built / "set-train.json"
     write_cache_set(out, shards(built))

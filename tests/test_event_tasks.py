@@ -19,7 +19,7 @@ from brainpipe.config import load_config
 from brainpipe.datasets import CacheWindowDataset
 from brainpipe.errors import BrainpipeError
 from brainpipe.index import build_index
-from brainpipe.train import train
+from brainpipe.training.train import train
 
 STAGES = {
     "Sleep stage W": "W",

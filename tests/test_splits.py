@@ -85,7 +85,7 @@ def test_train_refuses_a_leaky_cache_unless_allowed(leaky, tmp_path):
 
 def test_train_stops_before_any_work(leaky, tmp_path):
     pytest.importorskip("torch")
-    from brainpipe.train import train
+    from brainpipe.training.train import train
 
     root, cfg = leaky
     build_index(root, tmp_path / "i.npz", cfg, progress=False)

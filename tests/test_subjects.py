@@ -127,7 +127,7 @@ def test_subject_task_learns_held_out_subjects(subjects_cache, tmp_path, task, c
     assert ev["eer"] < 0.2, ev
     out = capsys.readouterr().out
     assert "eval eer" in out and "top1" in out
-    from brainpipe.rundir import load_checkpoint
+    from brainpipe.training.rundir import load_checkpoint
 
     best = load_checkpoint(run / "best.pt")
     vals = [h["val"]["eer"] for h in summary_history(run)]
@@ -156,7 +156,7 @@ def summary_history(run):
 def test_subject_task_without_enough_subjects_fails_before_work(tmp_path):
     path = make_cache(tmp_path / "c.h5", [("a", "", -1), ("b", "", -1)], label_names=())
     with pytest.raises(BrainpipeError, match="add subjects"):
-        from brainpipe.train import train
+        from brainpipe.training.train import train
 
         train(path, tmp_path / "run", small_config(*FAST, "train.task=pairs"))
 
@@ -178,8 +178,8 @@ def _subject_cfg(*extra: str):
 def test_pairs_with_ring_workers_and_resume_match_a_straight_run(subjects_cache, tmp_path):
     import torch
 
-    from brainpipe.rundir import load_checkpoint
-    from brainpipe.train import train
+    from brainpipe.training.rundir import load_checkpoint
+    from brainpipe.training.train import train
 
     straight = train(subjects_cache, tmp_path / "a", _subject_cfg("train.epochs=2"))
     # Workers hand pair batches (2 x 16 windows) over in the batch ring; a resume replays epoch 2.
@@ -209,7 +209,7 @@ def test_pairs_under_ddp_two_processes(subjects_cache, tmp_path):
             f"""
             import json, os
             from test_data import small_config
-            from brainpipe.train import train
+            from brainpipe.training.train import train
             s = train({str(subjects_cache)!r}, {str(tmp_path / "run")!r},
                       small_config(*{[*FAST, "train.task=pairs", "train.batch_size=8", "train.epochs=1"]!r}))
             with open({str(tmp_path)!r} + f"/rank{{os.environ['RANK']}}.json", "w") as f:

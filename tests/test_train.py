@@ -20,10 +20,10 @@ from test_data import make_cache, small_config
 from brainpipe.cli import main
 from brainpipe.errors import BrainpipeError
 from brainpipe.metrics import compute_metrics
-from brainpipe.models import model_args
-from brainpipe.rundir import load_checkpoint
-from brainpipe.runtime import progress_bar_disabled
-from brainpipe.train import lr_factor, train
+from brainpipe.training.models import model_args
+from brainpipe.training.rundir import load_checkpoint
+from brainpipe.training.runtime import progress_bar_disabled
+from brainpipe.training.train import lr_factor, train
 
 # A ShallowFBCSPNet small enough for 2 CPU cores and 2 s windows at 50 Hz.
 FAST = [
@@ -305,7 +305,7 @@ def test_ddp_two_processes_on_cpu(cache, tmp_path):
             f"""
             import json, os
             from test_data import small_config
-            from brainpipe.train import train
+            from brainpipe.training.train import train
             s = train({str(cache)!r}, {str(tmp_path / "run")!r}, small_config(*{overrides!r}))
             with open({str(tmp_path)!r} + f"/rank{{os.environ['RANK']}}.json", "w") as f:
                 json.dump({{"world_size": s["world_size"], "eval": s["eval"]}}, f)

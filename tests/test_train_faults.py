@@ -19,7 +19,7 @@ import pytest
 from test_data import make_cache, small_config
 
 from brainpipe.ring import RING_PREFIX, SHM_DIR, BatchRing, remove_stale_rings
-from brainpipe.rundir import load_checkpoint
+from brainpipe.training.rundir import load_checkpoint
 
 FAST = [
     "train.model_kwargs={n_filters_time: 8, n_filters_spat: 8, pool_time_length: 10, pool_time_stride: 5}",
@@ -305,7 +305,7 @@ def test_windows_past_the_end_of_signals_fail_at_open(tmp_path, table):
 def test_shm_budget_without_a_mount_namespace(capsys):
     # The rule the two tests above exercise for real, where a small /dev/shm cannot be mounted.
     from brainpipe.errors import BrainpipeError
-    from brainpipe.runtime import shm_prefetch
+    from brainpipe.training.runtime import shm_prefetch
 
     mib = 2**20
     assert shm_prefetch(None, 4, 4, 20 * mib, True) == 4  # no /dev/shm (macOS): unchanged

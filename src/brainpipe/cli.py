@@ -277,7 +277,7 @@ def cmd_cache_set(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args)
-    from brainpipe.train import train
+    from brainpipe.training.train import train
 
     summary = train(args.cache, args.run_dir, cfg, resume=args.resume)
     ev = summary.get("eval", {})
@@ -293,7 +293,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 0:
         raise BrainpipeError(f"--workers {args.workers}: must be >= 0")
-    from brainpipe.embed import embed
+    from brainpipe.training.embed import embed
 
     s = embed(args.cache, args.checkpoint, args.out, device=args.device, num_workers=args.workers)
     print(f"wrote {s['out']}: {s['n_windows']} windows x {s['dim']} ({s['n_subjects']} subjects)")
@@ -333,7 +333,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from brainpipe.predict import predict
+    from brainpipe.training.predict import predict
 
     s = predict(
         args.cache, args.checkpoint, args.out, args.split, args.config, args.overrides,

@@ -67,11 +67,11 @@ from brainpipe.metrics import (
     seizure_column,
     window_starts_s,
 )
-from brainpipe.models import build_model, model_args
-from brainpipe.objectives import class_weights, objective_for
-from brainpipe.objectives import predict as predict_probs
+from brainpipe.training.models import build_model, model_args
+from brainpipe.training.objectives import class_weights, objective_for
+from brainpipe.training.objectives import predict as predict_probs
 from brainpipe.ring import host_batch, remove_stale_rings
-from brainpipe.rundir import (
+from brainpipe.training.rundir import (
     RunLog,
     check_run_dir,
     check_wandb,
@@ -82,7 +82,7 @@ from brainpipe.rundir import (
     steady_throughput,
     write_json,
 )
-from brainpipe.runtime import (
+from brainpipe.training.runtime import (
     DistEnv,
     Loaders,
     Splits,

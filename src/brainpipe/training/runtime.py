@@ -33,7 +33,7 @@ from brainpipe.ring import (
     die_with_parent,
     remove_stale_rings,
 )
-from brainpipe.rundir import (
+from brainpipe.training.rundir import (
     same_setting,
 )
 from brainpipe.samplers import (
