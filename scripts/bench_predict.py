@@ -47,9 +47,9 @@ def synthetic_checkpoint(tmp: Path) -> tuple[Path, Path]:
     from brainpipe.cachefile import CacheReader
     from brainpipe.config import load_config
     from brainpipe.index import build_index
+    from brainpipe.synthetic import make_corpus
     from brainpipe.training.models import build_model, model_args
     from brainpipe.training.rundir import save_checkpoint
-    from brainpipe.synthetic import make_corpus
 
     cfg = load_config(REPO / "configs" / "tusz_smoke.yaml")
     make_corpus(tmp / "raw", "tusz", n_subjects=24, seed=0)
@@ -66,6 +66,7 @@ def synthetic_checkpoint(tmp: Path) -> tuple[Path, Path]:
 
 
 def bench_prediction(cache: Path, checkpoint: Path, split: str, overrides: list[str]) -> None:
+    from brainpipe.ring import host_batch
     from brainpipe.training.models import build_model
     from brainpipe.training.predict import (
         open_checkpoint,
@@ -73,8 +74,13 @@ def bench_prediction(cache: Path, checkpoint: Path, split: str, overrides: list[
         split_dataset,
         window_probabilities,
     )
-    from brainpipe.ring import host_batch
-    from brainpipe.training.runtime import DistEnv, make_datasets, make_loaders, open_cache, resolve_device
+    from brainpipe.training.runtime import (
+        DistEnv,
+        make_datasets,
+        make_loaders,
+        open_cache,
+        resolve_device,
+    )
 
     ckpt = open_checkpoint(checkpoint)
     cfg = resolve_config(ckpt, None, overrides)

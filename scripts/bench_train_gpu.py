@@ -107,8 +107,8 @@ def main() -> int:
     from brainpipe.cache import build_cache
     from brainpipe.config import load_config
     from brainpipe.index import build_index
-    from brainpipe.training.runtime import open_cache, resolve_device
     from brainpipe.synthetic import make_corpus
+    from brainpipe.training.runtime import open_cache, resolve_device
     from brainpipe.training.train import train
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_train_"))

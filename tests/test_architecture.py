@@ -136,7 +136,9 @@ def test_torch_lives_under_training_and_never_on_the_index_or_build_path():
     for root in TORCH_FREE:
         for m in [x for x in graph if x == root or x.startswith(root + ".")]:
             reached = {m} | _reach(graph, m)
-            assert not reached & set(torch_use), f"{m} reaches torch through {reached & set(torch_use)}"
+            assert not reached & set(torch_use), (
+                f"{m} reaches torch through {reached & set(torch_use)}"
+            )
             assert not any(x.startswith("training") for x in reached), f"{m} imports training/"
 
 
@@ -157,5 +159,7 @@ def test_functions_stay_readable_and_long_modules_say_why():
         if any(w in doc for w in (" lines)", " lines,", " lines.", "-line ")):
             counted.append(str(path.relative_to(PKG)))
     assert not long_functions, f"functions over {LONG_FUNCTION} lines: {long_functions}"
-    assert not silent_modules, f"modules over {LONG_MODULE} lines without a reason: {silent_modules}"
+    assert not silent_modules, (
+        f"modules over {LONG_MODULE} lines without a reason: {silent_modules}"
+    )
     assert not counted, f"docstrings quoting line counts (they go stale): {counted}"

@@ -23,11 +23,11 @@ from brainpipe.cli import main
 from brainpipe.config import load_config
 from brainpipe.errors import BrainpipeError
 from brainpipe.metrics import event_metrics, selection_score
+from brainpipe.scoring import cache_references
 from brainpipe.training.models import build_model, model_args
 from brainpipe.training.objectives import class_weights, train_step
 from brainpipe.training.predict import predict
 from brainpipe.training.rundir import save_checkpoint
-from brainpipe.scoring import cache_references
 from brainpipe.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,11 +27,17 @@ from brainpipe.datasets import CacheWindowDataset, subject_keys
 from brainpipe.embeddingfile import write_embeddings
 from brainpipe.errors import BrainpipeError
 from brainpipe.fsutil import check_writable_dir
+from brainpipe.samplers import WindowBatchSampler
 from brainpipe.training.models import build_model
 from brainpipe.training.objectives import model_outputs
 from brainpipe.training.rundir import load_checkpoint
-from brainpipe.training.runtime import make_loader, open_cache, resolve_device, shm_free, shm_prefetch
-from brainpipe.samplers import WindowBatchSampler
+from brainpipe.training.runtime import (
+    make_loader,
+    open_cache,
+    resolve_device,
+    shm_free,
+    shm_prefetch,
+)
 
 
 def embed(

@@ -59,12 +59,12 @@ from brainpipe.datasets import CacheWindowDataset
 from brainpipe.errors import BrainpipeError
 from brainpipe.fsutil import atomic_output, check_writable_dir
 from brainpipe.metrics import detect_recordings, seizure_column, window_starts_s
+from brainpipe.samplers import WindowBatchSampler, carve_validation
+from brainpipe.scoring import CacheReferences, LabelScore, cache_references, score
 from brainpipe.training.models import build_model
 from brainpipe.training.objectives import predict as predict_probs
 from brainpipe.training.rundir import load_checkpoint, write_json
 from brainpipe.training.runtime import make_loader, open_cache, resolve_device
-from brainpipe.samplers import WindowBatchSampler, carve_validation
-from brainpipe.scoring import CacheReferences, LabelScore, cache_references, score
 
 # The grid `--tune-on` searches (the detection threshold runs over metrics.SWEEP_THRESHOLDS)
 TUNE_SMOOTH_WINDOWS = (1, 3, 5, 9)

@@ -33,9 +33,6 @@ from brainpipe.ring import (
     die_with_parent,
     remove_stale_rings,
 )
-from brainpipe.training.rundir import (
-    same_setting,
-)
 from brainpipe.samplers import (
     PairBatchSampler,
     SubjectBatchSampler,
@@ -43,6 +40,9 @@ from brainpipe.samplers import (
     carve_subjects,
     carve_validation,
     class_balanced_weights,
+)
+from brainpipe.training.rundir import (
+    same_setting,
 )
 
 # ---------------------------------------------------------------------------------------------

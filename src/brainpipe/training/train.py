@@ -67,10 +67,13 @@ from brainpipe.metrics import (
     seizure_column,
     window_starts_s,
 )
+from brainpipe.ring import host_batch, remove_stale_rings
+from brainpipe.samplers import WindowBatchSampler
+from brainpipe.scoring import cache_references
+from brainpipe.splits import check_cache_subjects
 from brainpipe.training.models import build_model, model_args
 from brainpipe.training.objectives import class_weights, objective_for
 from brainpipe.training.objectives import predict as predict_probs
-from brainpipe.ring import host_batch, remove_stale_rings
 from brainpipe.training.rundir import (
     RunLog,
     check_run_dir,
@@ -92,9 +95,6 @@ from brainpipe.training.runtime import (
     progress_bar_disabled,
     resolve_device,
 )
-from brainpipe.samplers import WindowBatchSampler
-from brainpipe.scoring import cache_references
-from brainpipe.splits import check_cache_subjects
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
