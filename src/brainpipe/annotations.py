@@ -120,11 +120,7 @@ def read_annotations(
         every label outside BACKGROUND_LABELS is a seizure.
     """
     p = Path(path)
-    try:
-        text = p.read_bytes().decode("utf-8", errors="replace")
-    except OSError as e:
-        raise BrainpipeError(f"{p}: cannot read annotations ({e.strerror})") from e
-    lines = text.splitlines()
+    lines = read_text_lines(p)
     first = next((ln.strip() for ln in lines if ln.strip()), "")
     is_tse = p.suffix.lower() in TSE_SUFFIXES or first.replace(" ", "").startswith("version=tse")
     rows, file_duration = (_tse_rows if is_tse else _csv_rows)(p, lines)
@@ -171,6 +167,21 @@ def merge_channel_events(events: list[Event]) -> list[Event]:
 # ---------------------------------------------------------------------------------------------
 # Parsing
 # ---------------------------------------------------------------------------------------------
+
+
+def decode_text(data: bytes) -> str:
+    """An annotation or manifest file's bytes as text, byte-order mark removed: Windows editors
+    save UTF-8 with a BOM (which otherwise sticks to the first header field) or UTF-16."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16", errors="replace")
+    return data.decode("utf-8-sig", errors="replace")
+
+
+def read_text_lines(p: Path) -> list[str]:
+    try:
+        return decode_text(p.read_bytes()).splitlines()
+    except OSError as e:
+        raise BrainpipeError(f"{p}: cannot read annotations ({e.strerror})") from e
 
 
 def _unquote(field: str) -> str:

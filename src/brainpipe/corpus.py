@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from brainpipe.annotations import decode_text
 from brainpipe.errors import BrainpipeError
 
 # TUH file stem: subject id (8 letters in current releases, digits in old ones), session, token.
@@ -133,18 +135,17 @@ def read_manifest(path: str | Path) -> dict[str, dict[str, str]]:
     """A CSV with a `path` column (relative to the raw root) and any of subject/session/label/split."""
     p = Path(path)
     try:
-        with p.open(newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or "path" not in reader.fieldnames:
-                raise BrainpipeError(
-                    f"{p}: manifest needs a 'path' column; found {reader.fieldnames}"
-                )
-            return {
-                row["path"].strip(): {k: (v or "").strip() for k, v in row.items() if k != "path"}
-                for row in reader
-            }
+        data = p.read_bytes()
     except OSError as e:
         raise BrainpipeError(f"{p}: cannot read manifest ({e.strerror})") from e
+    # A spreadsheet's "CSV UTF-8" starts with a byte-order mark that would rename `path`.
+    reader = csv.DictReader(io.StringIO(decode_text(data), newline=""))
+    if reader.fieldnames is None or "path" not in reader.fieldnames:
+        raise BrainpipeError(f"{p}: manifest needs a 'path' column; found {reader.fieldnames}")
+    return {
+        row["path"].strip(): {k: (v or "").strip() for k, v in row.items() if k != "path"}
+        for row in reader
+    }
 
 
 def layout_parser(layout: str, filename_regex: str | None = None, manifest: str | None = None):
