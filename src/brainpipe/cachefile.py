@@ -92,6 +92,7 @@ def compute_windows(
     t0_s: np.ndarray | None = None,
     label_overlap: float = 0.5,
     keep: np.ndarray | None = None,
+    anchor: str = "grid",
 ) -> dict[str, np.ndarray]:
     """The window table for recordings laid out at `offsets` with `lengths` rows.
 
@@ -100,9 +101,16 @@ def compute_windows(
     it is its recording's label. With a fourth array, each event's class (cache.task=events), a
     window takes the class of the event overlapping it most among those covering at least
     `label_overlap` of it, and -1 (unlabelled) when none does.
+
+    anchor="events" (window.anchor): one window per event instead of a grid, centred on it and
+    labelled with its class (see `event_windows`); `stride` and `label_overlap` are not used.
     """
     n_rec = len(offsets)
     keep = np.ones(n_rec, bool) if keep is None else keep
+    if anchor == "events":
+        if events is None or len(events) < 4:
+            raise ValueError("anchor='events' needs events with classes (cache.task=events)")
+        return event_windows(offsets, lengths, window, events, sfreq, t0_s, keep)
     counts = np.where(keep & (lengths >= window), (lengths - window) // stride + 1, 0).astype(
         np.int64
     )
@@ -139,6 +147,43 @@ def compute_windows(
     return {
         "recording": rec,
         "start": start.astype(np.int64),
+        "label": label,
+        "counts": counts,
+        "first": first,
+    }
+
+
+def event_windows(
+    offsets: np.ndarray,
+    lengths: np.ndarray,
+    window: int,
+    events: tuple[np.ndarray, ...],
+    sfreq: float,
+    t0_s: np.ndarray | None,
+    keep: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """One window per event, centred on the event and labelled with its class: the event-window
+    protocol of TUEV (BIOT, LaBraM, CBraMod: 2 s either side of each 1-s event, a 5-s window).
+
+    A window that would cross the recording's start or end is moved inside it (the reference
+    scripts wrap the signal around instead); events of recordings shorter than a window, or
+    not kept, give none. Windows are ordered by recording, then start."""
+    ev_rec, ev_on, ev_off, cls = (np.asarray(a) for a in events[:4])
+    n_rec = len(offsets)
+    t0 = np.zeros(n_rec) if t0_s is None else np.asarray(t0_s, float)
+    ok = (ev_rec < n_rec) & (ev_rec >= 0)
+    ev_rec, ev_on, ev_off, cls = ev_rec[ok], ev_on[ok], ev_off[ok], cls[ok]
+    ok = keep[ev_rec] & (lengths[ev_rec] >= window)
+    rec = ev_rec[ok].astype(np.int32)
+    centre = ((ev_on[ok] + ev_off[ok]) / 2 - t0[rec]) * sfreq
+    local = np.clip(np.round(centre - window / 2), 0, lengths[rec] - window).astype(np.int64)
+    order = np.lexsort((local, rec))
+    rec, local, label = rec[order], local[order], cls[ok][order].astype(np.int8)
+    counts = np.bincount(rec, minlength=n_rec).astype(np.int64)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return {
+        "recording": rec,
+        "start": (offsets[rec] + local).astype(np.int64),
         "label": label,
         "counts": counts,
         "first": first,
@@ -465,6 +510,7 @@ class CacheWriter:
         skipped: list[tuple[str, str]] | tuple = (),
         compression: str = "none",
         check: Callable[[dict[str, dict[str, int]]], None] | None = None,
+        anchor: str = "grid",
     ) -> Written:
         """Finalize the tables, `complete` last, then repack (compression), fsync, rename.
 
@@ -482,7 +528,7 @@ class CacheWriter:
             # killed or torn half-way is undone at the next open and redone from the journal.
             _write_snapshot(self.snapshot, self.partial, self.plan_hash, self._signals_span())
             n_windows = _finalize(
-                self.partial, self.status, all_skipped, window, stride, label_overlap
+                self.partial, self.status, all_skipped, window, stride, label_overlap, anchor
             )
             counts = _label_counts(self.partial)
         except OSError as e:
@@ -719,6 +765,7 @@ def _finalize(
     window: int,
     stride: int,
     label_overlap: float,
+    anchor: str = "grid",
 ) -> int:
     """Write the window/subject/skipped tables and, last, `complete`; returns the window count."""
     import h5py
@@ -754,6 +801,7 @@ def _finalize(
             g["t0_s"][()],
             label_overlap,
             keep=status == STATUS_DONE,
+            anchor=anchor,
         )
         g.create_dataset("n_windows", data=win["counts"])
         g.create_dataset("first_window", data=win["first"])
@@ -768,6 +816,7 @@ def _finalize(
         f.attrs["window_samples"] = int(window)
         f.attrs["stride_samples"] = int(stride)
         f.attrs["label_overlap"] = float(label_overlap)
+        f.attrs["window_anchor"] = anchor
         f.attrs["n_skipped"] = len(skipped)
         f.attrs["complete"] = True
         f.flush()
@@ -933,6 +982,8 @@ class CacheReader:
         self.sfreq = float(a["sfreq"])
         self.window_samples = int(a["window_samples"])
         self.stride_samples = int(a["stride_samples"])
+        # "grid", or "events": one window per event (caches before the attribute: grid)
+        self.window_anchor = str(a.get("window_anchor", "grid"))
         self.config = json.loads(a["config"]) if "config" in a else {}
         g = f["recordings"]
         self.recordings = {k: g[k][()] for k in g}

@@ -50,7 +50,9 @@ class CorpusConfig:
     # tusz: edf/{train,dev,eval}/<subj>/<sess>_<date>/<montage>/<subj>_s<sess>_t<tok>.edf + .csv_bi
     # generic: any tree; subject/label from `filename_regex` or `manifest`
     # bids: a BIDS dataset (brainpipe.bids): subject/session/task/run from the file names
-    layout: Literal["tuab", "tusz", "generic", "bids"] = "generic"
+    # tuev: edf/{train,eval}/<subj>/<name>.edf + <name>.rec (TUH EEG Events; events labelled
+    #   spsw, gped, pled, eyem, artf, bckg, mapped to classes by event_labels)
+    layout: Literal["tuab", "tusz", "tuev", "generic", "bids"] = "generic"
     # File suffixes the scan picks up (case-insensitive). mne reads the non-EDF ones.
     extensions: tuple[str, ...] = (".edf", ".bdf", ".fif")
     # generic layout: regex searched in the path relative to the raw root; named groups
@@ -99,7 +101,8 @@ class PreprocessConfig:
     # referential: the channels below as recorded against their reference.
     # tcp: the 22-channel temporal central parasagittal bipolar montage (FP1-F7, F7-T3, ...).
     # meg: MEG channels picked by type (`meg_picks`).
-    montage: Literal["referential", "tcp", "meg"] = "referential"
+    # bipolar: `channels` are derivations "ANODE-CATHODE" (e.g. FP1-F7), any subset of electrodes.
+    montage: Literal["referential", "tcp", "bipolar", "meg"] = "referential"
     channels: tuple[str, ...] = STANDARD_1020
     meg_picks: Literal["meg", "mag", "grad"] = "meg"
     # A recording lacking a required channel: skip it (with the reason) or zero-fill the channel
@@ -125,6 +128,9 @@ class WindowConfig:
     stride_seconds: float = 10.0
     # TUSZ: a window is a seizure window when at least this fraction of it overlaps an event.
     label_overlap: float = 0.5
+    # grid: windows every stride_seconds. events (cache.task=events): one window per event,
+    # centred on it (TUEV's protocol: a 5-s window around each 1-s event), labelled by it.
+    anchor: Literal["grid", "events"] = _added("grid")
 
 
 @dataclass(frozen=True)
@@ -515,6 +521,13 @@ def _check_semantics(cfg: Config) -> None:
         len(p.channels) > 0 or p.montage == "meg",
         "config key 'preprocess.channels' must not be empty",
     )
+    for ch in p.channels if p.montage == "bipolar" else ():
+        a, dash, c = ch.partition("-")
+        need(
+            bool(dash and a.strip() and c.strip()) and "-" not in c,
+            f"config key 'preprocess.channels': {ch!r} is not a derivation 'ANODE-CATHODE' "
+            "(e.g. FP1-F7), which preprocess.montage=bipolar needs",
+        )
     _check_corpus(cfg.corpus)
     if cfg.corpus.annotation_pairing is not None:
         try:
@@ -550,6 +563,10 @@ def _check_semantics(cfg: Config) -> None:
             "config key 'cache.task'=events needs corpus.event_labels mapping event descriptions "
             'to at least two classes, e.g. {"Sleep stage W": W, "Sleep stage 1": N1}',
         )
+    need(
+        cfg.window.anchor == "grid" or cfg.cache.task == "events",
+        "config key 'window.anchor'=events places windows on events: it needs cache.task=events",
+    )
     if cfg.corpus.filename_regex is not None:
         try:
             re.compile(cfg.corpus.filename_regex)
