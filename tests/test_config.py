@@ -87,7 +87,9 @@ def test_unknown_section(tmp_path):
 
 
 def test_bad_choice_lists_the_valid_ones():
-    with pytest.raises(BrainpipeError, match=r"corpus.layout.*'tuab' \| 'tusz' \| 'tuev' \| 'generic'"):
+    with pytest.raises(
+        BrainpipeError, match=r"corpus.layout.*'tuab' \| 'tusz' \| 'tuev' \| 'generic'"
+    ):
         load_config(None, ["corpus.layout=tuh"])
 
 
