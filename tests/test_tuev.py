@@ -4,6 +4,8 @@ synthetic TUEV tree of real EDF + `.rec` files: index -> build-cache -> train.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,7 @@ from brainpipe.corpus import Facts, parse_tuev_path
 from brainpipe.errors import BrainpipeError
 from brainpipe.preprocess import TCP_PAIRS
 
+CONFIG = Path(__file__).parents[1] / "configs" / "tuev.yaml"
 # As TUEV v2 ships them: channel number into the TCP montage, seconds, class code 1-6.
 REC = "14,53.0000,54.0000,6\n15,53.0000,54.0000,6\n0,120.0000,121.0000,4\n"
 
@@ -144,3 +147,57 @@ def test_bipolar_montage_takes_any_derivations():
     assert pick == [("EEG FP1-REF", "EEG F7-REF"), ("EEG T3-REF", "EEG T5-REF")]
     with pytest.raises(BrainpipeError, match="'FP1' is not a derivation 'ANODE-CATHODE'"):
         load_config(None, ["preprocess.montage=bipolar", "preprocess.channels=[FP1]"])
+
+
+def test_synthetic_tuev_indexes_caches_by_event_and_trains(tmp_path, monkeypatch):
+    """The whole chain on a synthetic TUEV tree (real EDF + .rec files, several number formats):
+    every .rec row becomes one window centred on it, labelled with its class."""
+    from brainpipe.cache import build_cache
+    from brainpipe.cachefile import CacheReader
+    from brainpipe.index import build_index
+    from brainpipe.indexfile import Index
+    from brainpipe.synthetic import make_corpus
+    from brainpipe.training.train import train
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    corpus = make_corpus(tmp_path / "raw", "tuev", n_subjects=5, seed=3, duration_s=(20, 30))
+    cfg = load_config(
+        CONFIG,
+        [
+            "cache.workers=1",
+            "train.model=ShallowFBCSPNet",
+            "train.model_kwargs={n_filters_time: 4, n_filters_spat: 4}",
+            "train.epochs=1",
+            "train.batch_size=32",
+            "train.num_workers=0",
+            "train.device=cpu",
+            "train.amp=false",
+            "train.val_fraction=0",
+        ],
+    )
+    build_index(tmp_path / "raw", tmp_path / "i.npz", cfg, progress=False)
+    ix = Index.load(tmp_path / "i.npz")
+    assert sorted(map(str, ix.arrays["path"])) == sorted(corpus.paths)
+    assert ix.arrays["split"].tolist().count("eval") >= 1
+    res = build_cache(tmp_path / "i.npz", tmp_path / "c.h5", cfg, workers=1, progress=False)
+    assert res.skipped == []
+    with CacheReader(tmp_path / "c.h5") as r:
+        assert r.task == "events" and r.window_anchor == "events"
+        assert r.label_names == TUEV_CLASSES and r.channels[:2] == ("FP1-F7", "F7-T3")
+        assert len(r.channels) == 16 and r.window_samples == 1000
+        paths = r.recordings["path"].astype(str).tolist()
+        for rec in corpus.recordings:  # one window per .rec row, centred, in the class's index
+            k = paths.index(rec.path)
+            lo, n = int(r.recordings["first_window"][k]), int(r.recordings["n_windows"][k])
+            want = sorted(
+                (min(max(round((t + 0.5) * 200 - 500), 0), int(rec.duration_s * 200) - 1000),
+                 TUEV_CLASSES.index(e.kind))
+                for e in rec.events
+                for t in range(int(e.onset_s), int(e.offset_s))
+                for _ in e.channels
+            )  # fmt: skip
+            start = r.windows["start"][lo : lo + n] - r.recordings["offset"][k]
+            got = sorted(zip(start.tolist(), r.windows["label"][lo : lo + n].tolist(), strict=True))
+            assert got == want, rec.path
+    summary = train(tmp_path / "c.h5", tmp_path / "run", cfg)
+    assert summary["label_names"] == list(TUEV_CLASSES) and summary["epochs"] == 1
