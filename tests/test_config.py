@@ -5,18 +5,19 @@ import pytest
 from brainpipe.config import STANDARD_1020, Config, load_config, parse_override
 from brainpipe.errors import BrainpipeError
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+# configs/*.yaml and the recipes under configs/recipes/
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
 
 
 def test_the_three_shipped_configs_exist():
-    assert {p.stem for p in CONFIGS} >= {"tuab", "tusz", "smoke"}
+    assert {p.stem for p in CONFIGS} >= {"tuab", "tusz", "tuev", "smoke", "eegmat", "sleep_edf"}
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.parent.name + "/" + p.name)
 def test_every_shipped_config_loads_and_validates(path):
     cfg = load_config(path)
     assert isinstance(cfg, Config)
-    assert cfg.corpus.layout in ("tuab", "tusz", "generic")
+    assert cfg.corpus.layout in ("tuab", "tusz", "tuev", "generic")
 
 
 def test_defaults_without_a_file():
