@@ -201,3 +201,33 @@ def test_synthetic_tuev_indexes_caches_by_event_and_trains(tmp_path, monkeypatch
             assert got == want, rec.path
     summary = train(tmp_path / "c.h5", tmp_path / "run", cfg)
     assert summary["label_names"] == list(TUEV_CLASSES) and summary["epochs"] == 1
+
+
+def test_synthetic_tuev_is_seeded_and_its_rec_files_say_what_was_planned(tmp_path):
+    from brainpipe.synthetic import make_corpus
+
+    a = make_corpus(tmp_path / "a", "tuev", n_subjects=4, seed=5, duration_s=(10, 15))
+    b = make_corpus(tmp_path / "b", "tuev", n_subjects=4, seed=5, duration_s=(10, 15))
+    files = sorted(p.relative_to(a.root) for p in a.root.rglob("*") if p.is_file())
+    assert {str(f) for f in files} >= {*a.paths, *a.annotation_files}
+    for f in files:
+        if f.suffix in (".edf", ".rec"):
+            assert (a.root / f).read_bytes() == (b.root / f).read_bytes(), f
+    formats = set()
+    for rec in a.recordings:
+        rec_path = a.root / rec.path.removesuffix(".edf")
+        text = rec_path.with_suffix(".rec").read_bytes()
+        formats.add(text.split(b",")[1] if text else b"")
+        got = [
+            (e.channel, e.onset_s, e.label) for e in read_rec(rec_path.with_suffix(".rec")).events
+        ]
+        want = [
+            (TUEV_CHANNELS[c], float(t), e.kind)
+            for e in rec.events
+            for t in range(int(e.onset_s), int(e.offset_s))
+            for c in e.channels
+        ]
+        assert got == want, rec.path
+        split, subject = rec.path.split("/")[1:3]
+        assert (split, subject) == (rec.split, rec.subject)
+    assert len(formats) > 1  # the number formats vary between files
