@@ -10,9 +10,9 @@ Owns the walk of the tree, the incremental match against a previous index, and h
 to read are read: serially where opens are fast, on a thread pool sized for network
 filesystems where each open costs milliseconds of latency and no CPU. A re-run stats every
 indexed file and re-reads only new or changed ones (size or mtime; `force` re-reads all). Bad
-files go to the error list with one-line reasons; so do symlink loops and names that are not
-UTF-8 (`fsutil.walk_tree`). What one file's row takes is `index.rows` (shared with the
-object-storage scan, `index.remote`).
+files go to the error list, each with its reason in one line; so do symlink loops and names
+that are not UTF-8 (`fsutil.walk_tree`). What one file's row takes is `index.rows`, shared
+with the object-storage scan, `index.remote`.
 """
 
 from __future__ import annotations

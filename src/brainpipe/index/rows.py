@@ -7,8 +7,8 @@ Reads:  one recording (EDF/EDF+/BDF headers by our own parser, or header bytes a
 Writes: nothing; `index.local` and `index.remote` hand what this module gives to
         `brainpipe.indexfile`, and `brainpipe.index.build_index` saves it.
 
-`RecordingReader` turns one recording into an index row (`indexfile.Recording`) or a
-(path, one-line reason) error; `annotation_file` and `pair_annotation_files` find each
+`RecordingReader` turns one recording into an index row (`indexfile.Recording`) or an
+error (path, reason in one line); `annotation_file` and `pair_annotation_files` find each
 recording's annotation files; `assemble` makes the new index from the rows reused and the rows
 read, `scan_meta` what it records of the scan, and `raw_root_of` what it records of a URL root.
 Both scans import these; neither imports the other.
