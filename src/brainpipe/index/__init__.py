@@ -52,10 +52,12 @@ def scan(
     on_read: Callable[[str], None] | None = None,
 ) -> ScanResult:
     """Index the tree under `raw` (a directory or an object-storage URL), reusing unchanged
-    rows of `previous`."""
+    rows of `previous` (`force`: none)."""
+    if force:
+        previous = None
     if is_url(raw):
-        return scan_remote(str(raw), cfg, previous, force, workers, on_read)
-    return scan_local(raw, cfg, previous, force, workers, progress, on_read)
+        return scan_remote(str(raw), cfg, previous, workers, on_read)
+    return scan_local(raw, cfg, previous, workers, progress, on_read)
 
 
 def build_index(

@@ -9,10 +9,10 @@ Writes: nothing; `brainpipe.index.build_index` saves the index `scan_local` retu
 Owns the walk of the tree, the incremental match against a previous index, and how the files
 to read are read: serially where opens are fast, on a thread pool sized for network
 filesystems where each open costs milliseconds of latency and no CPU. A re-run stats every
-indexed file and re-reads only new or changed ones (size or mtime; `force` re-reads all). Bad
-files go to the error list, each with its reason in one line; so do symlink loops and names
-that are not UTF-8 (`fsutil.walk_tree`). What one file's row takes is `index.rows`, shared
-with the object-storage scan, `index.remote`.
+indexed file and re-reads only new or changed ones (size or mtime). Bad files go to the error
+list, each with its reason in one line; so do symlink loops and names that are not UTF-8
+(`fsutil.walk_tree`). What one file's row takes is `index.rows`, shared with the
+object-storage scan, `index.remote`.
 """
 
 from __future__ import annotations
@@ -57,13 +57,13 @@ def _annotation_only(abspath: str, memo: dict) -> bool:
 def scan_local(
     raw: str | os.PathLike,
     cfg: Config,
-    previous: Index | None = None,
-    force: bool = False,
-    workers: int | None = None,
-    progress: bool = True,
-    on_read: Callable[[str], None] | None = None,
+    previous: Index | None,
+    workers: int | None,
+    progress: bool,
+    on_read: Callable[[str], None] | None,
 ) -> ScanResult:
-    """Index the local tree under `raw`, reusing unchanged rows of `previous`."""
+    """Index the local tree under `raw`, reusing unchanged rows of `previous` (None: read
+    every file)."""
     t0 = time.perf_counter()
     root = Path(raw)
     if not root.is_dir():
@@ -76,8 +76,6 @@ def scan_local(
     )
     if c.layout == "bids":
         candidates = bids_recordings(candidates)
-    if force:
-        previous = None
     reader = RecordingReader(str(root), c, on_read)
     paired: dict[str, tuple[str, ...]] = {}
     if c.layout == "generic":

@@ -63,12 +63,12 @@ WHOLE_BATCH_BYTES = 2 << 30  # recordings fetched whole sit on local disk this m
 def scan_remote(
     raw: str,
     cfg: Config,
-    previous: Index | None = None,
-    force: bool = False,
-    workers: int | None = None,
-    on_read: Callable[[str], None] | None = None,
+    previous: Index | None,
+    workers: int | None,
+    on_read: Callable[[str], None] | None,
 ) -> ScanResult:
-    """`index.scan` of a URL root."""
+    """`index.scan` of a URL root, reusing unchanged rows of `previous` (None: read every
+    recording)."""
     t0 = time.perf_counter()
     c = cfg.corpus
     store = ObjectStore(raw.rstrip("/"), max_in_flight=workers or DEFAULT_IN_FLIGHT)
@@ -93,7 +93,7 @@ def scan_remote(
     units = {rel: _unit(store, rel, files[rel], objects, c) for rel in candidates}
     lookup = {**objects, **units}
     pairs = _pairs(candidates, set(objects), c, paired)
-    reused, todo, n_removed = _match(pairs, lookup, None if force else previous)
+    reused, todo, n_removed = _match(pairs, lookup, previous)
     with tempfile.TemporaryDirectory(prefix="brainpipe-index-") as tmp:
         results, errors = _read_todo(store, todo, files, objects, c, (tmp, on_read), heads)
     fresh = [_as_listed(r, units[r.path]) for r in results if isinstance(r, Recording)]
