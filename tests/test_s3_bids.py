@@ -158,7 +158,7 @@ def test_bids_index_from_s3_equals_the_local_index(local, s3, tmp_path):
 def test_recordings_fetched_whole_are_read_a_batch_at_a_time(local, s3, tmp_path, monkeypatch):
     """One recording per batch (the bound is 2 GiB): the same index, each batch's parts removed
     from local disk before the next batch is fetched."""
-    from brainpipe import index_remote
+    from brainpipe.index import remote as index_remote
 
     monkeypatch.setattr(index_remote, "WHOLE_BATCH_BYTES", 1)
     parts = {".eeg", ".vhdr", ".vmrk", ".fif"}
