@@ -175,7 +175,7 @@ def confusion(run: dict[str, Any], out: Path, stem: str) -> str | None:
             return None
         cm = sum(stored)
     cm = np.asarray(cm)
-    fig = _figure(1.6 + 0.7 * len(names), 1.2 + 0.6 * len(names))
+    fig = _figure(max(4.0, 1.6 + 0.7 * len(names)), 1.4 + 0.6 * len(names))
     ax = fig.subplots()
     share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
@@ -187,7 +187,8 @@ def confusion(run: dict[str, Any], out: Path, stem: str) -> str | None:
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title("eval confusion matrix")
+    n = len(preds) if preds else len(run["cells"])
+    ax.set_title("eval confusion matrix" + (f" (sum of {n} runs)" if n > 1 else ""))
     return _save(fig, out, f"{stem}-confusion.png")
 
 
@@ -278,10 +279,11 @@ FIGURES = (learning_curves, confusion, roc_pr, per_subject, seizure_curve)
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }
+.table { overflow-x: auto; max-width: 100%; }
 th:first-child, td:first-child { text-align: left; }
 .runs { display: flex; gap: 2em; align-items: flex-start; overflow-x: auto; }
-.run { flex: 1 1 0; min-width: 30em; }
+.run { flex: 1 1 0; min-width: 30em; overflow: hidden; }
 .run img { max-width: 100%; display: block; margin: 0.5em 0; }
 """
 # Written into the DOM once every image has loaded: the browser test reads it.
@@ -302,19 +304,27 @@ def _value(m: dict[str, Any] | None, key: str, aggregated: bool) -> str:
     return "n/a" if v is None or isinstance(v, dict | list) or not math.isfinite(v) else f"{v:.3f}"
 
 
-def metrics_table(rows: list[tuple[str, dict[str, Any] | None, bool]]) -> str:
-    """An HTML table: one row per (name, metrics, aggregated), the TABLE_METRICS they have."""
+def metrics_table(rows: list[tuple[str, dict[str, Any] | None, bool]], by_metric=False) -> str:
+    """An HTML table of (name, metrics, aggregated) runs and the TABLE_METRICS they have: one
+    row per run, or with `by_metric` one row per metric (narrow: a run's column)."""
     keys = [k for k in TABLE_METRICS if any(k in (m or {}) for _, m, _ in rows)]
     if not keys:
         return "<p>no metrics</p>"
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    body = "".join(
-        f"<tr><td>{html.escape(name)}</td>"
-        + "".join(f"<td>{_value(m, k, agg)}</td>" for k in keys)
-        + "</tr>"
-        for name, m, agg in rows
-    )
-    return f"<table><tr><th>run</th>{head}</tr>{body}</table>"
+    cells = [[_value(m, k, agg) for k in keys] for _, m, agg in rows]
+    names = [html.escape(name) for name, _, _ in rows]
+    if by_metric:
+        head = "<tr><th>metric</th>" + "".join(f"<th>{n}</th>" for n in names) + "</tr>"
+        body = "".join(
+            f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{c[i]}</td>" for c in cells) + "</tr>"
+            for i, k in enumerate(keys)
+        )
+    else:
+        head = "<tr><th>run</th>" + "".join(f"<th>{html.escape(k)}</th>" for k in keys) + "</tr>"
+        body = "".join(
+            f"<tr><td>{n}</td>" + "".join(f"<td>{v}</td>" for v in c) + "</tr>"
+            for n, c in zip(names, cells, strict=True)
+        )
+    return f'<div class="table"><table>{head}{body}</table></div>'
 
 
 def _run_section(run: dict[str, Any], out: Path, stem: str) -> str:
@@ -329,13 +339,14 @@ def _run_section(run: dict[str, Any], out: Path, stem: str) -> str:
         for split in ("eval", "val"):
             rows = [("mean ± std", s.get(split), True)] if s else []
             rows += [(c["name"], c["summary"].get(split), False) for c in run["cells"]]
-            parts.append(f"<h3>{split}</h3>" + metrics_table(rows))
+            parts.append(f"<h3>{split}</h3>" + metrics_table(rows, by_metric=True))
     else:
         parts.append(
             f"<p>best epoch {s.get('best_epoch', '?')} of {s.get('epochs', '?')}, selected by "
             f"{html.escape(str(s.get('select_by', 'balanced_accuracy')))}</p>"
         )
-        parts.append(metrics_table([("eval", s.get("eval"), False), ("val", s.get("val"), False)]))
+        rows = [("eval", s.get("eval"), False), ("val", s.get("val"), False)]
+        parts.append(metrics_table(rows, by_metric=True))
     for draw in FIGURES:
         name = draw(run, out, stem)
         if name:
