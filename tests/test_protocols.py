@@ -299,3 +299,17 @@ def test_seeds_by_folds_train_aggregate_and_resume(dev_cache, tmp_path, capsys, 
     assert main([*argv, "--cell", "3", "--resume"]) == 0
     assert main([*argv, "--aggregate"]) == 0
     assert json.loads((run / "summary.json").read_text())["protocol"]["n_runs"] == 4
+
+
+def test_predict_tune_on_val_is_the_validation_split_train_used(dev_cache):
+    from brainpipe.training.predict import split_dataset
+
+    with CacheReader(dev_cache) as r:
+        own = split_dataset(r, small_config("train.val_split=dev"), "val")
+        assert own.split == "dev" and set(own.subjects().tolist()) == {
+            f"d{i:02d}" for i in range(4)
+        }
+        carved = split_dataset(r, small_config(), "val")
+        assert carved.split == "train" and set(carved.subjects().tolist()) <= {
+            f"s{i:02d}" for i in range(8)
+        }

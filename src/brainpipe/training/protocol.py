@@ -107,11 +107,12 @@ def run_protocol(
             sub = root / c.name
             if finished(sub, cfg.train.epochs):
                 print(f"{c.name}: finished, kept", flush=True)
+                s = read_summary(sub) or {}
                 continue
             print(f"{c.name}: training", flush=True)
             s = train(cache, sub, cell_config(cfg, c, folds), resume=(sub / "last.pt").exists())
-            if cell is not None:
-                return s
+        if cell is not None:
+            return s
     return write_aggregate(root, cells, plan, cfg.train.epochs, main)
 
 
