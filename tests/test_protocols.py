@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn.metrics import (
+    average_precision_score,
     balanced_accuracy_score,
     cohen_kappa_score,
     confusion_matrix,
@@ -62,6 +63,12 @@ def test_window_metrics_match_sklearn(k):
         else roc_auc_score(np.eye(k)[y], probs, average="macro")
     )
     assert m["auroc"] == pytest.approx(want_auc)
+    want_ap = (
+        average_precision_score(y, probs[:, 1])
+        if k == 2
+        else average_precision_score(np.eye(k)[y], probs, average="macro")
+    )
+    assert m["auprc"] == pytest.approx(want_ap)
     # Recordings holding several classes have no recording label: no recording metrics.
     assert math.isnan(m["recording_balanced_accuracy"]) and math.isnan(m["recording_cohen_kappa"])
     assert m["recording_confusion_matrix"] is None
@@ -107,6 +114,11 @@ def test_select_by_a_configured_metric():
     assert subject_selection_score(s2, "identification_top1") > subject_selection_score(
         s1, "identification_top1"
     )
+
+
+def test_subject_tasks_refuse_folds_and_val_split():
+    with pytest.raises(BrainpipeError, match="are for train.task=classify"):
+        small_config("train.task=pairs", "train.folds=3")
 
 
 def test_unknown_select_by_fails_in_one_line():

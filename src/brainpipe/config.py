@@ -567,6 +567,11 @@ def _check_semantics(cfg: Config) -> None:
         )
     t = cfg.train
     need(
+        t.task == "classify" or not (t.folds or t.val_split),
+        f"config keys 'train.folds'/'train.val_split' are for train.task=classify; the subject "
+        f"task {t.task!r} divides subjects itself (train.val_fraction, train.test_fraction)",
+    )
+    need(
         t.folds != 1 and (t.folds == 0 or t.fold < t.folds),
         f"config keys 'train.folds'={t.folds}, 'train.fold'={t.fold}: folds is 0 (none) or >= 2, "
         "and fold one of 0 .. folds-1",

@@ -32,7 +32,8 @@ from brainpipe.runfiles import read_history, read_predictions, read_summary
 TABLE_METRICS = (
     "balanced_accuracy", "auroc", "auprc", "cohen_kappa", "f1_macro", "f1_weighted", "loss",
     "recording_balanced_accuracy", "recording_auroc", "recording_cohen_kappa",
-    "recording_f1_weighted", "sensitivity", "specificity",
+    "recording_f1_weighted", "sensitivity", "specificity", "eer", "pair_auroc",
+    "identification_top1",
 )  # fmt: skip
 
 
