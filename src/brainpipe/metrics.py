@@ -1,9 +1,10 @@
 """Metrics of a model's predictions, torch-free (numpy and scikit-learn), as TUAB/TUSZ papers report them.
 
-Owns `compute_metrics` (per window and per recording, from class probabilities),
-`event_metrics` (seizure events scored against the cache's reference events, NEDC OVLP, the
-metric TUSZ results are reported in) and `selection_score`, the rule that picks best.pt among
-epochs; for the subject tasks `subject_metrics` (pair AUROC, EER, identification top-1 of
+Owns `compute_metrics` (per window and per recording, from class probabilities: balanced
+accuracy, AUROC, AUPRC, Cohen's kappa, macro and weighted F1, the confusion matrix; all from
+scikit-learn), `event_metrics` (seizure events scored against the cache's reference events,
+NEDC OVLP, the metric TUSZ results are reported in) and `selection_score`, the rule that picks
+best.pt among epochs (`train.select_by`, `default_select_by` per task); for the subject tasks `subject_metrics` (pair AUROC, EER, identification top-1 of
 embeddings) and `subject_selection_score`. The task ("abnormal", "seizure" or "" for another
 cache) comes from the cache (`CacheReader.task`), never from label names.
 
