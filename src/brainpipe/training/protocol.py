@@ -93,6 +93,10 @@ def run_protocol(
     Returns the parent's summary; with `cell` (a Slurm array task) that cell's own summary.
     """
     root = Path(run_dir)
+    if seeds is None and not folds:
+        raise BrainpipeError(
+            "--cell and --aggregate belong to a protocol: give --seeds and/or --folds"
+        )
     cells = grid(seeds, folds, cfg.train.seed)
     if cell is not None and not 0 <= cell < len(cells):
         raise BrainpipeError(f"--cell {cell}: the grid has cells 0 .. {len(cells) - 1}")
