@@ -96,6 +96,8 @@ def _metric(m: dict[str, Any] | None, name: str) -> float:
 # Figures
 # ---------------------------------------------------------------------------------------------
 
+MAX_NAMED_SUBJECTS = 60  # more subjects than this: one unlabelled bar each, sorted
+
 
 def _figure(width: float = 4.8, height: float = 3.4):
     from matplotlib.figure import Figure
@@ -239,10 +241,17 @@ def per_subject(run: dict[str, Any], out: Path, stem: str) -> str | None:
             scores.setdefault(s, []).append(float(right[p["subject"] == s].mean()))
     subjects = sorted(scores)
     values = [float(np.mean(scores[s])) for s in subjects]
-    fig = _figure(max(4.8, 0.25 * len(subjects) + 1.5), 3.2)
+    named = len(subjects) <= MAX_NAMED_SUBJECTS
+    if not named:  # too many to name: sorted, so the spread shows
+        order = np.argsort(values)
+        subjects, values = [subjects[i] for i in order], [values[i] for i in order]
+    fig = _figure(max(4.8, 0.25 * len(subjects) + 1.5) if named else 9.6, 3.2)
     ax = fig.subplots()
     ax.bar(range(len(subjects)), values, color="tab:blue")
-    ax.set_xticks(range(len(subjects)), subjects, rotation=90, fontsize=6)
+    if named:
+        ax.set_xticks(range(len(subjects)), subjects, rotation=90, fontsize=6)
+    else:
+        ax.set_xlabel("subjects, sorted by accuracy")
     ax.set_ylim(0, 1)
     ax.set_ylabel("window accuracy")
     ax.set_title(f"eval subjects ({len(subjects)})")
