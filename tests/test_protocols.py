@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_cache, small_config
 from sklearn.metrics import (
     average_precision_score,
     balanced_accuracy_score,
@@ -18,7 +19,6 @@ from sklearn.metrics import (
     f1_score,
     roc_auc_score,
 )
-from test_data import make_cache, small_config
 
 from brainpipe.cachefile import CacheReader
 from brainpipe.cli import main

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_cache, small_config
 from PIL import Image
-from test_data import make_cache, small_config
 
 from brainpipe.cli import main
 from brainpipe.runfiles import read_predictions
