@@ -13,7 +13,7 @@ partial file that reopens and a journal saying which rows are written; a finaliz
 killed, torn or ran out of disk is undone from the snapshot at the next open and redone from
 the journal without preprocessing anything again.
 
-Over 600 lines because the sequence is one protocol: the lock, the journal, the reserved
+Long because the sequence is one protocol: the lock, the journal, the reserved
 offsets, the snapshot and the finalize each rely on an ordering the others keep, and a reader of
 one step needs the others beside it to see that it is crash-safe. The layout constants it
 shares with the reader are in `layout.py`. h5py is imported inside functions because it costs

@@ -14,7 +14,7 @@ import torch
 
 from brainpipe.datasets import subject_keys
 from brainpipe.runfiles import write_predictions
-from brainpipe.training.objectives import predict as predict_probs
+from brainpipe.training.objectives import class_probabilities as predict_probs
 
 
 def save_best_predictions(s: Any, model: torch.nn.Module, loaders: Any) -> Path | None:

@@ -391,3 +391,8 @@ def write_report(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -> P
     with atomic_output(index) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return index
+
+
+def report_line(index: Path) -> str:
+    """What `brainpipe report` prints."""
+    return f"wrote {index} (open it in a browser)"
