@@ -190,6 +190,19 @@ class TrainConfig:
     # A subject in more than one split of the cache leaks it between training and evaluation:
     # `train` refuses such a cache unless this is set.
     allow_subject_overlap: bool = _added(False)
+    # Protocols (README, "Results you can compare"). val_split: the corpus's own validation split
+    # (TUSZ `dev`, a manifest's or BIDS `val`) selects best.pt instead of subjects carved from
+    # train by val_fraction ("": carve). select_by: the validation metric best.pt maximizes
+    # ("": the task's default, `metrics.default_select_by`). folds >= 2: subject-wise K-fold
+    # cross-validation, this run holding out fold `fold` of the subjects of `train` (or of
+    # every split: fold_splits=all) as its eval set, assigned by `fold_seed`
+    # (`protocols.assign_folds`); `brainpipe train --folds K` sets these per run.
+    val_split: str = _added("")
+    select_by: str = _added("")
+    folds: int = _added(0)
+    fold: int = _added(0)
+    fold_seed: int = _added(0)
+    fold_splits: Literal["train", "all"] = _added("train")
 
 
 @dataclass(frozen=True)
@@ -462,6 +475,8 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.windows_per_subject": (2, None, True, False),
     "train.temperature": (0, None, False, False),
     "train.test_fraction": (0, 1, True, False),
+    "train.folds": (0, None, True, False),
+    "train.fold": (0, None, True, False),
     "train.augment.amplitude_scale": (0, 1, True, False),
     "train.augment.channel_dropout": (0, 1, True, False),
     "postprocess.smooth_windows": (1, None, True, False),
@@ -550,6 +565,17 @@ def _check_semantics(cfg: Config) -> None:
             "config key 'cache.task'=events needs corpus.event_labels mapping event descriptions "
             'to at least two classes, e.g. {"Sleep stage W": W, "Sleep stage 1": N1}',
         )
+    t = cfg.train
+    need(
+        t.task == "classify" or not (t.folds or t.val_split),
+        f"config keys 'train.folds'/'train.val_split' are for train.task=classify; the subject "
+        f"task {t.task!r} divides subjects itself (train.val_fraction, train.test_fraction)",
+    )
+    need(
+        t.folds != 1 and (t.folds == 0 or t.fold < t.folds),
+        f"config keys 'train.folds'={t.folds}, 'train.fold'={t.fold}: folds is 0 (none) or >= 2, "
+        "and fold one of 0 .. folds-1",
+    )
     if cfg.corpus.filename_regex is not None:
         try:
             re.compile(cfg.corpus.filename_regex)
