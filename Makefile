@@ -9,7 +9,7 @@ CONFIG ?= configs/smoke.yaml
 TUSZ_CONFIG ?= configs/tusz_smoke.yaml
 TUSZ   ?= $(DEMO)/tusz
 
-.PHONY: help install demo demo-tusz demo-meg test test-fast test-cluster test-containers chaos lint bench clean
+.PHONY: help install browser demo demo-tusz demo-meg test test-fast test-cluster test-containers chaos lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -53,10 +53,15 @@ demo-meg: install  ## synthetic MEG corpus -> index -> build-cache -> train subj
 	$(PYTHON) -m brainpipe train --cache $(DEMO)/meg/cache.h5 --run-dir $(DEMO)/meg/runs/pairs --config configs/meg.yaml $(MEG_DEMO_SET)
 	$(PYTHON) -m brainpipe embed --cache $(DEMO)/meg/cache.h5 --checkpoint $(DEMO)/meg/runs/pairs/best.pt --out $(DEMO)/meg/embeddings.h5
 
-test: install  ## lint, format check and the whole test suite
+test: install browser  ## lint, format check and the whole test suite
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m pytest
+
+# tests/test_report.py opens the report in Debian's headless chromium; installed when missing (root).
+browser:  ## install chromium for the report's browser test when it is missing (apt-get, root)
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 test-fast:  ## the inner loop: every test but the slow end-to-end ones (no install, no lint)
 	$(PYTHON) -m pytest -m "not slow and not cluster and not containers" -q

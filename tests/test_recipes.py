@@ -122,13 +122,15 @@ def test_sleep_edf(tmp_path, monkeypatch):
 
 
 def test_eegmmidb(tmp_path, monkeypatch):
-    """S001's imagery runs (6, 10, 14) under PhysioNet's names; run 14 also stands in for an
-    eval subject (S090) so that the recipe's cross-subject split has one."""
+    """S001's imagery runs (6, 10, 14) under PhysioNet's names; runs 10 and 14 also stand in
+    for a validation subject (S071) and an eval subject (S090) of the recipe's split."""
     monkeypatch.setenv("TQDM_DISABLE", "1")
     src = real("eegmmidb") / "S001"
     raw = tmp_path / "eegmmidb"
     (raw / "S001").mkdir(parents=True)
     (raw / "S090").mkdir()
+    (raw / "S071").mkdir()
+    (raw / "S071" / "S071R10.edf").symlink_to(src / "S001R10.edf")
     for run_ in ("S001R06.edf", "S001R10.edf", "S001R14.edf", "S001R03.edf"):
         (raw / "S001" / run_).symlink_to(src / run_)
     (raw / "S090" / "S090R14.edf").symlink_to(src / "S001R14.edf")
@@ -136,10 +138,11 @@ def test_eegmmidb(tmp_path, monkeypatch):
     assert summary["label_names"] == ["hands", "feet"]
     # One window per T1/T2 cue, 15 a run. R03 (left/right fist) does not match the recipe's
     # regex: cached under its own name with no split, never trained on or scored.
-    assert counts["hands"] + counts["feet"] == 75 and "none" not in counts
+    assert counts["hands"] + counts["feet"] == 90 and "none" not in counts
     with CacheReader(tmp_path / "c.h5") as r:
         split = r.recordings["split"].astype(str)[r.windows["recording"]].tolist()
-        assert {s: split.count(s) for s in set(split)} == {"train": 45, "eval": 15, "": 15}
+        got = {s: split.count(s) for s in set(split)}
+        assert got == {"train": 45, "val": 15, "eval": 15, "": 15}
     assert summary["eval"]["n_windows"] == 15
 
 

@@ -196,6 +196,19 @@ class TrainConfig:
     # A subject in more than one split of the cache leaks it between training and evaluation:
     # `train` refuses such a cache unless this is set.
     allow_subject_overlap: bool = _added(False)
+    # Protocols (README, "Results you can compare"). val_split: the corpus's own validation split
+    # (TUSZ `dev`, a manifest's or BIDS `val`) selects best.pt instead of subjects carved from
+    # train by val_fraction ("": carve). select_by: the validation metric best.pt maximizes
+    # ("": the task's default, `metrics.default_select_by`). folds >= 2: subject-wise K-fold
+    # cross-validation, this run holding out fold `fold` of the subjects of `train` (or of
+    # every split: fold_splits=all) as its eval set, assigned by `fold_seed`
+    # (`protocols.assign_folds`); `brainpipe train --folds K` sets these per run.
+    val_split: str = _added("")
+    select_by: str = _added("")
+    folds: int = _added(0)
+    fold: int = _added(0)
+    fold_seed: int = _added(0)
+    fold_splits: Literal["train", "all"] = _added("train")
 
 
 @dataclass(frozen=True)
@@ -468,6 +481,8 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.windows_per_subject": (2, None, True, False),
     "train.temperature": (0, None, False, False),
     "train.test_fraction": (0, 1, True, False),
+    "train.folds": (0, None, True, False),
+    "train.fold": (0, None, True, False),
     "train.augment.amplitude_scale": (0, 1, True, False),
     "train.augment.channel_dropout": (0, 1, True, False),
     "postprocess.smooth_windows": (1, None, True, False),
@@ -501,6 +516,22 @@ def _check_ranges(cfg: Config) -> None:
                 )
 
 
+def _check_bipolar_and_anchor(cfg: Config) -> None:
+    """preprocess.montage=bipolar channels are derivations; window.anchor=events needs events."""
+    p = cfg.preprocess
+    for ch in p.channels if p.montage == "bipolar" else ():
+        a, dash, c = ch.partition("-")
+        if not (dash and a.strip() and c.strip()) or "-" in c:
+            raise BrainpipeError(
+                f"config key 'preprocess.channels': {ch!r} is not a derivation 'ANODE-CATHODE' "
+                "(e.g. FP1-F7), which preprocess.montage=bipolar needs"
+            )
+    if cfg.window.anchor == "events" and cfg.cache.task != "events":
+        raise BrainpipeError(
+            "config key 'window.anchor'=events places windows on events: it needs cache.task=events"
+        )
+
+
 def _check_semantics(cfg: Config) -> None:
     def need(cond: bool, msg: str) -> None:
         if not cond:
@@ -521,13 +552,7 @@ def _check_semantics(cfg: Config) -> None:
         len(p.channels) > 0 or p.montage == "meg",
         "config key 'preprocess.channels' must not be empty",
     )
-    for ch in p.channels if p.montage == "bipolar" else ():
-        a, dash, c = ch.partition("-")
-        need(
-            bool(dash and a.strip() and c.strip()) and "-" not in c,
-            f"config key 'preprocess.channels': {ch!r} is not a derivation 'ANODE-CATHODE' "
-            "(e.g. FP1-F7), which preprocess.montage=bipolar needs",
-        )
+    _check_bipolar_and_anchor(cfg)
     _check_corpus(cfg.corpus)
     if cfg.corpus.annotation_pairing is not None:
         try:
@@ -563,9 +588,16 @@ def _check_semantics(cfg: Config) -> None:
             "config key 'cache.task'=events needs corpus.event_labels mapping event descriptions "
             'to at least two classes, e.g. {"Sleep stage W": W, "Sleep stage 1": N1}',
         )
+    t = cfg.train
     need(
-        cfg.window.anchor == "grid" or cfg.cache.task == "events",
-        "config key 'window.anchor'=events places windows on events: it needs cache.task=events",
+        t.task == "classify" or not (t.folds or t.val_split),
+        f"config keys 'train.folds'/'train.val_split' are for train.task=classify; the subject "
+        f"task {t.task!r} divides subjects itself (train.val_fraction, train.test_fraction)",
+    )
+    need(
+        t.folds != 1 and (t.folds == 0 or t.fold < t.folds),
+        f"config keys 'train.folds'={t.folds}, 'train.fold'={t.fold}: folds is 0 (none) or >= 2, "
+        "and fold one of 0 .. folds-1",
     )
     if cfg.corpus.filename_regex is not None:
         try:

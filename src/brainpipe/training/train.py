@@ -61,6 +61,7 @@ from brainpipe.config import Config
 from brainpipe.datasets import subject_keys
 from brainpipe.metrics import (
     compute_metrics,
+    default_select_by,
     event_metrics,
     seizure_column,
     window_starts_s,
@@ -78,6 +79,7 @@ from brainpipe.scoring import cache_references
 from brainpipe.splits import check_cache_subjects
 from brainpipe.training.models import build_model, model_args
 from brainpipe.training.objectives import class_probabilities, class_weights, objective_for
+from brainpipe.training.predictions import save_best_predictions
 from brainpipe.training.rundir import (
     RunLog,
     all_rng_states,
@@ -187,7 +189,7 @@ def prepare(cache_path: str | os.PathLike, run_dir: Path, cfg: Config, resume: b
     torch.manual_seed(t.seed)
     model = build_model(margs)
     check_wandb(cfg)
-    if env.is_main and data.eval is not None and t.task == "classify":
+    if env.is_main and data.eval is not None and t.task == "classify" and not t.folds:
         names = set(subject_keys(reader)[reader.recordings["split"] == "train"].tolist())
         shared = names & set(data.eval.subjects().tolist())
         if shared:
@@ -216,7 +218,7 @@ def train(
 def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
     """The loop: epochs of training, scoring and checkpoints; returns the summary."""
     cfg, t, env, device, data = s.cfg, s.cfg.train, s.env, s.device, s.data
-    objective = objective_for(t.task, t.temperature)
+    objective = objective_for(t.task, t.temperature, t.select_by)
 
     # -------- loaders --------
     loaders = make_loaders(data, cfg, env, device)
@@ -287,6 +289,7 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
 
     # -------- summary --------
     log.close()
+    save_best_predictions(s, raw_model, loaders)  # predictions.npz, for `brainpipe report`
     summary = make_summary(s, done, n_params)
     if env.is_main:
         write_json(s.run_dir / "summary.json", summary)
@@ -440,6 +443,7 @@ def make_summary(s: Setup, done: Progress, n_params: int) -> dict[str, Any]:
         "val": best.get("val") or {},
         "eval_last": (history[-1].get("eval") or {}) if history else {},
         "best_epoch": done.best_epoch + 1,
+        "select_by": s.cfg.train.select_by or default_select_by(s.cfg.train.task, s.reader.task),
         "epochs": len(history),
         **steady_throughput(history),
         "model": s.margs,
