@@ -201,6 +201,8 @@ def test_synthetic_tuev_indexes_caches_by_event_and_trains(tmp_path, monkeypatch
             assert got == want, rec.path
     summary = train(tmp_path / "c.h5", tmp_path / "run", cfg)
     assert summary["label_names"] == list(TUEV_CLASSES) and summary["epochs"] == 1
+    # what the TUEV papers report, on the official eval split
+    assert {"balanced_accuracy", "cohen_kappa", "f1_weighted"} <= set(summary["eval"])
 
 
 def test_synthetic_tuev_is_seeded_and_its_rec_files_say_what_was_planned(tmp_path):
