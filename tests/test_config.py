@@ -12,22 +12,27 @@ from brainpipe.index import build_index
 from brainpipe.training.models import build_model, model_args
 
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
+# configs/recipes/: each runs end to end on its corpus's layout in test_recipes.py
+RECIPES = sorted((CONFIG_DIR / "recipes").glob("*.yaml"))
 
 
 def test_the_three_shipped_configs_exist():
-    assert {p.stem for p in CONFIGS} >= {"tuab", "tusz", "smoke"}
+    assert {p.stem for p in CONFIGS} >= {"tuab", "tusz", "tuev", "smoke"}
+    assert {p.stem for p in RECIPES} >= {"tuab", "tusz", "tuev", "sleep_edf", "eegmmidb", "eegmat"}
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", CONFIGS + RECIPES, ids=lambda p: str(p.relative_to(CONFIG_DIR))
+)  # fmt: skip
 def test_every_shipped_config_loads_and_validates(path):
     cfg = load_config(path)
     assert isinstance(cfg, Config)
-    assert cfg.corpus.layout in ("tuab", "tusz", "generic")
+    assert cfg.corpus.layout in ("tuab", "tusz", "tuev", "generic")
 
 
 def synthetic_layout(cfg: Config) -> str | None:
     """The `brainpipe synth` layout whose files this config reads, or None when it has none."""
-    if cfg.corpus.layout in ("tuab", "tusz"):
+    if cfg.corpus.layout in ("tuab", "tusz", "tuev"):
         return cfg.corpus.layout
     if cfg.corpus.layout == "generic" and ".fif" in cfg.corpus.extensions:
         return "meg"  # BIDS-like sub-*/ses-* FIF files, what the MEG configs' regex expects
@@ -52,6 +57,8 @@ def corpus_seconds(layout: str) -> int:
             continue
         if synthetic_layout(cfg) == layout:
             need = max(need, seconds_needed(cfg))
+    if layout == "tuev":  # an events cache needs every class: 45 s hold all six TUEV classes
+        need = max(need, 45.0)
     return math.ceil(need)
 
 
@@ -163,7 +170,9 @@ def test_unknown_section(tmp_path):
 
 
 def test_bad_choice_lists_the_valid_ones():
-    with pytest.raises(BrainpipeError, match=r"corpus.layout.*'tuab' \| 'tusz' \| 'generic'"):
+    with pytest.raises(
+        BrainpipeError, match=r"corpus.layout.*'tuab' \| 'tusz' \| 'tuev' \| 'generic'"
+    ):
         load_config(None, ["corpus.layout=tuh"])
 
 

@@ -40,8 +40,8 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 def _add_stages(sub: argparse._SubParsersAction) -> None:
     """The pipeline: synth, index, build-cache, cache-set, train."""
-    p = sub.add_parser("synth", help="write a synthetic TUH-like corpus (TUAB, TUSZ or MEG)")
-    p.add_argument("--layout", choices=["tuab", "tusz", "meg"], required=True)
+    p = sub.add_parser("synth", help="write a synthetic TUH-like corpus (TUAB, TUSZ, TUEV or MEG)")
+    p.add_argument("--layout", choices=["tuab", "tusz", "tuev", "meg"], required=True)
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument(
         "--n-subjects", type=int, default=None, help="number of subjects (default: the generator's)"

@@ -50,7 +50,9 @@ class CorpusConfig:
     # tusz: edf/{train,dev,eval}/<subj>/<sess>_<date>/<montage>/<subj>_s<sess>_t<tok>.edf + .csv_bi
     # generic: any tree; subject/label from `filename_regex` or `manifest`
     # bids: a BIDS dataset (brainpipe.bids): subject/session/task/run from the file names
-    layout: Literal["tuab", "tusz", "generic", "bids"] = "generic"
+    # tuev: edf/{train,eval}/<subj>/<name>.edf + <name>.rec (TUH EEG Events; events labelled
+    #   spsw, gped, pled, eyem, artf, bckg, mapped to classes by event_labels)
+    layout: Literal["tuab", "tusz", "tuev", "generic", "bids"] = "generic"
     # File suffixes the scan picks up (case-insensitive). mne reads the non-EDF ones.
     extensions: tuple[str, ...] = (".edf", ".bdf", ".fif")
     # generic layout: regex searched in the path relative to the raw root; named groups
@@ -99,7 +101,8 @@ class PreprocessConfig:
     # referential: the channels below as recorded against their reference.
     # tcp: the 22-channel temporal central parasagittal bipolar montage (FP1-F7, F7-T3, ...).
     # meg: MEG channels picked by type (`meg_picks`).
-    montage: Literal["referential", "tcp", "meg"] = "referential"
+    # bipolar: `channels` are derivations "ANODE-CATHODE" (e.g. FP1-F7), any subset of electrodes.
+    montage: Literal["referential", "tcp", "bipolar", "meg"] = "referential"
     channels: tuple[str, ...] = STANDARD_1020
     meg_picks: Literal["meg", "mag", "grad"] = "meg"
     # A recording lacking a required channel: skip it (with the reason) or zero-fill the channel
@@ -125,6 +128,9 @@ class WindowConfig:
     stride_seconds: float = 10.0
     # TUSZ: a window is a seizure window when at least this fraction of it overlaps an event.
     label_overlap: float = 0.5
+    # grid: windows every stride_seconds. events (cache.task=events): one window per event,
+    # centred on it (TUEV's protocol: a 5-s window around each 1-s event), labelled by it.
+    anchor: Literal["grid", "events"] = _added("grid")
 
 
 @dataclass(frozen=True)
@@ -510,6 +516,22 @@ def _check_ranges(cfg: Config) -> None:
                 )
 
 
+def _check_bipolar_and_anchor(cfg: Config) -> None:
+    """preprocess.montage=bipolar channels are derivations; window.anchor=events needs events."""
+    p = cfg.preprocess
+    for ch in p.channels if p.montage == "bipolar" else ():
+        a, dash, c = ch.partition("-")
+        if not (dash and a.strip() and c.strip()) or "-" in c:
+            raise BrainpipeError(
+                f"config key 'preprocess.channels': {ch!r} is not a derivation 'ANODE-CATHODE' "
+                "(e.g. FP1-F7), which preprocess.montage=bipolar needs"
+            )
+    if cfg.window.anchor == "events" and cfg.cache.task != "events":
+        raise BrainpipeError(
+            "config key 'window.anchor'=events places windows on events: it needs cache.task=events"
+        )
+
+
 def _check_semantics(cfg: Config) -> None:
     def need(cond: bool, msg: str) -> None:
         if not cond:
@@ -530,6 +552,7 @@ def _check_semantics(cfg: Config) -> None:
         len(p.channels) > 0 or p.montage == "meg",
         "config key 'preprocess.channels' must not be empty",
     )
+    _check_bipolar_and_anchor(cfg)
     _check_corpus(cfg.corpus)
     if cfg.corpus.annotation_pairing is not None:
         try:
