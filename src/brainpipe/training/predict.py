@@ -61,7 +61,7 @@ from brainpipe.fsutil import atomic_output, check_writable_dir
 from brainpipe.metrics import detect_recordings, seizure_column, window_starts_s
 from brainpipe.samplers import WindowBatchSampler, carve_validation
 from brainpipe.scoring import CacheReferences, LabelScore, cache_references, score
-from brainpipe.training.models import build_model
+from brainpipe.training.models import load_checkpoint_model
 from brainpipe.training.objectives import predict as predict_probs
 from brainpipe.training.rundir import load_checkpoint, write_json
 from brainpipe.training.runtime import make_loader, open_cache, resolve_device
@@ -261,8 +261,7 @@ def predict(
         )
     check_writable_dir(out / "predict.json")
     device = resolve_device(cfg.train.device)
-    model = build_model(ckpt["model_args"])
-    model.load_state_dict(ckpt["model"])
+    model = load_checkpoint_model(ckpt, str(checkpoint))
     model.to(device)
     refs = cache_references(reader)
 
