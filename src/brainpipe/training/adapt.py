@@ -211,14 +211,13 @@ def apply_finetune(adapter: InputAdapter, model: str, mode: str, k: int) -> dict
     keep = trainable_prefixes(adapter, model, mode, k)
     for n, p in adapter.model.named_parameters():
         p.requires_grad_(n.startswith(keep))
-    frozen = []
-    for n, m in adapter.model.named_modules():
-        if not n or n.startswith(keep) or any(pre.startswith(n + ".") for pre in keep if pre):
-            continue
-        if any(n.startswith(f + ".") for f in frozen):
-            continue
-        if mode != "full":
-            frozen.append(n)
+    frozen: list[str] = []
+    if mode != "full":
+        for n, _ in adapter.model.named_modules():
+            if not n or n.startswith(keep) or any(pre.startswith(n + ".") for pre in keep):
+                continue
+            if not any(n.startswith(f + ".") for f in frozen):
+                frozen.append(n)  # its submodules follow it
     adapter.frozen_modules = frozen
     adapter.train(adapter.training)
     total = sum(p.numel() for p in adapter.parameters())
