@@ -236,7 +236,7 @@ def _plan_channels(
         return InputPlan(scaling, idx, list(contract.order), absent)
     if contract.channels == "names":
         vocab = _vocabulary(name)
-        known = {v: v for v in vocab} | {alias(v): v for v in vocab if alias(v)}
+        known = {alias(v): v for v in vocab if alias(v)} | {v: v for v in vocab}
         unknown = [n for n in cache_names if canonical_name(n) not in known]
         if unknown:
             raise BrainpipeError(

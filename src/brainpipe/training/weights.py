@@ -137,11 +137,14 @@ def load_pretrained(
     missing = [k for k in result.missing_keys if not k.startswith(head)]
     unexpected = [k for k in result.unexpected_keys if not k.startswith(head)]
     if missing or unexpected:
-        shown = ", ".join((missing + unexpected)[:6])
-        more = " ..." if len(missing) + len(unexpected) > 6 else ""
+
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "") if keys else "none"
+
         raise BrainpipeError(
-            f"{weights}: {len(missing)} backbone keys of the model are not in the weights and "
-            f"{len(unexpected)} keys of the weights are not in the model ({shown}{more}); the "
+            f"{weights}: {len(missing)} backbone keys of the model are not in the weights "
+            f"({show(missing)}) and {len(unexpected)} keys of the weights are not in the model "
+            f"({show(unexpected)}); the "
             "weights are of another model or version: use weights saved by braindecode 1.8.1's "
             "save_pretrained for train.model"
         )
