@@ -26,7 +26,12 @@ CASES = {
     "EEGPT": (256, "referential", 4, "linear_probe"),
     "LUNA": (256, "referential", 5, "full"),
 }
-SETS = ["corpus.layout=tuab", "preprocess.h_freq=40", "preprocess.normalize=none", "cache.workers=1"]
+SETS = [
+    "corpus.layout=tuab",
+    "preprocess.h_freq=40",
+    "preprocess.normalize=none",
+    "cache.workers=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +55,9 @@ def caches(corpus) -> dict[tuple[int, str], Path]:
     for sfreq, montage in sorted({(c[0], c[1]) for c in CASES.values()}):
         cache = root / f"cache_{sfreq}_{montage}.h5"
         sets = [*SETS, f"preprocess.sfreq={sfreq}", f"preprocess.montage={montage}"]
-        assert main(["build-cache", "--index", str(index), "--cache", str(cache), *_sets(*sets)]) == 0
+        assert (
+            main(["build-cache", "--index", str(index), "--cache", str(cache), *_sets(*sets)]) == 0
+        )
         out[(sfreq, montage)] = cache
     return out
 
