@@ -42,6 +42,16 @@ from brainpipe.training.weights import (
 HEADS_DEFAULT = ("final_layer",)
 
 
+def _model_class(name: str) -> type:
+    """braindecode's class `name` (models.py, which builds through this module, checked it)."""
+    from brainpipe.training.torchaudio_guard import ALIASES, import_braindecode
+
+    cls = getattr(import_braindecode(), ALIASES.get(name, name), None)
+    if not isinstance(cls, type):
+        raise BrainpipeError(f"train.model={name!r} is not a braindecode model")
+    return cls
+
+
 def needs_adapter(t: Any) -> bool:
     """Whether `train` builds this model through `adapted_args` (else plain `model_args`)."""
     return (
@@ -76,9 +86,8 @@ def adapted_args(
         kwargs.setdefault("sfreq", contract.sfreq)
     kwargs.update(n_chans=len(plan.names), n_times=n_times, n_outputs=n_outputs, sfreq=sfreq)
     kwargs.update(t.model_kwargs)
-    from brainpipe.training.models import model_classes
-
-    params = inspect.signature(model_classes()[t.model]).parameters
+    cls = _model_class(t.model)
+    params = inspect.signature(cls).parameters
     foreign = sorted(k for k in kwargs if k not in params)
     if foreign:
         raise BrainpipeError(
@@ -87,7 +96,7 @@ def adapted_args(
             + "; fix train.model or train.model_kwargs"
         )
     return {
-        "name": t.model,
+        "name": cls.__name__,
         "kwargs": kwargs,
         "input": plan.to_dict() | {"n_cache_channels": len(cache_channels)},
         "pretrained": str(found) if found else None,
@@ -118,8 +127,6 @@ def _reve_positions(args: dict[str, Any]) -> Path:
 def build_adapted(args: dict[str, Any], load: bool = True) -> InputAdapter:
     """The InputAdapter `args` (from `adapted_args`) describe; with `load`, the pretrained
     weights in it (strict), the report under `adapter.pretrained_report`."""
-    from brainpipe.training.models import model_classes
-
     name, inp = args["name"], args["input"]
     kwargs = decode_kwargs(args["kwargs"])
     forward_kwargs: dict[str, Any] = {}
@@ -127,7 +134,7 @@ def build_adapted(args: dict[str, Any], load: bool = True) -> InputAdapter:
         forward_kwargs["ch_names"] = list(inp["names"])
     if name in ("LUNA", "REVE", "EEGPT") and "chs_info" not in kwargs:
         kwargs["chs_info"] = chs_info(list(inp["names"]))
-    cls = model_classes()[name]
+    cls = _model_class(name)
     try:
         if name == "REVE":
             with _env("REVE_POSITIONS_PATH", str(_reve_positions(args))):

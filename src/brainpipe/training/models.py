@@ -24,11 +24,11 @@ from typing import Any
 import torch
 
 from brainpipe.errors import BrainpipeError
+from brainpipe.training.torchaudio_guard import ALIASES
 
-# Names braindecode 0.8.1 used for models 1.8.1 has under another name. (0.8.1's `TCN`, the
-# braindecode TCN, is 1.8.1's `BDTCN`; 1.8.1's `TCN` is Bai et al.'s, so a config's `TCN` means
-# 1.8.1's and only a 0.8.1 checkpoint's `TCN` is upgraded to BDTCN.)
-ALIASES = {"EEGNetv4": "EEGNet", "EEGInception": "EEGInceptionERP"}
+# Checkpoints of braindecode 0.8.1: its renamed models (`ALIASES`, shared with configs) and its
+# `TCN`, the braindecode TCN, which is 1.8.1's `BDTCN` (1.8.1's `TCN` is Bai et al.'s: a config's
+# `TCN` means 1.8.1's, only a 0.8.1 checkpoint's is upgraded to BDTCN).
 _LEGACY = {**ALIASES, "TCN": "BDTCN"}
 # State-dict keys 1.8.1 renamed, by (1.8.1) model.
 _LEGACY_KEYS = {"EEGNet": {"conv_spatial.weight": "conv_spatial.parametrizations.weight.original"}}

@@ -23,6 +23,10 @@ import torch
 
 from brainpipe.errors import BrainpipeError
 
+# Models braindecode 0.8.1 named otherwise (see models.py), here beside the import so that every
+# module that looks a class up by name (models, adapt) shares one table.
+ALIASES = {"EEGNetv4": "EEGNet", "EEGInception": "EEGInceptionERP"}
+
 _STANDIN_FLAG = "__brainpipe_standin__"
 _why: str | None = None  # the real import's error, when the stand-in is in use
 
