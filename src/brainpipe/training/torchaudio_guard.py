@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import types
+import warnings
 from typing import Any
 
 import torch
@@ -91,6 +92,10 @@ def import_braindecode() -> types.ModuleType:
         import torchaudio  # noqa: F401
     except (OSError, ImportError) as e:
         install_standin(f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
-    import braindecode.models
+    with warnings.catch_warnings():
+        # braindecode 1.8.1 builds EEGPT's channel table at import from mne's "standard_1020"
+        # montage, which mne >= 1.12 warns is renamed: noise on every command's stderr.
+        warnings.filterwarnings("ignore", "Montage name .standard_1020.", FutureWarning)
+        import braindecode.models
 
     return braindecode.models
