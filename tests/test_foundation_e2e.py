@@ -102,3 +102,27 @@ def test_each_foundation_model_trains_from_local_weights(model, caches, tmp_path
 def test_tcp_names_used_by_the_e2e_cover_biot():
     names = {f"{a}-{b}" for a, b in TCP_PAIRS}
     assert len(names) == 22
+
+
+@pytest.mark.slow
+def test_a_probe_resumes_with_its_backbone_still_frozen(caches, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    weights = save_random("Labram", tmp_path / "weights", 19, 1000)
+    run = tmp_path / "run"
+    sets = [
+        *SETS, "preprocess.sfreq=200", "preprocess.montage=referential", "window.seconds=5",
+        "window.stride_seconds=5", "train.model=Labram", f"train.pretrained={weights}",
+        "train.finetune=linear_probe", "train.batch_size=8", "train.num_workers=0",
+        "train.device=cpu", "train.max_steps_per_epoch=2", "train.val_fraction=0",
+    ]  # fmt: skip
+    cache = str(caches[(200, "referential")])
+    base = ["train", "--cache", cache, "--run-dir", str(run)]
+    assert main([*base, *_sets(*sets, "train.epochs=1")]) == 0
+    first = torch.load(run / "last.pt", weights_only=True)["model"]
+    assert main([*base, *_sets(*sets, "train.epochs=2"), "--resume"]) == 0
+    second = torch.load(run / "last.pt", weights_only=True)
+    assert second["epoch"] == 2
+    changed = {k for k in first if not torch.equal(first[k], second["model"][k])}
+    assert changed == {"model.final_layer.weight", "model.final_layer.bias"}
