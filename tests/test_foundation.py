@@ -224,11 +224,17 @@ def test_a_hub_id_resolves_from_the_local_cache_only(tmp_path, monkeypatch):
     save_random("Labram", snap, n_chans=4, n_times=1000)
     (snap.parents[1] / "refs").mkdir()
     (snap.parents[1] / "refs" / "main").write_text("abc123")
-    assert resolve_pretrained("someone/labram") == snap
+    assert resolve_pretrained("someone/labram") == snap / "model.safetensors"
     with pytest.raises(BrainpipeError, match="huggingface-cli download someone/other"):
         resolve_pretrained("someone/other")
     with pytest.raises(BrainpipeError, match="neither a weights directory"):
         resolve_pretrained(str(tmp_path / "no" / "such" / "dir"))
+    # A weights file named otherwise (PulpBio/LUNA's LUNA_base.safetensors) is found alone.
+    (snap / "model.safetensors").rename(snap / "LUNA_base.safetensors")
+    assert resolve_pretrained(str(snap)) == snap / "LUNA_base.safetensors"
+    (snap / "other.safetensors").write_bytes(b"")
+    with pytest.raises(BrainpipeError, match="2 .safetensors files; name the weights file"):
+        resolve_pretrained(str(snap))
 
 
 # ---------------------------------------------------------------------------------------------

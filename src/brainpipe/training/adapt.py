@@ -92,7 +92,11 @@ def adapted_args(
     if foreign:
         raise BrainpipeError(
             f"train.model={t.model} takes no argument(s) {foreign}"
-            + (f" (from {found / 'config.json'}: weights of another model?)" if found else "")
+            + (
+                f" (from {found.parent / 'config.json'}: weights of another model?)"
+                if found
+                else ""
+            )
             + "; fix train.model or train.model_kwargs"
         )
     return {
@@ -107,8 +111,9 @@ def _reve_positions(args: dict[str, Any]) -> Path:
     """The directory holding REVE's electrode position bank (reve_positions.json)."""
     import mne
 
+    weights = args.get("pretrained")
     candidates = [
-        args.get("pretrained"),
+        str(Path(weights).parent) if weights else None,
         os.environ.get("REVE_POSITIONS_PATH"),
         mne.get_config("REVE_POSITIONS_PATH"),
         str(Path("~/mne_data").expanduser()),

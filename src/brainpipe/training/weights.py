@@ -1,7 +1,9 @@
 """Pretrained weights: found on disk only, loaded strictly, reported by digest.
 
 `train.pretrained` is a directory in braindecode's `save_pretrained` layout (`config.json` +
-`model.safetensors`) or a Hugging Face repo id, which is looked up in the local Hugging Face
+`model.safetensors`; a directory with one other .safetensors file, or that file, also does: the
+architecture then comes from config.json beside it or from train.model_kwargs) or a Hugging
+Face repo id, which is looked up in the local Hugging Face
 cache only: HF_HUB_OFFLINE is forced, so training never touches the network (fetch on a machine
 with internet: `huggingface-cli download braindecode/labram-pretrained --local-dir DIR`).
 
@@ -10,7 +12,7 @@ checkpoint with half its keys renamed loads silently): every backbone key must l
 task head (the contract's `head` prefixes) may start fresh, and the keys that did are reported
 with the file's sha256. LaBraM's temporal embedding is sliced to a shorter window's patches.
 
-    found = resolve_pretrained("braindecode/labram-pretrained")   # Path, or BrainpipeError
+    found = resolve_pretrained("braindecode/labram-pretrained")   # the .safetensors file
     arch = pretrained_kwargs(found, "Labram")                      # architecture from config.json
     report = load_pretrained(backbone, found, head=("final_layer",))
 """
@@ -35,16 +37,23 @@ FETCH_HINT = "huggingface-cli download {repo} --local-dir DIR on a machine with 
 
 
 def resolve_pretrained(setting: str) -> Path:
-    """The local directory holding the weights `train.pretrained` names; never downloads."""
+    """The local weights file `train.pretrained` names (a directory, a .safetensors file or a
+    Hugging Face repo id found in the local cache); never downloads."""
     path = Path(setting).expanduser()
-    if path.is_dir():
-        for need in ("config.json", "model.safetensors"):
-            if not (path / need).is_file():
-                raise BrainpipeError(
-                    f"train.pretrained={setting}: no {need} there; a weights directory is "
-                    "what braindecode's save_pretrained writes (config.json + model.safetensors)"
-                )
+    if path.is_file() and path.suffix == ".safetensors":
         return path
+    if path.is_dir():
+        found = sorted(path.glob("*.safetensors"))
+        if (path / "model.safetensors").is_file():
+            return path / "model.safetensors"
+        if len(found) == 1:  # e.g. PulpBio/LUNA's LUNA_base.safetensors
+            return found[0]
+        raise BrainpipeError(
+            f"train.pretrained={setting}: "
+            + ("no model.safetensors there" if not found else f"{len(found)} .safetensors files")
+            + "; name the weights file, or use a directory braindecode's save_pretrained wrote "
+            "(config.json + model.safetensors)"
+        )
     if not _REPO_ID.match(setting) or path.exists():
         raise BrainpipeError(
             f"train.pretrained={setting}: neither a weights directory nor a Hugging Face repo id"
@@ -53,7 +62,7 @@ def resolve_pretrained(setting: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        found = Path(snapshot_download(setting, local_files_only=True))
+        found_dir = Path(snapshot_download(setting, local_files_only=True))
     except ImportError as e:
         raise BrainpipeError(
             "train.pretrained names a Hugging Face repo but huggingface_hub is not installed; "
@@ -65,7 +74,7 @@ def resolve_pretrained(setting: str) -> Path:
             f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}); fetch it with "
             f"`{FETCH_HINT.format(repo=setting)}` and set train.pretrained=DIR"
         ) from e
-    return resolve_pretrained(str(found))
+    return resolve_pretrained(str(found_dir))
 
 
 def _decode(value: Any) -> Any:
@@ -79,11 +88,14 @@ def _decode(value: Any) -> Any:
 
 
 def pretrained_kwargs(found: Path, model: str) -> dict[str, Any]:
-    """The architecture arguments of the saved model (config.json without the data's shape)."""
+    """The architecture arguments of the saved model: config.json beside the weights without
+    the data's shape; none without a config.json (then train.model_kwargs say them)."""
+    if not (found.parent / "config.json").is_file():
+        return {}
     try:
-        config = json.loads((found / "config.json").read_text())
+        config = json.loads((found.parent / "config.json").read_text())
     except (OSError, ValueError) as e:
-        raise BrainpipeError(f"{found / 'config.json'}: unreadable ({e})") from e
+        raise BrainpipeError(f"{found.parent / 'config.json'}: unreadable ({e})") from e
     return {k: v for k, v in config.items() if k not in DATA_KEYS and k != "braindecode_version"}
 
 
@@ -130,7 +142,7 @@ def load_pretrained(
     """Load the weights into `backbone` strictly; report fresh keys and the file's sha256."""
     from safetensors.torch import load_file
 
-    weights = found / "model.safetensors"
+    weights = found
     state = load_file(str(weights))
     state, _ = _fit_shapes(state, backbone.state_dict(), head)
     result = backbone.load_state_dict(state, strict=False)
