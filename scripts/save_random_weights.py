@@ -4,7 +4,7 @@
 published ones so that the whole path (contract check, strict offline load, probe) runs. On a
 machine with internet, fetch the real ones instead:
 
-    huggingface-cli download braindecode/labram-pretrained --local-dir weights/labram
+    hf download braindecode/labram-pretrained --local-dir weights/labram
 
     python scripts/save_random_weights.py Labram demo/weights/labram --n-chans 19 --n-times 2000
 """

@@ -225,7 +225,7 @@ def test_a_hub_id_resolves_from_the_local_cache_only(tmp_path, monkeypatch):
     (snap.parents[1] / "refs").mkdir()
     (snap.parents[1] / "refs" / "main").write_text("abc123")
     assert resolve_pretrained("someone/labram") == snap / "model.safetensors"
-    with pytest.raises(BrainpipeError, match="huggingface-cli download someone/other"):
+    with pytest.raises(BrainpipeError, match="hf download someone/other"):
         resolve_pretrained("someone/other")
     with pytest.raises(BrainpipeError, match="neither a weights directory"):
         resolve_pretrained(str(tmp_path / "no" / "such" / "dir"))

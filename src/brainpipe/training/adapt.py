@@ -124,7 +124,7 @@ def _reve_positions(args: dict[str, Any]) -> Path:
     raise BrainpipeError(
         "train.model=REVE needs its electrode position bank reve_positions.json beside the "
         "weights (train.pretrained) or in $REVE_POSITIONS_PATH; fetch it online with "
-        "`huggingface-cli download brain-bzh/reve-positions positions.json --local-dir DIR` "
+        "`hf download brain-bzh/reve-positions positions.json --local-dir DIR` "
         "and save it there as reve_positions.json"
     )
 

@@ -5,7 +5,7 @@
 architecture then comes from config.json beside it or from train.model_kwargs) or a Hugging
 Face repo id, which is looked up in the local Hugging Face
 cache only: HF_HUB_OFFLINE is forced, so training never touches the network (fetch on a machine
-with internet: `huggingface-cli download braindecode/labram-pretrained --local-dir DIR`).
+with internet: `hf download braindecode/labram-pretrained --local-dir DIR`).
 
 Loading is strict where braindecode's is not (`from_pretrained` loads with strict=False, so a
 checkpoint with half its keys renamed loads silently): every backbone key must load; only the
@@ -33,7 +33,7 @@ from brainpipe.errors import BrainpipeError
 # config.json keys that describe the data, not the architecture: the cache decides them.
 DATA_KEYS = ("n_outputs", "n_chans", "chs_info", "n_times", "sfreq", "input_window_seconds")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-FETCH_HINT = "huggingface-cli download {repo} --local-dir DIR on a machine with internet"
+FETCH_HINT = "hf download {repo} --local-dir DIR on a machine with internet"
 
 
 def resolve_pretrained(setting: str) -> Path:
