@@ -166,3 +166,32 @@ def load_pretrained(
         "fresh_keys": sorted(result.missing_keys),
         "loaded_keys": len(state) - len(result.unexpected_keys),
     }
+
+
+def pull(name: str, to: str | os.PathLike) -> Path:
+    """Download a foundation model's published weights (by braindecode model name, e.g.
+    Labram, or a repo id) into `to`: for a machine with internet, never called by `train`.
+    REVE's electrode position bank comes along as reve_positions.json."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    from brainpipe.training.foundation import CONTRACTS
+
+    contract = CONTRACTS.get(name)
+    repo = contract.hub if contract else name
+    out = Path(to)
+    snapshot_download(repo, local_dir=out)
+    if name == "REVE":
+        bank = hf_hub_download("brain-bzh/reve-positions", "positions.json", local_dir=out)
+        Path(bank).rename(out / "reve_positions.json")
+    return out
+
+
+if __name__ == "__main__":  # python -m brainpipe.training.weights pull Labram --to weights/labram
+    import argparse
+
+    ap = argparse.ArgumentParser(description=pull.__doc__.splitlines()[0])
+    ap.add_argument("command", choices=["pull"])
+    ap.add_argument("name", help="Labram, CBraMod, EEGPT, BIOT, LUNA, REVE, or a repo id")
+    ap.add_argument("--to", required=True, metavar="DIR")
+    a = ap.parse_args()
+    print(f"{a.name}: weights in {pull(a.name, a.to)}; copy that directory to the GPU host")
