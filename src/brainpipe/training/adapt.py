@@ -81,9 +81,7 @@ def adapted_args(
         contract, cache_channels, sfreq, normalize, n_times, t.input_scaling, t.missing_channels
     )
     found = resolve_pretrained(t.pretrained) if t.pretrained is not None else None
-    kwargs: dict[str, Any] = pretrained_kwargs(found, t.model) if found else {}
-    if contract is not None:
-        kwargs.setdefault("sfreq", contract.sfreq)
+    kwargs: dict[str, Any] = pretrained_kwargs(found) if found else {}
     kwargs.update(n_chans=len(plan.names), n_times=n_times, n_outputs=n_outputs, sfreq=sfreq)
     kwargs.update(t.model_kwargs)
     cls = _model_class(t.model)

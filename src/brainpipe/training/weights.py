@@ -13,7 +13,7 @@ task head (the contract's `head` prefixes) may start fresh, and the keys that di
 with the file's sha256. LaBraM's temporal embedding is sliced to a shorter window's patches.
 
     found = resolve_pretrained("braindecode/labram-pretrained")   # the .safetensors file
-    arch = pretrained_kwargs(found, "Labram")                      # architecture from config.json
+    arch = pretrained_kwargs(found)                                 # architecture from config.json
     report = load_pretrained(backbone, found, head=("final_layer",))
 """
 
@@ -87,7 +87,7 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def pretrained_kwargs(found: Path, model: str) -> dict[str, Any]:
+def pretrained_kwargs(found: Path) -> dict[str, Any]:
     """The architecture arguments of the saved model: config.json beside the weights without
     the data's shape; none without a config.json (then train.model_kwargs say them)."""
     if not (found.parent / "config.json").is_file():
@@ -113,7 +113,7 @@ def sha256(path: Path) -> str:
 
 def _fit_shapes(
     state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], head: tuple[str, ...]
-) -> tuple[dict[str, torch.Tensor], list[str]]:
+) -> dict[str, torch.Tensor]:
     """Drop head tensors whose shape differs (another task's head) and slice a longer temporal
     embedding to this window's patches; any other shape mismatch is an error."""
     out, mismatched = {}, []
@@ -133,7 +133,7 @@ def _fit_shapes(
             f"{' ...' if len(mismatched) > 4 else ''}; match train.model_kwargs to the weights' "
             "config.json (or the window to the pretrained length)"
         )
-    return out, mismatched
+    return out
 
 
 def load_pretrained(
@@ -144,7 +144,7 @@ def load_pretrained(
 
     weights = found
     state = load_file(str(weights))
-    state, _ = _fit_shapes(state, backbone.state_dict(), head)
+    state = _fit_shapes(state, backbone.state_dict(), head)
     result = backbone.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(head)]
     unexpected = [k for k in result.unexpected_keys if not k.startswith(head)]
