@@ -46,7 +46,8 @@ def _model_class(name: str) -> type:
     """braindecode's class `name` (models.py, which builds through this module, checked it)."""
     from brainpipe.training.torchaudio_guard import ALIASES, import_braindecode
 
-    cls = getattr(import_braindecode(), ALIASES.get(name, name), None)
+    bm = import_braindecode()
+    cls = getattr(bm, name, None) or getattr(bm, ALIASES.get(name, name), None)
     if not isinstance(cls, type):
         raise BrainpipeError(f"train.model={name!r} is not a braindecode model")
     return cls

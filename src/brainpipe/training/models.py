@@ -51,7 +51,7 @@ def model_classes() -> dict[str, type]:
 
 def _model_class(name: str) -> type:
     classes = model_classes()
-    name = ALIASES.get(name, name)
+    name = name if name in classes else ALIASES.get(name, name)
     if name not in classes:
         close = difflib.get_close_matches(name, classes, n=3)
         raise BrainpipeError(
