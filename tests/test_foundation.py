@@ -284,6 +284,16 @@ def test_last_blocks_and_layer_decay(tmp_path):
     assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("blocks.1."))
 
 
+def test_any_model_can_take_a_device_side_scaling():
+    t = settings("ShallowFBCSPNet", input_scaling="window_zscore", model_kwargs={"n_filters_time": 4, "n_filters_spat": 4, "pool_time_length": 10, "pool_time_stride": 5})  # fmt: skip
+    model = build_model(adapted_args(t, STANDARD_1020[:4], 50.0, "zscore", 100, 2))
+    assert isinstance(model, InputAdapter) and model.scaling == "window_zscore"
+    model.eval()
+    x = torch.randn(3, 4, 100)
+    # Per-window z-scoring makes the model blind to each window's gain and offset.
+    torch.testing.assert_close(model(x), model(7.0 * x + 3.0), rtol=1e-4, atol=1e-4)
+
+
 def test_a_probe_needs_pretrained_weights():
     with pytest.raises(BrainpipeError, match="set train.pretrained"):
         adapted_args(settings("Labram", finetune="linear_probe"), STANDARD_1020[:4], 200.0, "none", 1000, 2)  # fmt: skip

@@ -84,9 +84,11 @@ def adapted_args(
     found = resolve_pretrained(t.pretrained) if t.pretrained is not None else None
     kwargs: dict[str, Any] = pretrained_kwargs(found) if found else {}
     kwargs.update(n_chans=len(plan.names), n_times=n_times, n_outputs=n_outputs, sfreq=sfreq)
-    kwargs.update(t.model_kwargs)
     cls = _model_class(t.model)
     params = inspect.signature(cls).parameters
+    if "final_conv_length" in params and not found:  # as models.model_args: fit any window
+        kwargs["final_conv_length"] = "auto"
+    kwargs.update(t.model_kwargs)
     foreign = sorted(k for k in kwargs if k not in params)
     if foreign:
         raise BrainpipeError(
