@@ -307,18 +307,12 @@ def setup_finetune(model: torch.nn.Module, t: Any, log: bool) -> list[dict[str, 
     if t.grad_checkpointing:
         enable_checkpointing(model, name)
     if log:
-        print(
-            f"{name} {t.finetune}: {counts['trainable']:,} of {counts['total']:,} parameters "
-            f"train; input {model.scaling}",
-            flush=True,
-        )
-        rep = model.pretrained_report
-        if rep:
-            print(
-                f"pretrained {rep['path']} sha256 {rep['sha256'][:16]}: {rep['loaded_keys']} keys "
-                f"loaded, fresh: {', '.join(rep['fresh_keys']) or 'none'}",
-                flush=True,
-            )
+        from brainpipe.reporting import finetune_line, pretrained_line
+
+        line = finetune_line(name, t.finetune, counts["trainable"], counts["total"], model.scaling)
+        print(line, flush=True)
+        if model.pretrained_report:
+            print(pretrained_line(model.pretrained_report), flush=True)
     return param_groups(model, name, t.lr, t.layer_decay)
 
 
