@@ -60,7 +60,11 @@ def resolve_pretrained(setting: str) -> Path:
         )
     os.environ["HF_HUB_OFFLINE"] = "1"  # training never touches the network
     try:
+        import huggingface_hub.constants
         from huggingface_hub import snapshot_download
+
+        # braindecode imported huggingface_hub already, which read the variable then.
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
 
         found_dir = Path(snapshot_download(setting, local_files_only=True))
     except ImportError as e:
