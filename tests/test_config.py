@@ -1,3 +1,4 @@
+import dataclasses
 import functools
 import math
 
@@ -9,6 +10,7 @@ from brainpipe.cache import make_plan
 from brainpipe.config import STANDARD_1020, Config, load_config, parse_override
 from brainpipe.errors import BrainpipeError
 from brainpipe.index import build_index
+from brainpipe.training.adapt import adapted_args, needs_adapter
 from brainpipe.training.models import build_model, model_args
 
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -91,6 +93,12 @@ def test_every_shipped_config_plans_a_cache_and_builds_its_model(path, synthetic
     n_outputs = len(plan.layout.label_names) if t.task == "classify" else t.embedding_dim
     n_chans = len(plan.layout.channels)
     args = model_args(t.model, t.model_kwargs, n_chans, plan.window, n_outputs, plan.layout.sfreq)
+    if needs_adapter(t):  # a foundation model: its contract checked, random weights (none here)
+        t = dataclasses.replace(t, pretrained=None, finetune="full")
+        args = adapted_args(
+            t, plan.layout.channels, plan.layout.sfreq, cfg.preprocess.normalize, plan.window,
+            n_outputs,
+        )  # fmt: skip
     torch.manual_seed(0)
     model = build_model(args | ({"head": t.task} if t.task != "classify" else {})).eval()
     x = torch.randn(4, n_chans, plan.window)

@@ -209,6 +209,23 @@ class TrainConfig:
     fold: int = _added(0)
     fold_seed: int = _added(0)
     fold_splits: Literal["train", "all"] = _added("train")
+    # Foundation models (brainpipe.training.foundation; README "Foundation models").
+    # pretrained: a weights directory (braindecode save_pretrained: config.json +
+    # model.safetensors) or a Hugging Face repo id found in the local cache (never downloaded).
+    pretrained: str | None = _added(None)
+    # full: train everything; linear_probe: the head only (backbone frozen, in eval mode);
+    # last_blocks: the head and the last `finetune_blocks` transformer blocks.
+    finetune: Literal["full", "linear_probe", "last_blocks"] = _added("full")
+    finetune_blocks: int = _added(2)
+    layer_decay: float = _added(1.0)  # block i of L trains at lr * layer_decay**(L - i)
+    grad_checkpointing: bool = _added(False)  # recompute transformer blocks in backward
+    # Scaling applied on the device to each batch: auto = the model's contract (none for other
+    # models); uv_100 (µV/100) and mv need a cache in µV (preprocess.normalize: none).
+    input_scaling: Literal[
+        "auto", "none", "uv_100", "mv", "window_zscore", "zscore_clip15", "percentile95"
+    ] = _added("auto")
+    # A channel the model's contract lists but the cache lacks: refuse, or feed zeros.
+    missing_channels: Literal["refuse", "zero"] = _added("refuse")
 
 
 @dataclass(frozen=True)
@@ -483,6 +500,8 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.test_fraction": (0, 1, True, False),
     "train.folds": (0, None, True, False),
     "train.fold": (0, None, True, False),
+    "train.finetune_blocks": (1, None, True, False),
+    "train.layer_decay": (0, 1, False, True),
     "train.augment.amplitude_scale": (0, 1, True, False),
     "train.augment.channel_dropout": (0, 1, True, False),
     "postprocess.smooth_windows": (1, None, True, False),

@@ -63,7 +63,7 @@ from brainpipe.metrics import detect_recordings, seizure_column, window_starts_s
 from brainpipe.protocols import plan_splits
 from brainpipe.samplers import WindowBatchSampler
 from brainpipe.scoring import CacheReferences, LabelScore, cache_references, score
-from brainpipe.training.models import build_model
+from brainpipe.training.models import load_checkpoint_model
 from brainpipe.training.objectives import class_probabilities
 from brainpipe.training.rundir import load_checkpoint, write_json
 from brainpipe.training.runtime import make_loader, open_checked_cache, resolve_device
@@ -266,8 +266,7 @@ def predict(
         )
     check_writable_dir(out / "predict.json")
     device = resolve_device(cfg.train.device)
-    model = build_model(ckpt["model_args"])
-    model.load_state_dict(ckpt["model"])
+    model = load_checkpoint_model(ckpt, str(checkpoint))
     model.to(device)
     refs = cache_references(reader)
 
