@@ -401,16 +401,23 @@ def _resample_at(
     padded[: len(window)] = window * up
     weights = padded[phase[:, None] + up * np.arange(taps)]  # (count, taps)
     idx = base[:, None] - np.arange(taps)  # input samples, odd-reflected beyond either end
-    n = x.shape[1]
-    low, high = idx < 0, idx > n - 1
-    # beyond one reflection (a block shorter than the filter) the outermost value is held
-    idx = np.clip(np.where(low, -idx, np.where(high, 2 * (n - 1) - idx, idx)), 0, n - 1)
+    lo, hi, n = int(idx.min()), int(idx.max()), x.shape[1]
+    # the input over [lo, hi], reflected where that passes an end; beyond one reflection (a
+    # block shorter than the filter) the outermost value is held
+    near = np.arange(lo, hi + 1)
+    src = np.clip(
+        np.where(near < 0, -near, np.where(near > n - 1, 2 * (n - 1) - near, near)), 0, n - 1
+    )
+    sign = np.where((near < 0) | (near > n - 1), -1.0, 1.0)
+    idx -= lo
+    rows = max(1, _BLOCK_VALUES // idx.size)  # (rows, count, taps) gathered at a time
     out = np.empty((len(x), count))
-    for r in range(len(x)):
-        row = x[r]
-        v = row[idx]
-        v = np.where(low, 2 * row[0] - v, np.where(high, 2 * row[-1] - v, v))
-        out[r] = np.einsum("jt,jt->j", weights, v)
+    for r0 in range(0, len(x), rows):
+        part = x[r0 : r0 + rows]
+        ext = part[:, src] * sign
+        ext[:, near < 0] += 2 * part[:, :1]
+        ext[:, near > n - 1] += 2 * part[:, -1:]
+        out[r0 : r0 + rows] = np.einsum("cjt,jt->cj", ext[:, idx], weights)
     return out
 
 
