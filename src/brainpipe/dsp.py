@@ -358,15 +358,18 @@ def _fft_pass(x: np.ndarray, up: int, down: int, what: tuple, reach: int) -> np.
     response = _response(*what, n_fft, n_fft_out)
     o0 = lead * up // down
     out = np.empty((n_ch, n_out), dtype=np.float32)
-    rows = max(1, _BLOCK_VALUES // n_fft)
+    rows = min(n_ch, max(1, _BLOCK_VALUES // n_fft))
+    # one set of buffers for every group of rows: fresh ones would be page-faulted in each time
+    buf, spectrum = np.empty((rows, n_fft)), np.empty((rows, n_fft // 2 + 1), dtype=complex)
+    result = np.empty((rows, n_fft_out))
     for r0 in range(0, n_ch, rows):
-        r1 = min(r0 + rows, n_ch)
-        buf = np.empty((r1 - r0, n_fft))
-        buf[:, lead : lead + n] = x[r0:r1]
-        _pad_odd(buf, lead, n)
-        spectrum = np.fft.rfft(buf, axis=1)[:, : len(response)]
-        spectrum *= response
-        out[r0:r1] = np.fft.irfft(spectrum, n=n_fft_out, axis=1)[:, o0 : o0 + n_out]
+        k = min(rows, n_ch - r0)
+        buf[:k, lead : lead + n] = x[r0 : r0 + k]
+        _pad_odd(buf[:k], lead, n)
+        part = np.fft.rfft(buf[:k], axis=1, out=spectrum[:k])[:, : len(response)]
+        part *= response
+        y = np.fft.irfft(part, n=n_fft_out, axis=1, out=result[:k])
+        out[r0 : r0 + k] = y[:, o0 : o0 + n_out]
     return out
 
 
@@ -390,34 +393,35 @@ def _resample_at(
     x: np.ndarray, up: int, down: int, window: np.ndarray, j0: int, count: int
 ) -> np.ndarray:
     """Outputs [j0, j0 + count) of `scipy.signal.resample_poly(x, up, down, window=window,
-    padtype="antireflect")` by direct polyphase sums (a few thousand
-    outputs: cheaper than resampling the block). Output j is up * sum_k window[k] * u[j * down +
-    centre - k], u being x at every up-th sample of the upsampled grid and zero between."""
-    centre = (len(window) - 1) // 2
-    pos = np.arange(j0, j0 + count) * down + centre
-    phase, base = pos % up, pos // up
+    padtype="antireflect")` by direct polyphase sums (a few thousand outputs: cheaper than
+    resampling the block). Output j is up * sum_k window[k] * u[j * down + centre - k], u being
+    x on every up-th sample of the upsampled grid and zero between; the outputs j, j + up,
+    j + 2 up, ... share one branch of the window and step `down` input samples at a time, so
+    each branch is one product of the input's strided windows with its taps."""
+    centre, n = (len(window) - 1) // 2, x.shape[1]
     taps = -(-len(window) // up)
-    padded = np.zeros(taps * up)
-    padded[: len(window)] = window * up
-    weights = padded[phase[:, None] + up * np.arange(taps)]  # (count, taps)
-    idx = base[:, None] - np.arange(taps)  # input samples, odd-reflected beyond either end
-    lo, hi, n = int(idx.min()), int(idx.max()), x.shape[1]
+    branches = np.zeros(taps * up)
+    branches[: len(window)] = window * up
+    branches = branches.reshape(taps, up).T[:, ::-1]  # [phase, t]: taps for x[base - taps + 1 + t]
     # the input over [lo, hi], reflected where that passes an end; beyond one reflection (a
     # block shorter than the filter) the outermost value is held
+    lo = (j0 * down + centre) // up - taps + 1
+    hi = ((j0 + count - 1) * down + centre) // up
     near = np.arange(lo, hi + 1)
-    src = np.clip(
-        np.where(near < 0, -near, np.where(near > n - 1, 2 * (n - 1) - near, near)), 0, n - 1
-    )
-    sign = np.where((near < 0) | (near > n - 1), -1.0, 1.0)
-    idx -= lo
-    rows = max(1, _BLOCK_VALUES // idx.size)  # (rows, count, taps) gathered at a time
+    src = np.clip(np.where(near < 0, -near, np.where(near > n - 1, 2 * (n - 1) - near, near)), 0, n - 1)  # fmt: skip
+    ext = x[:, src] * np.where((near < 0) | (near > n - 1), -1.0, 1.0)
+    ext[:, near < 0] += 2 * x[:, :1]
+    ext[:, near > n - 1] += 2 * x[:, -1:]
     out = np.empty((len(x), count))
-    for r0 in range(0, len(x), rows):
-        part = x[r0 : r0 + rows]
-        ext = part[:, src] * sign
-        ext[:, near < 0] += 2 * part[:, :1]
-        ext[:, near > n - 1] += 2 * part[:, -1:]
-        out[r0 : r0 + rows] = np.einsum("cjt,jt->cj", ext[:, idx], weights)
+    step = ext.strides[1]
+    for r in range(min(up, count)):
+        pos = (j0 + r) * down + centre
+        k = len(range(r, count, up))
+        start = ext[:, pos // up - taps + 1 - lo :]
+        view = np.lib.stride_tricks.as_strided(
+            start, (len(x), k, taps), (ext.strides[0], down * step, step), writeable=False
+        )
+        out[:, r::up] = np.einsum("ckt,t->ck", view, branches[pos % up])
     return out
 
 
@@ -444,7 +448,7 @@ def _response(
     n_fft: int,
     n_fft_out: int,
 ) -> np.ndarray:
-    """Per-bin gain (float32) of a pass with FFTs of n_fft in / n_fft_out out: the kernel's
+    """Per-bin gain of a pass with FFTs of n_fft in / n_fft_out out: the kernel's
     exact DFT at the output rate (when `design_key`), the taper, the resampling's scale."""
     m = min(n_fft, n_fft_out) // 2 + 1
     kernel = None if design_key is None else design(*design_key).kernel
@@ -461,7 +465,7 @@ def _response(
         lo, hi = taper
         ramp = np.clip((np.arange(m) * (sfreq_out / n_fft_out) - lo) / (hi - lo), 0.0, 1.0)
         gain = gain * (0.5 + 0.5 * np.cos(np.pi * ramp))
-    gain = (gain * (n_fft_out / n_fft)).astype(np.float32)
+    gain = gain * (n_fft_out / n_fft)
     gain.flags.writeable = False
     return gain
 
