@@ -13,17 +13,17 @@ tests/test_dsp.py checks both against mne and scipy to rounding.
 
 One pass. Resampling is itself a filter, so resample, band-pass and notch are one product in
 the frequency domain: the block is padded at the input rate (odd reflection), one real FFT,
-the spectrum multiplied by the merged kernel's exact DFT at the output rate times a taper,
-and one inverse FFT of the output's length, which is the resampling. The taper is 1 up to the
-band-pass's stop-band edge and falls as a raised cosine to 0 at the lower Nyquist frequency:
-it stands for the anti-alias filter where the band-pass is already 53 dB down, and keeps the
-combined kernel short. The result is that of the previous two passes (resample, then the FIR
-at the output rate with its own odd-reflection edges): `apply` says how the ends are kept
-equal. Float64 FFTs: numpy's float32 ones are slower, `scipy.fft`'s import costs ~0.25 s.
+the spectrum multiplied by the merged kernel's exact DFT at the output rate and by the
+polyphase anti-alias filter's response (what `scipy.signal.resample_poly` with that filter
+passes), and one inverse FFT of the output's length, which is the resampling. What that
+filter would let alias is dropped instead; the plan takes this path only where all of it lands
+in the band-pass's stop band. The result is that of the previous two passes (resample, then
+the FIR at the output rate with its own odd-reflection edges): `apply` says how the ends are
+kept equal. Float64 FFTs: numpy's float32 ones are slower, `scipy.fft`'s import costs ~0.25 s.
 
 docs/dsp.md gives the order, the fallback (no low-pass below the lower Nyquist frequency: the
 two passes as such, `scipy.signal.resample_poly` first) and the tolerance against the previous
-path (2e-4 of each channel's peak where its anti-alias filter was its own 80 dB design, 2e-3
+path (1e-4 of each channel's peak where its anti-alias filter was its own 80 dB design, 1e-3
 where it was scipy's default), measured on real recordings by tests/test_dsp.py.
 """
 
@@ -57,9 +57,6 @@ _HAMMING_LENGTH = 3.3
 NOTCH_SKIP_DB = 50.0
 # mne's notch_filter defaults (method="fir"): stop band freq/200 wide, 1 Hz transition.
 NOTCH_TRANS_HZ = 1.0
-# Raised-cosine taper: its kernel's tails fall as 1/t^3 from a main lobe ~1/width wide; ten
-# widths out they are 3e-5 of it, and only act where the band-pass is already 53 dB down.
-_TAPER_REACH = 10.0
 # Stop-band attenuation (and passband ripple, 1e-4) of the polyphase anti-alias filter. Not 60 dB:
 # a 1 mV electrode offset's images at multiples of the input rate fold into the band (24 and 32 Hz
 # for 256 -> 200 Hz) at 1 µV, visible next to 10-50 µV of EEG; at 80 dB they are 0.1 µV.
@@ -238,7 +235,7 @@ class FilterPlan(NamedTuple):
     down: int
     sfreq_out: float
     design_key: tuple  # `design`'s arguments
-    taper: tuple[float, float] | None  # (flat up to, zero from) Hz; None: no resampling in the FFT
+    antialias_key: tuple | None  # `antialias`'s arguments when the FFT resamples, else None
     one_pass: bool  # False: the fallback, `window` resamples first, then the band-pass alone
     window: np.ndarray | None  # the polyphase anti-alias FIR (`antialias`) when resampling
     reach: int  # output samples an edge (or a chunk's cut) disturbs
@@ -260,14 +257,16 @@ def filter_plan(
     half = 0 if kernel is None else (len(kernel) - 1) // 2
     if up == down:
         return FilterPlan(up, down, sfreq_out, key, None, True, None, half)
-    window = antialias(sfreq_in, sfreq_out, up, down, h_freq)
-    nyq_lo = min(sfreq_in, sfreq_out) / 2
-    keep = None if h_freq is None else h_freq + auto_transitions(sfreq_out, None, h_freq)[1]
-    if keep is not None and keep < nyq_lo:
-        extra = math.ceil(_TAPER_REACH * sfreq_out / (nyq_lo - keep))
-        return FilterPlan(up, down, sfreq_out, key, (keep, nyq_lo), True, window, half + extra)
+    aa_key = (sfreq_in, sfreq_out, up, down, h_freq)
+    window = antialias(*aa_key)
     reach = half + len(window) // min(up, down) + 2
-    return FilterPlan(up, down, sfreq_out, key, None, False, window, reach)
+    # One pass where what the polyphase filter lets alias (it is not modelled) lands where the
+    # band-pass removes it: above its stop-band edge `keep`, below the lower Nyquist frequency
+    keep = None if h_freq is None else h_freq + auto_transitions(sfreq_out, None, h_freq)[1]
+    one_pass = keep is not None and keep < min(sfreq_in, sfreq_out) / 2
+    return FilterPlan(
+        up, down, sfreq_out, key, aa_key if one_pass else None, one_pass, window, reach
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -333,13 +332,12 @@ def apply(x: np.ndarray, plan: FilterPlan) -> np.ndarray:
     if up == down:
         return _fft_pass(x, 1, 1, band, plan.reach)
     half = (len(kernel) - 1) // 2
-    extra = plan.reach - half  # the taper's own reach
     n = x.shape[1]
     n_out = -(-n * up // down)
-    if n_out <= 2 * half + extra + 1 or n <= plan.reach * down // up + down + 1:
+    if n_out <= 2 * plan.reach + 1 or n <= plan.reach * down // up + down + 1:
         y = _resample_at(x, up, down, plan.window, 0, n_out)
         return _fft_pass(y, 1, 1, band, half)
-    y = _fft_pass(x, up, down, (*band[:2], plan.taper), plan.reach)
+    y = _fft_pass(x, up, down, (*band[:2], plan.antialias_key), plan.reach)
     if (n_out - 1) * down != (n - 1) * up:
         _fix_tail(x, y, up, down, plan.window, kernel)
     return y
@@ -440,16 +438,18 @@ def _pad_odd(buf: np.ndarray, lead: int, n: int) -> None:
     buf[:, end + 1 + r :] = buf[:, end + r : end + r + 1]
 
 
-@functools.lru_cache(maxsize=16)
+# a few: a chunked recording reuses one length; whole recordings each bring their own
+@functools.lru_cache(maxsize=4)
 def _response(
     sfreq_out: float,
     design_key: tuple | None,
-    taper: tuple[float, float] | None,
+    antialias_key: tuple | None,
     n_fft: int,
     n_fft_out: int,
 ) -> np.ndarray:
-    """Per-bin gain of a pass with FFTs of n_fft in / n_fft_out out: the kernel's
-    exact DFT at the output rate (when `design_key`), the taper, the resampling's scale."""
+    """Per-bin gain of a pass with FFTs of n_fft in / n_fft_out out: the kernel's exact DFT at
+    the output rate (when `design_key`), the polyphase anti-alias filter's response (when
+    `antialias_key`), the resampling's scale."""
     m = min(n_fft, n_fft_out) // 2 + 1
     kernel = None if design_key is None else design(*design_key).kernel
     if kernel is None:
@@ -461,13 +461,32 @@ def _response(
         if half:
             centred[-half:] = kernel[:half]
         gain = np.fft.rfft(centred)[:m].real  # zero-phase: the imaginary part is rounding
-    if taper is not None:
-        lo, hi = taper
-        ramp = np.clip((np.arange(m) * (sfreq_out / n_fft_out) - lo) / (hi - lo), 0.0, 1.0)
-        gain = gain * (0.5 + 0.5 * np.cos(np.pi * ramp))
+    if antialias_key is not None:
+        step, response = _antialias_response(*antialias_key)
+        f = np.arange(m) * (sfreq_out / n_fft_out)
+        gain = gain * np.interp(f, np.arange(len(response)) * step, response)
     gain = gain * (n_fft_out / n_fft)
     gain.flags.writeable = False
     return gain
+
+
+@functools.lru_cache(maxsize=8)
+def _antialias_response(
+    sfreq_in: float, sfreq_out: float, up: int, down: int, h_freq: float | None
+) -> tuple[float, np.ndarray]:
+    """(step Hz, gain per step from 0 Hz) of `antialias`'s filter as the polyphase resampler
+    applies it: zero-phase, unit gain at 0 Hz, on a grid 32 points per 1 / its duration, up to
+    the lower Nyquist frequency: linear interpolation between them is exact to ~1e-6 of its
+    ripple, and the grid does not depend on the block's length."""
+    window = antialias(sfreq_in, sfreq_out, up, down, h_freq)
+    rate = sfreq_in * up
+    size = 1 << (32 * len(window) - 1).bit_length()
+    half = (len(window) - 1) // 2
+    centred = np.zeros(size)
+    centred[: half + 1] = window[half:]
+    centred[-half:] = window[:half]
+    bins = int(min(sfreq_in, sfreq_out) / 2 / (rate / size)) + 2
+    return rate / size, np.fft.rfft(centred)[:bins].real
 
 
 def _resample_poly(x: np.ndarray, up: int, down: int, window: np.ndarray) -> np.ndarray:
