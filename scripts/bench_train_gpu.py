@@ -108,7 +108,7 @@ def main() -> int:
     from brainpipe.config import load_config
     from brainpipe.index import build_index
     from brainpipe.synthetic import make_corpus
-    from brainpipe.training.runtime import open_cache, resolve_device
+    from brainpipe.training.runtime import open_checked_cache, resolve_device
     from brainpipe.training.train import train
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_train_"))
@@ -134,7 +134,7 @@ def main() -> int:
             f"train.task={args.task}",
         ]
         cfg = load_config(None, [*CACHE_SETTINGS, *base])
-        reader = open_cache(cache, cfg)
+        reader = open_checked_cache(cache, cfg)
         bound = data_on_device_rate(cfg, reader, device, args.bound_steps)
         rows.append(
             {"model": model, "loader": "data already on the device", "samples_per_s": bound}

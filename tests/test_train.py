@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from test_data import make_cache, small_config
+from helpers import make_cache, small_config
 
 from brainpipe.cli import main
 from brainpipe.errors import BrainpipeError
@@ -304,7 +304,7 @@ def test_ddp_two_processes_on_cpu(cache, tmp_path):
         textwrap.dedent(
             f"""
             import json, os
-            from test_data import small_config
+            from helpers import small_config
             from brainpipe.training.train import train
             s = train({str(cache)!r}, {str(tmp_path / "run")!r}, small_config(*{overrides!r}))
             with open({str(tmp_path)!r} + f"/rank{{os.environ['RANK']}}.json", "w") as f:
@@ -312,7 +312,7 @@ def test_ddp_two_processes_on_cpu(cache, tmp_path):
             """
         )
     )
-    # test_data (small_config) is found through PYTHONPATH, as pytest finds it for this module.
+    # helpers (small_config) is found through PYTHONPATH, as pytest finds it for this module.
     path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     cmd = [

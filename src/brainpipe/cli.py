@@ -187,22 +187,8 @@ def _load_cfg(args: argparse.Namespace):
     return load_config(args.config, args.overrides)
 
 
-def _kind(path: Path) -> str:
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(8)
-    except FileNotFoundError as e:
-        raise BrainpipeError(f"{path}: not found") from e
-    except OSError as e:
-        raise BrainpipeError(f"{path}: cannot read ({e.strerror})") from e
-    if magic.startswith(b"PK"):
-        return "index"
-    if magic == b"\x89HDF\r\n\x1a\n" or magic.lstrip().startswith(b"{"):
-        return "cache"  # an HDF5 cache or a cache set (JSON)
-    raise BrainpipeError(f"{path}: neither a brainpipe index (.npz) nor a cache (.h5, set .json)")
-
-
 def cmd_synth(args: argparse.Namespace) -> int:
+    from brainpipe.reporting import synth_line
     from brainpipe.synthetic import CorpusSpec, make_corpus
 
     given = {
@@ -216,14 +202,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         args.layout, seed=args.seed, **{k: v for k, v in given.items() if v is not None}
     )
     summary = make_corpus(args.out, spec, overwrite=args.overwrite)
-    counts = ", ".join(
-        f"{'/'.join(k) if isinstance(k, tuple) else k}={v}"
-        for k, v in sorted(summary.counts.items())
-    )
-    print(
-        f"wrote {len(summary.recordings)} {args.layout} recordings ({summary.total_seconds / 3600:.2f} h, "
-        f"{summary.n_subjects} subjects) to {args.out}: {counts}"
-    )
+    print(synth_line(summary, args.layout, args.out))
     return 0
 
 
@@ -268,41 +247,37 @@ def cmd_build_cache(args: argparse.Namespace) -> int:
 
 def cmd_cache_set(args: argparse.Namespace) -> int:
     from brainpipe.cacheset import write_cache_set
+    from brainpipe.reporting import cache_set_line
 
-    m = write_cache_set(args.out, args.caches)
-    n = sum(x["n_windows"] for x in m["members"])
-    print(f"wrote {args.out}: {len(m['members'])} member caches, {n} windows")
+    print(cache_set_line(write_cache_set(args.out, args.caches), args.out))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args)
+    from brainpipe.reporting import train_text
     from brainpipe.training.train import train
 
-    summary = train(args.cache, args.run_dir, cfg, resume=args.resume)
-    ev = summary.get("eval", {})
-    print(
-        "eval: " + ", ".join(f"{k}={v:.4f}" for k, v in ev.items() if isinstance(v, float))
-        if ev
-        else "eval: (no eval split)"
-    )
-    print(f"wrote {Path(args.run_dir) / 'summary.json'}")
+    print(train_text(train(args.cache, args.run_dir, cfg, resume=args.resume), args.run_dir))
     return 0
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 0:
         raise BrainpipeError(f"--workers {args.workers}: must be >= 0")
+    from brainpipe.reporting import embed_line
     from brainpipe.training.embed import embed
 
     s = embed(args.cache, args.checkpoint, args.out, device=args.device, num_workers=args.workers)
-    print(f"wrote {s['out']}: {s['n_windows']} windows x {s['dim']} ({s['n_subjects']} subjects)")
+    print(embed_line(s))
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from brainpipe.filekinds import file_kind
+
     path = Path(args.path)
-    if _kind(path) == "index":
+    if file_kind(path) == "index":
         from brainpipe.indexfile import Index
         from brainpipe.reporting import index_table
 
@@ -333,35 +308,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from brainpipe.reporting import predict_text
     from brainpipe.training.predict import predict
 
     s = predict(
         args.cache, args.checkpoint, args.out, args.split, args.config, args.overrides,
         args.tune_on,
     )  # fmt: skip
-    pp = ", ".join(f"{k}={v:g}" for k, v in s["postprocess"].items())
-    ovlp = s["nedc_ovlp"]
-    print(
-        f"predicted {s['n_windows']} windows of {s['n_recordings']} recordings ({s['split']}) at "
-        f"{s['windows_per_s'] or 0:,.0f} windows/s on {s['device']}: {s['n_events']} events"
-    )
-    print(f"postprocess ({s['postprocess_source']['from']}): {pp}")
-    print(
-        f"against the cache's events (NEDC OVLP): sensitivity {ovlp['sensitivity']:.4f}, "
-        f"{ovlp['fa_per_24h']:.2f} FA/24h; full report: brainpipe score --ref {s['cache']} "
-        f"--hyp {s['out']['hyp']}"
-    )
-    print(f"wrote {s['out']['hyp']}, {s['out']['windows']}")
+    print(predict_text(s))
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from brainpipe.scoring import METHODS, format_report, results_json, score_trees
+    from brainpipe.reporting import score_json, score_report
+    from brainpipe.score import score_trees
+    from brainpipe.scoring import METHODS
 
     results = score_trees(
         args.ref, args.hyp, args.method or METHODS, args.sweep, args.curve, args.plot
     )
-    print(results_json(results) if args.json else format_report(results))
+    print(score_json(results) if args.json else score_report(results))
     return 0
 
 

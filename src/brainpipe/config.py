@@ -6,7 +6,7 @@ key, the bad value and the valid choices.
 
     cfg = load_config("configs/tuab.yaml", ["preprocess.sfreq=128", "train.epochs=5"])
 
-Over 500 lines because every section's dataclass (with its comments, the documentation of each
+Long because every section's dataclass (with its comments, the documentation of each
 key), the loader and the validation table live together: one place to read what a key means and
 which values it takes.
 """

@@ -11,7 +11,7 @@ No start-up path builds per-window Python objects: windows are computed with vec
 from per-recording lengths, and `__getitem__` maps an index to (recording, offset) with
 `np.searchsorted`.
 
-Over 500 lines for a reason: the three datasets share the window arithmetic (`window_counts`,
+Long because the three datasets share the window arithmetic (`window_counts`,
 `locate`) and the pickling contract, and are read together; `EdfWindowDataset` is the piece to
 move out if this grows further.
 

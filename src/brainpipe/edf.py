@@ -1,7 +1,9 @@
 """EDF, EDF+, BDF and BDF+ headers and signal windows, read without mne.
 
-Reads: the fixed 256-byte header, the ns*256-byte signal header and, for `read_signals`, only
-the data records that overlap the requested window.
+Reads:  the fixed 256-byte header, the ns*256-byte signal header (or the same bytes already in
+        memory: `read_header_bytes`), the annotation signals' bytes (`read_annotations`) and,
+        for `read_signals`, only the data records that overlap the requested window.
+Writes: nothing (`brainpipe synth` writes its EDF files with edfio).
 
 Why hand-written: the `index` stage reads thousands of headers, often on network mounts where
 every open and read costs milliseconds, and must finish in under a second. mne needs ~1 s to
@@ -39,10 +41,10 @@ Policies where files in the wild break the spec (each one a decision, not an acc
 - Annotations (`read_annotations`): TALs of every annotation signal, read record by record in
   chunks only when asked (the index reads them for EDF+/BDF+ files; plain EDF costs nothing).
 
-Owns reading the EDF/BDF file format (headers, annotations and signal windows; nothing here
-writes EDF).
-Over 500 lines for a reason: the policies above, each with its one-line error, and the
-header memo are one parser that reads best in one place.
+Owns reading the EDF/BDF file format: headers, annotations and signal windows.
+Long because it is one parser of one format: the policies above, each with the error line
+that names the file and the fault, the header memo, and the annotation and signal readers
+share the header's fields and checks, and read best in one place.
 """
 
 from __future__ import annotations
@@ -845,6 +847,22 @@ def read_signals(header: EdfHeader, picks: Sequence[int], start: int, stop: int)
         if stop < start:
             raise ValueError(f"stop {stop} < start {start}")
         return np.empty((0, stop - start), dtype=np.float64)
+    spr = _window_rate(header, picks, start, stop)
+    if stop == start:
+        return np.empty((len(picks), 0), dtype=np.float64)
+    r0 = start // spr
+    r1 = -(-stop // spr)
+    record_bytes = header.record_bytes
+    # Like np.fromfile(offset=, count=) over the records as (n_records, record_bytes), minus the
+    # Python file object: one open, one seek, one read of just the overlapping records.
+    buf = np.empty((r1 - r0, record_bytes), dtype=np.uint8)
+    _read_into(header.path, header.header_bytes + r0 * record_bytes, buf, record_bytes, r0)
+    dig = _digital(buf, header, picks, spr, start - r0 * spr, stop - r0 * spr)
+    return _to_volts(dig, header, picks)
+
+
+def _window_rate(header: EdfHeader, picks: list[int], start: int, stop: int) -> int:
+    """The picks' one samples-per-record count, after checking the picks and the window."""
     ns = len(header.labels)
     for p in picks:
         if not 0 <= p < ns:
@@ -863,38 +881,39 @@ def read_signals(header: EdfHeader, picks: Sequence[int], start: int, stop: int)
         raise ValueError(
             f"window [{start}, {stop}) outside [0, {n_total}] samples in {header.path}"
         )
-    n_out = stop - start
-    if n_out == 0:
-        return np.empty((len(picks), 0), dtype=np.float64)
+    return spr
+
+
+def _digital(
+    buf: np.ndarray, header: EdfHeader, picks: list[int], spr: int, a: int, b: int
+) -> np.ndarray:
+    """The picks' digital values, samples [a, b) of the records in `buf`, as (picks, b - a)."""
+    import numpy as np
 
     sb = header.sample_bytes
-    record_bytes = sum(spr_all) * sb
-    r0 = start // spr
-    r1 = -(-stop // spr)
-    n_rec = r1 - r0
-    # Like np.fromfile(offset=, count=) over the records as (n_records, record_bytes), minus the
-    # Python file object: one open, one seek, one read of just the overlapping records.
-    buf = np.empty((n_rec, record_bytes), dtype=np.uint8)
-    _read_into(header.path, header.header_bytes + r0 * record_bytes, buf, record_bytes, r0)
-
+    n_rec = buf.shape[0]
     # Stage the picked signals as (picks, records, samples) integers, then view them as one
     # continuous row per pick; a per-pick slice copy beats a fancy-index gather by ~5x.
-    first = [sum(spr_all[:p]) * sb for p in picks]
-    a, b = start - r0 * spr, stop - r0 * spr
+    first = [sum(header.samples_per_record[:p]) * sb for p in picks]
     if sb == 2:
         stage = np.empty((len(picks), n_rec, spr * 2), dtype=np.uint8)
         for j, o in enumerate(first):
             stage[j] = buf[:, o : o + spr * 2]
-        dig = stage.view("<i2").reshape(len(picks), n_rec * spr)[:, a:b]
-    else:
-        # 24-bit little-endian two's complement: copy the 3 bytes into the low bytes of a 4-byte
-        # word, then shift left and (arithmetically) right to extend the sign.
-        stage = np.zeros((len(picks), n_rec, spr, 4), dtype=np.uint8)
-        for j, o in enumerate(first):
-            stage[j, :, :, :3] = buf[:, o : o + spr * 3].reshape(n_rec, spr, 3)
-        dig = stage.view("<i4").reshape(len(picks), n_rec * spr)[:, a:b]
-        dig <<= 8
-        dig >>= 8
+        return stage.view("<i2").reshape(len(picks), n_rec * spr)[:, a:b]
+    # 24-bit little-endian two's complement: copy the 3 bytes into the low bytes of a 4-byte
+    # word, then shift left and (arithmetically) right to extend the sign.
+    stage = np.zeros((len(picks), n_rec, spr, 4), dtype=np.uint8)
+    for j, o in enumerate(first):
+        stage[j, :, :, :3] = buf[:, o : o + spr * 3].reshape(n_rec, spr, 3)
+    dig = stage.view("<i4").reshape(len(picks), n_rec * spr)[:, a:b]
+    dig <<= 8
+    dig >>= 8
+    return dig
+
+
+def _to_volts(dig: np.ndarray, header: EdfHeader, picks: list[int]) -> np.ndarray:
+    """Digital values scaled to float64 volts (mne's calibration, see `read_signals`)."""
+    import numpy as np
 
     pmin = np.array([header.physical_min[p] for p in picks])
     pmax = np.array([header.physical_max[p] for p in picks])

@@ -8,7 +8,7 @@ rendering summaries for people in `brainpipe.reporting`. See docs/index-format.m
 
 Loading checks what a damaged, foreign or crafted file could do (truncated archives, a cache
 passed as an index, pickled objects, paths outside the raw root) and answers with one line.
-Over 500 lines for a reason: the format's columns, writer, reader and those checks are one
+Long because the format's columns, writer, reader and those checks are one
 contract and read best in one place.
 
     idx = Index.load("data/index.npz")

@@ -33,7 +33,7 @@ from brainpipe.training.objectives import model_outputs
 from brainpipe.training.rundir import load_checkpoint
 from brainpipe.training.runtime import (
     make_loader,
-    open_cache,
+    open_checked_cache,
     resolve_device,
     shm_free,
     shm_prefetch,
@@ -54,7 +54,7 @@ def embed(
         raise BrainpipeError(f"{checkpoint}: not a brainpipe train checkpoint (no model_args)")
     cfg = config_from_dict(ckpt["config"])
     check_writable_dir(Path(out))
-    reader = open_cache(cache_path, cfg)  # the preprocessing the model was trained on
+    reader = open_checked_cache(cache_path, cfg)  # the preprocessing the model was trained on
     w = cfg.window
     ds = CacheWindowDataset(
         reader, None, window_s=w.seconds, stride_s=w.stride_seconds, labelled_only=False

@@ -103,7 +103,7 @@ def train_step(
     return loss.detach(), (logits.detach().argmax(1) == y).sum()
 
 
-def predict(model, loader, device, amp: bool, world_size: int = 1) -> np.ndarray:
+def class_probabilities(model, loader, device, amp: bool, world_size: int = 1) -> np.ndarray:
     """Class probabilities for every window of the loader's dataset, all ranks' shards gathered.
 
     The loader's batch sampler must be a `WindowBatchSampler` without shuffling; with
@@ -145,7 +145,7 @@ def _gathered(model, loader, device, amp, world_size, post, width: int, dtype) -
 def evaluate_classifier(model, loader, device, amp: bool, world_size: int = 1) -> dict[str, Any]:
     """Metrics of the model on every window of the loader's dataset (see `compute_metrics`)."""
     ds = loader.dataset
-    probs = predict(model, loader, device, amp, world_size)
+    probs = class_probabilities(model, loader, device, amp, world_size)
     return compute_metrics(probs, ds.label, ds.recording, ds.reader.task)
 
 
@@ -202,7 +202,7 @@ def contrastive_step(
 
 def model_outputs(model, loader, device, amp: bool, world_size: int = 1) -> np.ndarray:
     """The model's output (e.g. embeddings) for every window of the loader's dataset, in dataset
-    order, all ranks' shards gathered; float32. Sampler as for `predict`."""
+    order, all ranks' shards gathered; float32. Sampler as for `class_probabilities`."""
     return _gathered(model, loader, device, amp, world_size, lambda y: y, 0, np.float32)
 
 

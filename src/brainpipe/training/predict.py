@@ -62,9 +62,9 @@ from brainpipe.metrics import detect_recordings, seizure_column, window_starts_s
 from brainpipe.samplers import WindowBatchSampler, carve_validation
 from brainpipe.scoring import CacheReferences, LabelScore, cache_references, score
 from brainpipe.training.models import build_model
-from brainpipe.training.objectives import predict as predict_probs
+from brainpipe.training.objectives import class_probabilities
 from brainpipe.training.rundir import load_checkpoint, write_json
-from brainpipe.training.runtime import make_loader, open_cache, resolve_device
+from brainpipe.training.runtime import make_loader, open_checked_cache, resolve_device
 
 # The grid `--tune-on` searches (the detection threshold runs over metrics.SWEEP_THRESHOLDS)
 TUNE_SMOOTH_WINDOWS = (1, 3, 5, 9)
@@ -146,7 +146,7 @@ def window_probabilities(
     loader, _ = make_loader(ds, sampler, device, t.num_workers, t.prefetch_factor)
     started = time.perf_counter()
     probs = (
-        predict_probs(model, loader, device, t.amp)
+        class_probabilities(model, loader, device, t.amp)
         if len(ds)
         else np.zeros((0, len(ds.label_names)))
     )
@@ -248,7 +248,7 @@ def predict(
     out = Path(out_dir)
     ckpt = open_checkpoint(checkpoint)
     cfg = resolve_config(ckpt, config, overrides)
-    reader = open_cache(cache_path, cfg)
+    reader = open_checked_cache(cache_path, cfg)
     if reader.task != "seizure":
         raise BrainpipeError(
             f"{reader.path}: predict detects seizures and needs a seizure cache "

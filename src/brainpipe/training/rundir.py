@@ -96,6 +96,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def all_rng_states(world_size: int) -> list[dict[str, Any]]:
+    """Every rank's `rng_state()` in rank order (a collective under DDP: all ranks call it)."""
+    if world_size <= 1:
+        return [rng_state()]
+    states: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(states, rng_state())
+    return states
+
+
+def seed_all(seed: int) -> None:
+    """Seed torch's, numpy's and Python's generators with one seed."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks before a run starts or resumes
 # ---------------------------------------------------------------------------------------------

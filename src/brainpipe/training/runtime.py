@@ -25,6 +25,7 @@ from brainpipe.cachefile import CacheReader
 from brainpipe.config import Config
 from brainpipe.datasets import CacheWindowDataset, subject_keys
 from brainpipe.errors import BrainpipeError
+from brainpipe.reporting import shm_prefetch_note
 from brainpipe.ring import (
     SHM_DIR,
     BatchRing,
@@ -41,9 +42,7 @@ from brainpipe.samplers import (
     carve_validation,
     class_balanced_weights,
 )
-from brainpipe.training.rundir import (
-    same_setting,
-)
+from brainpipe.training.rundir import same_setting
 
 # ---------------------------------------------------------------------------------------------
 # Set-up pieces: each checks its input and fails with one BrainpipeError before any work
@@ -92,7 +91,7 @@ def resolve_device(setting: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def open_cache(cache_path: str | os.PathLike, cfg: Config) -> CacheReader:
+def open_checked_cache(cache_path: str | os.PathLike, cfg: Config) -> CacheReader:
     """Open the cache and check that it was built with this config's preprocessing.
 
     The window may differ (windows are recomputed from the continuous signal); the
@@ -253,12 +252,7 @@ def shm_prefetch(
     for pf in range(prefetch_factor, 0, -1):
         if need(pf) <= free:
             if pf < prefetch_factor:
-                print(
-                    f"note: /dev/shm has {free / 2**20:.0f} MiB free: train.prefetch_factor "
-                    f"{prefetch_factor} -> {pf} so the batches in flight fit; give the container "
-                    "more (docker --shm-size, compose shm_size) to prefetch more",
-                    flush=True,
-                )
+                print(shm_prefetch_note(free, prefetch_factor, pf), flush=True)
             return pf
     raise BrainpipeError(
         f"/dev/shm has {free / 2**20:.0f} MiB free but {num_workers} loader workers need "

@@ -47,13 +47,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -67,20 +65,27 @@ from brainpipe.metrics import (
     seizure_column,
     window_starts_s,
 )
+from brainpipe.reporting import (
+    epoch_line,
+    lost_best_note,
+    resume_line,
+    shared_subjects_note,
+    train_start_line,
+)
 from brainpipe.ring import host_batch, remove_stale_rings
 from brainpipe.samplers import WindowBatchSampler
 from brainpipe.scoring import cache_references
 from brainpipe.splits import check_cache_subjects
 from brainpipe.training.models import build_model, model_args
-from brainpipe.training.objectives import class_weights, objective_for
-from brainpipe.training.objectives import predict as predict_probs
+from brainpipe.training.objectives import class_probabilities, class_weights, objective_for
 from brainpipe.training.rundir import (
     RunLog,
+    all_rng_states,
     check_run_dir,
     check_wandb,
     restore_best,
-    rng_state,
     save_checkpoint,
+    seed_all,
     set_rng_state,
     steady_throughput,
     write_json,
@@ -91,7 +96,7 @@ from brainpipe.training.runtime import (
     Splits,
     make_datasets,
     make_loaders,
-    open_cache,
+    open_checked_cache,
     progress_bar_disabled,
     resolve_device,
 )
@@ -162,7 +167,7 @@ def prepare(cache_path: str | os.PathLike, run_dir: Path, cfg: Config, resume: b
     env = DistEnv.from_environ()
     remove_stale_rings()  # batch rings in /dev/shm of trainers killed with -9
     device = resolve_device(t.device, env.local_rank)
-    reader = open_cache(cache_path, cfg)
+    reader = open_checked_cache(cache_path, cfg)
     check_cache_subjects(reader, t)
     data = make_datasets(reader, cfg)
     ckpt = check_run_dir(run_dir, cfg, resume)
@@ -186,7 +191,7 @@ def prepare(cache_path: str | os.PathLike, run_dir: Path, cfg: Config, resume: b
         names = set(subject_keys(reader)[reader.recordings["split"] == "train"].tolist())
         shared = names & set(data.eval.subjects().tolist())
         if shared:
-            print(f"note: {len(shared)} subjects are in both 'train' and {t.eval_split!r}")
+            print(shared_subjects_note(len(shared), t.eval_split))
     return Setup(cfg, run_dir, env, device, reader, data, ckpt, margs, model, started)
 
 
@@ -238,9 +243,7 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
     if s.ckpt:
         done = resume(s, trainee)
     else:
-        torch.manual_seed(t.seed + env.rank)  # same weights everywhere, own dropout per rank
-        np.random.seed(t.seed + env.rank)
-        random.seed(t.seed + env.rank)
+        seed_all(t.seed + env.rank)  # same weights everywhere, own dropout per rank
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -253,7 +256,7 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
     log = RunLog(s.run_dir, cfg, done.history, enabled=env.is_main)
     n_params = sum(p.numel() for p in raw_model.parameters())
     if env.is_main:
-        print(start_line(s, n_params, steps_per_epoch), flush=True)
+        print(train_start_line(s, n_params, steps_per_epoch), flush=True)
 
     for epoch in range(done.epoch, t.epochs):
         # -------- train one epoch --------
@@ -272,10 +275,7 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
             done.best, done.best_epoch = score, epoch
 
         # -------- checkpoint: rank 0 writes, with every rank's RNG state --------
-        rngs: list[Any] = [rng_state()]
-        if env.enabled and env.world_size > 1:
-            rngs = [None] * env.world_size
-            torch.distributed.all_gather_object(rngs, rng_state())
+        rngs = all_rng_states(env.world_size)
         if env.is_main:
             ckpt = make_checkpoint(s, trainee, done, rngs)
             # best.pt first: last.pt must never record a best epoch whose weights are not on disk.
@@ -386,13 +386,9 @@ def resume(s: Setup, trainee: Trainee) -> Progress:
     best = ckpt["best"]
     done = Progress(ckpt["epoch"], list(ckpt["history"]), best["score"], best["epoch"])
     if env.is_main:
-        print(f"resuming {s.run_dir} after epoch {done.epoch}/{s.cfg.train.epochs}", flush=True)
+        print(resume_line(s.run_dir, done.epoch, s.cfg.train.epochs), flush=True)
         if not restore_best(s.run_dir, ckpt):
-            print(
-                f"note: best.pt of epoch {best['epoch'] + 1} is lost; the next improving "
-                "epoch writes it",
-                flush=True,
-            )
+            print(lost_best_note(best["epoch"]), flush=True)
     return done
 
 
@@ -401,7 +397,7 @@ def evaluate_seizures(s: Setup, model: torch.nn.Module, loader: Any) -> dict[str
     `events`, NEDC OVLP event metrics after the config's `postprocess` (see
     `metrics.event_metrics`), from one inference pass."""
     ds, t = loader.dataset, s.cfg.train
-    probs = predict_probs(model, loader, s.device, t.amp, s.env.world_size)
+    probs = class_probabilities(model, loader, s.device, t.amp, s.env.world_size)
     m = compute_metrics(probs, ds.label, ds.recording, s.reader.task)
     m["events"] = event_metrics(
         probs[:, seizure_column(ds.label_names)],
@@ -432,31 +428,6 @@ def make_checkpoint(s: Setup, trainee: Trainee, done: Progress, rngs: list[Any])
         "world_size": s.env.world_size,
         "brainpipe_version": __version__,
     }
-
-
-def start_line(s: Setup, n_params: int, steps_per_epoch: int) -> str:
-    """The line printed before the first epoch: data, model, device."""
-    n, ddp = s.data.sizes(), f" x{s.env.world_size}" if s.env.world_size > 1 else ""
-    return (
-        f"train {n['train']} windows, val {n['val']}, eval {n['eval']}; {s.margs['name']} "
-        f"({n_params:,} parameters) on {s.device}{ddp}; {steps_per_epoch} steps/epoch"
-    )
-
-
-def epoch_line(row: dict[str, Any], epochs: int) -> str:
-    """The one line an epoch prints."""
-    line = f"epoch {row['epoch']}/{epochs}  loss {row['train']['loss']:.4f}"
-    for name in ("val", "eval"):
-        m = row[name]
-        if m and "eer" in m:  # the subject tasks
-            line += f"  {name} eer {m['eer']:.3f} top1 {m['identification_top1']:.3f}"
-        elif m:
-            line += f"  {name} bacc {m['balanced_accuracy']:.3f} auroc {m['auroc']:.3f}"
-            if m.get("events"):
-                line += f" ovlp-sens {m['events']['mean_sensitivity']:.3f}"
-    return line + (
-        f"  {row['samples_per_s']:,.0f} samples/s  data wait {row['data_wait_fraction']:.1%}"
-    )
 
 
 def make_summary(s: Setup, done: Progress, n_params: int) -> dict[str, Any]:

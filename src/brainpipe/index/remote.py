@@ -1,13 +1,20 @@
-"""The `index` stage over object storage (`brainpipe index --raw s3://bucket/prefix`).
+"""The index stage's scan of an object-storage prefix (`s3://bucket/prefix`).
 
-Part of the index stage (`index.scan` hands URL roots here), kept in its own module so the
-local scan stays as it is. One listing (sizes, ETags), then concurrent range reads of the
-first 16 KiB of every new or changed EDF/BDF (`ObjectStore.read_heads`; a second read only
+Reads:  one listing of the prefix (sizes, ETags), the headers of new or changed recordings
+        (range reads), and the objects it must read whole; the previous index, to reuse rows.
+Writes: recordings fetched whole into a temp dir, removed once read; the index `scan_remote`
+        returns is saved by `brainpipe.index.build_index`:
+
+    brainpipe index --raw s3://bucket/tuab --index /data/work/index.npz --config configs/tuab.yaml
+
+`index.scan` hands URL roots here. One listing (sizes, ETags), then concurrent range reads of
+the first 16 KiB of every new or changed EDF/BDF (`ObjectStore.read_heads`; a second read only
 for a longer header), parsed by `edf.read_header_bytes`. Annotation files (`.csv_bi`, ...) and
 BIDS files (`dataset_description.json`, `participants.tsv`, each recording's `*_events.tsv`
 and `*_channels.tsv`) and the annotation-only EDF+ files that pair with a recording
 (`corpus.annotation_pairing`: Sleep-EDF hypnograms, found by their range-read headers) are
-fetched whole into a temp dir and read by the normal parsers. The rows are the ones the local scan makes; `mtime_ns` is the LastModified.
+fetched whole into a temp dir and read by the normal parsers. The rows are made by
+`index.rows`, as the local scan's are; `mtime_ns` is the LastModified.
 
 Fetched whole, with every object that makes them up (`readers.recording_files`: a .vhdr's
 .vmrk and .eeg, each part of a split FIF, the files of a CTF .ds), and read like local files:
@@ -36,18 +43,18 @@ from brainpipe.bids import bids_recordings, sidecar
 from brainpipe.config import Config
 from brainpipe.edf import ANNOTATION_LABELS, header_length
 from brainpipe.errors import BrainpipeError
-from brainpipe.index import (
-    EDF_SUFFIXES,
+from brainpipe.index.rows import (
+    RecordingReader,
     ScanResult,
-    _annotation_file,
-    _pair_annotation_files,
+    annotation_file,
     assemble,
+    pair_annotation_files,
     raw_root_of,
     scan_meta,
 )
 from brainpipe.indexfile import Index, Recording
 from brainpipe.objectstore import Head, ObjectInfo, ObjectStore, ObjectStoreError
-from brainpipe.readers import is_directory_format, recording_files
+from brainpipe.readers import EDF_SUFFIXES, is_directory_format, recording_files
 
 DEFAULT_IN_FLIGHT = 64  # range reads at once: at 100 ms a request, ~640 headers a second
 WHOLE_BATCH_BYTES = 2 << 30  # recordings fetched whole sit on local disk this much at a time
@@ -56,13 +63,12 @@ WHOLE_BATCH_BYTES = 2 << 30  # recordings fetched whole sit on local disk this m
 def scan_remote(
     raw: str,
     cfg: Config,
-    reader_class: type,
-    previous: Index | None = None,
-    force: bool = False,
-    workers: int | None = None,
-    on_read: Callable[[str], None] | None = None,
+    previous: Index | None,
+    workers: int | None,
+    on_read: Callable[[str], None] | None,
 ) -> ScanResult:
-    """`index.scan` of a URL root; `reader_class` is the local scan's per-file reader."""
+    """`index.scan` of a URL root, reusing unchanged rows of `previous` (None: read every
+    recording)."""
     t0 = time.perf_counter()
     c = cfg.corpus
     store = ObjectStore(raw.rstrip("/"), max_in_flight=workers or DEFAULT_IN_FLIGHT)
@@ -78,7 +84,7 @@ def scan_remote(
     heads: dict[str, Head] = {}  # headers read to pair files, not read again
     paired: dict[str, tuple[str, ...]] = {}
     if c.layout == "generic":  # Sleep-EDF: hypnograms pair with their recordings
-        candidates, paired = _pair_annotation_files(
+        candidates, paired = pair_annotation_files(
             candidates,
             c.annotation_pairing,
             lambda rels: _annotation_only(store, [objects[r] for r in rels], heads),
@@ -87,11 +93,9 @@ def scan_remote(
     units = {rel: _unit(store, rel, files[rel], objects, c) for rel in candidates}
     lookup = {**objects, **units}
     pairs = _pairs(candidates, set(objects), c, paired)
-    reused, todo, n_removed = _match(pairs, lookup, None if force else previous)
+    reused, todo, n_removed = _match(pairs, lookup, previous)
     with tempfile.TemporaryDirectory(prefix="brainpipe-index-") as tmp:
-        results, errors = _read_todo(
-            store, todo, files, objects, c, (reader_class, tmp, on_read), heads
-        )
+        results, errors = _read_todo(store, todo, files, objects, c, (tmp, on_read), heads)
     fresh = [_as_listed(r, units[r.path]) for r in results if isinstance(r, Recording)]
     errors += [r for r in results if not isinstance(r, Recording)]
     etags = {k: lookup[k].etag or "" for rel, anns in pairs for k in (rel, *anns)}
@@ -114,18 +118,18 @@ def _read_todo(
     files: dict[str, list[str]],
     objects: dict[str, ObjectInfo],
     c: Any,
-    reading: tuple[type, str, Callable[[str], None] | None],
+    reading: tuple[str, Callable[[str], None] | None],
     known: dict[str, Head],
 ) -> tuple[list, list[tuple[str, str]]]:
     """The index rows (or (path, reason)) of the recordings to read, and fetch failures.
 
-    `reading`: the local scan's reader class, the temp dir, the per-file callback; `known`:
+    `reading`: the temp dir and the per-file callback; `known`:
     headers already read (to pair files).
 
     EDF/BDF by their headers (range reads); every other format, and EDF+/BDF+ whose events sit
     in their annotation signal, fetched whole into `tmp` under their own names and read like
     local files. Annotation files and BIDS sidecars are fetched whole (they are small)."""
-    reader_class, tmp, on_read = reading
+    tmp, on_read = reading
     errors: list[tuple[str, str]] = []
     edf = [r for r, _ in todo if r.lower().endswith(EDF_SUFFIXES)]
     unknown = [objects[r] for r in edf if r not in known]
@@ -144,8 +148,9 @@ def _read_todo(
     if c.layout == "bids" and "dataset_description.json" in failed:
         why = failed["dataset_description.json"]
         raise ObjectStoreError(f"{store.root}/dataset_description.json: {why}")
-    reader = reader_class(tmp, c, on_read)
-    reader.heads = {h.obj.key: h for h in heads if h.obj.key not in whole}
+    reader = RecordingReader(
+        tmp, c, on_read, heads={h.obj.key: h for h in heads if h.obj.key not in whole}
+    )
     done: dict[str, Any] = {}
     # Whole recordings come in batches of bounded size, each removed once read: an index of
     # a MEG corpus never holds more than a batch of it on local disk.
@@ -265,7 +270,7 @@ def _pairs(
         return [(rel, paired.get(rel, ())) for rel in candidates]
     out = []
     for rel in candidates:
-        csv = _annotation_file(rel, every, corpus.annotation_suffixes)
+        csv = annotation_file(rel, every, corpus.annotation_suffixes)
         out.append((rel, (csv,) if csv else ()))
     return out
 

@@ -1,32 +1,17 @@
-"""The `index` stage: scan a raw tree, read headers only, write one index file.
+"""What the local and the object-storage scan share: one recording's row, and rows made an index.
 
-Reads:  a tree of EDF/EDF+/BDF recordings (and FIF or other formats mne reads), plus TUSZ
-        `.csv_bi`/`.csv` annotations beside them.
-Writes: one index file (an uncompressed `.npz` of columnar arrays, `brainpipe.indexfile`,
-        docs/index-format.md), atomically.
+Reads:  one recording (EDF/EDF+/BDF headers by our own parser, or header bytes already
+        range-read from object storage; other formats through mne), its annotation files (TUSZ
+        `.csv_bi`/`.csv`, paired annotation-only EDF+ files) and, in the BIDS layout, its
+        sidecars.
+Writes: nothing; `index.local` and `index.remote` hand what this module gives to
+        `brainpipe.indexfile`, and `brainpipe.index.build_index` saves it.
 
-    brainpipe index --raw /data/tuab --index /data/work/index.npz --config configs/tuab.yaml
-
-Owns the scan only: walking the tree, header reads, the incremental update against a previous
-index, `scan` and `build_index`. The file format is `brainpipe.indexfile`; the text printed for
-people is `brainpipe.reporting`.
-
-Headers are read by our own parser (one open, two small reads; header blocks that repeat
-across the corpus are converted once per scan, in a memo the scan owns): serially where opens
-are fast, on a thread pool sized for network filesystems where each open costs milliseconds of
-latency and no CPU. A re-run stats every indexed file and re-reads only new or changed ones
-(size or mtime); `force=True` (or BRAINPIPE_FORCE_REINDEX=1) re-reads all. Bad files go to the
-error list with one-line reasons; so do symlink loops and names that are not UTF-8
-(`fsutil.walk_tree`). EDF+/BDF+ annotations become events (labelled by corpus.event_labels), and
-in the generic layout annotation-only files (Sleep-EDF hypnograms) are paired with their
-recordings by corpus.annotation_pairing. Header repairs and doubts (a colon-separated or
-unparsable start date) are kept as warnings, and so are a TUSZ recording's annotation
-problems (`annotations.py`'s kinds: a missing or unparsable file, the recording then indexed
-unlabelled; labels outside TUH's lists; events clipped at the recording's end).
-
-A little over 500 lines: the local scan and what one file's row takes (EDF headers and
-annotations, mne's formats, TUSZ annotation files, BIDS sidecars) read as one sequence; the
-object-storage scan is `index_remote.py`.
+`RecordingReader` turns one recording into an index row (`indexfile.Recording`) or an
+error (path, reason in one line); `annotation_file` and `pair_annotation_files` find each
+recording's annotation files; `assemble` makes the new index from the rows reused and the rows
+read, `scan_meta` what it records of the scan, and `raw_root_of` what it records of a URL root.
+Both scans import these; neither imports the other.
 """
 
 from __future__ import annotations
@@ -54,7 +39,7 @@ from brainpipe.annotations import (
     merge_channel_events,
 )
 from brainpipe.annotations import read_annotations as read_tusz_annotations
-from brainpipe.bids import BidsLayout, bids_recordings
+from brainpipe.bids import BidsLayout
 from brainpipe.channels import channel_types
 from brainpipe.config import Config
 from brainpipe.corpus import Facts, event_labeler, layout_parser
@@ -66,9 +51,7 @@ from brainpipe.edf import (
     read_header_bytes,
 )
 from brainpipe.errors import BrainpipeError
-from brainpipe.fsutil import remove_stale_tmp, walk_tree
-from brainpipe.indexfile import Index, Recording, is_replaceable
-from brainpipe.objectstore import is_url
+from brainpipe.indexfile import Index, Recording
 from brainpipe.readers import EDF_SUFFIXES, is_directory_format, open_raw
 
 
@@ -86,13 +69,7 @@ class ScanResult:
     requests: int = 0
 
 
-# Files read serially before scan() decides whether threads would help, and the mean time a
-# file must have spent waiting (wall minus CPU) for it to choose them.
-_PROBE_FILES = 24
-_IO_BOUND_WAIT_S = 300e-6
-
-
-def _annotation_file(rel: str, every: set[str], suffixes: tuple[str, ...]) -> str | None:
+def annotation_file(rel: str, every: set[str], suffixes: tuple[str, ...]) -> str | None:
     stem = rel.rsplit(".", 1)[0]
     for s in suffixes:
         if stem + s in every:
@@ -100,7 +77,7 @@ def _annotation_file(rel: str, every: set[str], suffixes: tuple[str, ...]) -> st
     return None
 
 
-def _pair_annotation_files(
+def pair_annotation_files(
     candidates: list[str], pairing: str | None, annotation_only: Callable[[list[str]], set[str]]
 ) -> tuple[list[str], dict[str, tuple[str, ...]]]:
     """The candidates without the annotation-only EDF+ files that pair with a recording, and
@@ -130,15 +107,6 @@ def _pair_annotation_files(
         return candidates, {}
     taken = {a for anns in paired.values() for a in anns}
     return [rel for rel in candidates if rel not in taken], paired
-
-
-def _annotation_only(abspath: str, memo: dict) -> bool:
-    if not abspath.lower().endswith(EDF_SUFFIXES):
-        return False
-    try:
-        return ANNOTATION_LABELS.issuperset(read_header(abspath, memo).labels)
-    except BrainpipeError:
-        return False  # the read of the file itself reports it
 
 
 # What a reader gives for one file: size, mtime_ns, format, n_samples, sfreq, duration_s, start,
@@ -212,13 +180,21 @@ def _read_mne(abspath: str, reader_options: dict | None = None) -> _Read:
     )
 
 
-class _Reader:
+class RecordingReader:
     """Reads one recording's header and facts (a row of the index, or (path, reason)).
 
     One per scan; its header memo is shared by the scan's threads and dropped with the scan.
     """
 
-    def __init__(self, root: str, corpus: Any, on_read: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        root: str,
+        corpus: Any,
+        on_read: Callable[[str], None] | None = None,
+        heads: dict[str, Any] | None = None,
+    ):
+        """`heads`: header bytes already range-read from object storage (`objectstore.Head`
+        by path), for the recordings under the temp dir `root` that were not fetched whole."""
         self.root, self.corpus, self.on_read = root, corpus, on_read
         self.facts_of = (
             BidsLayout(root, corpus)
@@ -230,7 +206,7 @@ class _Reader:
         self.subject_split = {
             str(s): split for split, subs in corpus.subject_splits.items() for s in subs
         }
-        self.heads: dict[str, Any] | None = None  # header bytes by path (object storage)
+        self.heads = heads
 
     def many(self, items: list) -> list:
         return [self(item) for item in items]
@@ -347,50 +323,6 @@ def _one_line(e: BaseException, abspath: str, root: str) -> str:
     return msg.replace(root + os.sep, "")
 
 
-def scan(
-    raw: str | os.PathLike,
-    cfg: Config,
-    previous: Index | None = None,
-    force: bool = False,
-    workers: int | None = None,
-    progress: bool = True,
-    on_read: Callable[[str], None] | None = None,
-) -> ScanResult:
-    """Index the tree under `raw`, reusing unchanged rows of `previous`."""
-    if is_url(raw):
-        from brainpipe.index_remote import scan_remote
-
-        return scan_remote(str(raw), cfg, _Reader, previous, force, workers, on_read)
-    t0 = time.perf_counter()
-    root = Path(raw)
-    if not root.is_dir():
-        raise BrainpipeError(f"{root}: raw directory not found (pass --raw with the corpus root)")
-    root = root.resolve()
-    c = cfg.corpus
-    errors: list[tuple[str, str]] = []
-    candidates, every = walk_tree(
-        root, tuple(s.lower() for s in c.extensions), errors, is_directory_format
-    )
-    if c.layout == "bids":
-        candidates = bids_recordings(candidates)
-    if force:
-        previous = None
-    reader = _Reader(str(root), c, on_read)
-    paired: dict[str, tuple[str, ...]] = {}
-    if c.layout == "generic":
-        candidates, paired = _pair_annotation_files(
-            candidates,
-            c.annotation_pairing,
-            lambda rels: {r for r in rels if _annotation_only(f"{root}/{r}", reader.memo)},
-        )
-    reused, todo, n_removed = _match_previous(root, candidates, every, c, previous, errors, paired)
-    results = _read_all(reader, todo, workers or cfg.index.workers, progress)
-    fresh = [r for r in results if isinstance(r, Recording)]
-    errors += [r for r in results if not isinstance(r, Recording)]
-    index = assemble(fresh, errors, previous, reused, scan_meta(str(root), cfg))
-    return ScanResult(index, len(results), len(reused), n_removed, time.perf_counter() - t0)
-
-
 def scan_meta(raw_root: str, cfg: Config, **more: Any) -> dict[str, Any]:
     """What an index records of the scan that made it (local or object storage)."""
     return {
@@ -417,167 +349,8 @@ def assemble(
     return Index.concat([kept, Index.from_recordings(fresh, [], meta)], errors, meta)
 
 
-def _match_previous(
-    root: Path,
-    candidates: list[str],
-    every: set[str],
-    corpus: Any,
-    previous: Index | None,
-    errors: list[tuple[str, str]],
-    paired: dict[str, tuple[str, ...]],
-) -> tuple[list[int], list[tuple[str, tuple[str, ...]]], int]:
-    """Rows of `previous` whose files are unchanged, the (path, annotation files) pairs to
-    read, and how many of its recordings are gone from the tree.
-
-    Unchanged files are matched as arrays: a re-run builds no per-recording Python objects
-    for them."""
-    prev_rows: dict[str, int] = {}
-    if previous is not None and len(previous):
-        prev_rows = dict(zip(previous.path.tolist(), range(len(previous)), strict=True))
-        p_size, p_mtime, p_ann = previous.size, previous.mtime_ns, previous.ann_mtime_ns
-    reused: list[int] = []
-    todo: list[tuple[str, tuple[str, ...]]] = []
-    root_s = str(root)
-    tusz = corpus.layout == "tusz"
-    for rel in candidates:
-        if tusz:
-            csv = _annotation_file(rel, every, corpus.annotation_suffixes)
-            ann: tuple[str, ...] = (csv,) if csv is not None else ()
-        else:
-            ann = paired.get(rel, ())
-        j = prev_rows.get(rel)
-        if j is None:  # new (or a cold scan): the read itself stats the file
-            todo.append((rel, ann))
-            continue
-        try:
-            st = os.stat(f"{root_s}/{rel}")
-        except OSError as e:
-            errors.append((rel, f"unreadable: {e.strerror}"))
-            continue
-        ann_mtime = 0
-        for a in ann:
-            try:
-                ann_mtime = max(ann_mtime, os.stat(f"{root_s}/{a}").st_mtime_ns)
-            except OSError:
-                ann_mtime = -1
-                break
-        if p_size[j] == st.st_size and p_mtime[j] == st.st_mtime_ns and p_ann[j] == ann_mtime:
-            reused.append(j)
-        else:
-            todo.append((rel, ann))
-    n_removed = len(set(prev_rows) - set(candidates)) if prev_rows else 0
-    return reused, todo, n_removed
-
-
-def _read_all(
-    reader: _Reader, todo: list[tuple[str, tuple[str, ...]]], n_workers: int, progress: bool
-) -> list[Recording | tuple[str, str]]:
-    """Every file of `todo` read, serially or on threads, in order."""
-    if not todo:
-        return []
-    bar = None
-    if progress and len(todo) > 200:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(todo), unit="file", desc="index", disable=None)
-    tick = bar.update if bar is not None else (lambda n: None)
-
-    # Threads pay off only where opens wait (network mounts: milliseconds each). On a local
-    # disk or the page cache a file is ~40 us of CPU and 32 threads only fight over the GIL
-    # (0.46 s against 0.19 s serial for 2,717 files, measured side by side), so the first
-    # files are read serially and the rest go to threads only if those files mostly waited.
-    probe = todo if n_workers == 1 else todo[:_PROBE_FILES]
-    wall, cpu = time.perf_counter(), time.thread_time()
-    results = reader.many(probe)
-    waited = (time.perf_counter() - wall) - (time.thread_time() - cpu)
-    tick(len(probe))
-    rest = todo[len(probe) :]
-    if rest and waited / len(probe) < _IO_BOUND_WAIT_S:
-        for k in range(0, len(rest), 500):
-            part = reader.many(rest[k : k + 500])
-            results += part
-            tick(len(part))
-    elif rest:
-        results += _read_threaded(reader, rest, n_workers, tick)
-    if bar is not None:
-        bar.close()
-    return results
-
-
-def _read_threaded(
-    reader: _Reader, rest: list, n_workers: int, tick: Callable[[int], Any]
-) -> list[Recording | tuple[str, str]]:
-    # Chunks, not one future per file: the executor's per-task locking cost more than a
-    # header parse. Enough chunks remain to keep every thread busy on a slow mount.
-    from concurrent.futures import ThreadPoolExecutor
-
-    n_chunks = min(len(rest), n_workers * 4)
-    chunks = [rest[k::n_chunks] for k in range(n_chunks)]
-    results: list[Recording | tuple[str, str]] = []
-    with ThreadPoolExecutor(max_workers=min(n_workers, n_chunks)) as pool:
-        for part in pool.map(reader.many, chunks):
-            results.extend(part)
-            tick(len(part))
-    return results
-
-
 def raw_root_of(url: str) -> str:
     """What the index records of a URL root: no credentials (`s3://key:secret@bucket` forms)."""
     scheme, rest = str(url).split("://", 1)
     host, _, path = rest.partition("/")
     return f"{scheme}://{host.rsplit('@', 1)[-1]}/{path}".rstrip("/")
-
-
-def build_index(
-    raw: str | os.PathLike,
-    index_path: str | os.PathLike,
-    cfg: Config,
-    force: bool = False,
-    workers: int | None = None,
-    progress: bool = True,
-) -> ScanResult:
-    """The `index` stage: scan `raw` (incrementally against an existing index) and save.
-
-    The result's `written` says whether the file was written: an index whose rows, hash and
-    errors are unchanged is left as it is (a read-only output directory is then no error)."""
-    index_path = Path(index_path)
-    force = force or os.environ.get("BRAINPIPE_FORCE_REINDEX", "") not in ("", "0")
-    if not is_replaceable(index_path):
-        raise BrainpipeError(
-            f"{index_path}: exists and is not a brainpipe index (not an .npz archive); "
-            f"refusing to overwrite it: choose another --index path"
-        )
-    remove_stale_tmp(index_path)  # torn temp files of a killed run
-    previous = None
-    if index_path.exists() and not force:
-        try:
-            previous = Index.load(index_path)
-        except BrainpipeError:
-            previous = None  # corrupt, truncated or older format: rebuild from scratch
-        if previous is not None and (
-            previous.raw_root != (raw_root_of(raw) if is_url(raw) else str(Path(raw).resolve()))
-            or previous.meta.get("corpus_config") != cfg.to_dict()["corpus"]
-        ):
-            previous = None  # another tree or layout: nothing to reuse
-    result = scan(raw, cfg, previous=previous, force=force, workers=workers, progress=progress)
-    if len(result.index) == 0:
-        errs = result.index.errors
-        detail = (
-            f"; {len(errs)} unreadable, first: {errs[0]['path']}: {errs[0]['reason']}"
-            if errs
-            else ""
-        )
-        raise BrainpipeError(
-            f"{raw}: no usable recordings found (looked for {', '.join(cfg.corpus.extensions)}){detail}"
-        )
-    unchanged = (
-        previous is not None
-        and result.n_read == 0
-        and result.n_removed == 0
-        and result.index.index_hash == previous.index_hash
-        and result.index.errors == previous.errors
-    )
-    if unchanged:  # an unchanged tree leaves the file as it is: no rewrite, no fsync
-        return result
-    result.index.save(index_path)
-    return dataclasses.replace(result, written=True)
