@@ -17,9 +17,9 @@ import pytest
 from scipy import signal
 
 from brainpipe import dsp
-from brainpipe.cache import load_recording
 from brainpipe.config import PreprocessConfig
 from brainpipe.preprocess import _filter, _filter_plan, preprocess, resample_factors
+from brainpipe.recording import load_recording
 
 REALDATA = Path(
     os.environ.get("BRAINPIPE_REALDATA", Path(__file__).resolve().parents[2] / "shared/realdata")

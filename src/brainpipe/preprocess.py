@@ -58,7 +58,7 @@ whatever the length, instead of the float64 recording and its copies (an hour of
 1 kHz MEG: 8.8 GB per copy). Chunks overlap by the filters' reach, so their cores are the whole
 run's to rounding; see its docstring for the design.
 
-Over 600 lines because the whole-recording pipeline and its chunked twin share every private
+Long because the whole-recording pipeline and its chunked twin share every private
 step (filter plan, derive, normalization statistics); apart they would have to export them.
 """
 
