@@ -34,7 +34,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -325,6 +324,8 @@ class ObjectStore:
         objects = list(objects)
         if not objects:
             return []
+        from concurrent.futures import ThreadPoolExecutor  # not loaded by a local build
+
         with ThreadPoolExecutor(min(self.max_in_flight, len(objects))) as pool:
             return list(pool.map(lambda o: self._head(o, n, header_length), objects))
 
@@ -396,6 +397,8 @@ class ObjectStore:
 
         if not objects:
             return {}
+        from concurrent.futures import ThreadPoolExecutor  # not loaded by a local build
+
         with ThreadPoolExecutor(min(self.max_in_flight, len(objects))) as pool:
             return {k: why for k, why in pool.map(one, objects) if why}
 
