@@ -244,20 +244,21 @@ def _band_error(ours: np.ndarray, ref: np.ndarray, edge: int, sfreq: float) -> f
 # --- start-up ---------------------------------------------------------------------------------
 
 
-def test_preprocessing_imports_neither_scipy_signal_nor_mne(tmp_path):
+def test_preprocessing_a_recording_imports_neither_scipy_signal_nor_mne(tmp_path):
+    # what a build-cache worker runs on an EDF, in a fresh interpreter: the filter design and
+    # the one pass need numpy only (scipy.signal alone is ~2 s of start-up)
+    path = _recordings()[0]
     code = (
-        "import sys, numpy as np\n"
+        "import json, sys\n"
+        "from brainpipe.cache import process_recording\n"
         "from brainpipe.config import PreprocessConfig\n"
-        "from brainpipe.preprocess import plan_channels, preprocess\n"
-        "cfg = PreprocessConfig(channels=('C3', 'C4'), h_freq=70.0)\n"
-        "out = preprocess(np.random.default_rng(0).standard_normal((2, 25600)) * 1e-5, 256.0,\n"
-        "                 plan_channels(['C3', 'C4'], cfg), cfg)\n"
-        "print(__import__('json').dumps([m for m in ('scipy.signal', 'mne', 'torch', 'h5py')\n"
-        "                                if m in sys.modules] + [out.shape[1]]))\n"
+        f"out, _ = process_recording({str(path)!r}, PreprocessConfig(h_freq=70.0))\n"
+        "heavy = ('scipy.signal', 'scipy.fft', 'mne', 'torch', 'fsspec')\n"
+        "print(json.dumps([m for m in heavy if m in sys.modules] + [out.shape[0]]))\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert json.loads(res.stdout) == [20000]
+    assert json.loads(res.stdout) == [36400]  # 182 s at 200 Hz, nothing heavy loaded
 
 
 def test_cache_of_the_one_pass_equals_the_previous_paths_on_real_recordings(tmp_path, monkeypatch):
