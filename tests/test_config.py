@@ -1,3 +1,4 @@
+import dataclasses
 import functools
 import math
 
@@ -9,25 +10,31 @@ from brainpipe.cache import make_plan
 from brainpipe.config import STANDARD_1020, Config, load_config, parse_override
 from brainpipe.errors import BrainpipeError
 from brainpipe.index import build_index
+from brainpipe.training.adapt import adapted_args, needs_adapter
 from brainpipe.training.models import build_model, model_args
 
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
+# configs/recipes/: each runs end to end on its corpus's layout in test_recipes.py
+RECIPES = sorted((CONFIG_DIR / "recipes").glob("*.yaml"))
 
 
 def test_the_three_shipped_configs_exist():
-    assert {p.stem for p in CONFIGS} >= {"tuab", "tusz", "smoke"}
+    assert {p.stem for p in CONFIGS} >= {"tuab", "tusz", "tuev", "smoke"}
+    assert {p.stem for p in RECIPES} >= {"tuab", "tusz", "tuev", "sleep_edf", "eegmmidb", "eegmat"}
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", CONFIGS + RECIPES, ids=lambda p: str(p.relative_to(CONFIG_DIR))
+)  # fmt: skip
 def test_every_shipped_config_loads_and_validates(path):
     cfg = load_config(path)
     assert isinstance(cfg, Config)
-    assert cfg.corpus.layout in ("tuab", "tusz", "generic")
+    assert cfg.corpus.layout in ("tuab", "tusz", "tuev", "generic")
 
 
 def synthetic_layout(cfg: Config) -> str | None:
     """The `brainpipe synth` layout whose files this config reads, or None when it has none."""
-    if cfg.corpus.layout in ("tuab", "tusz"):
+    if cfg.corpus.layout in ("tuab", "tusz", "tuev"):
         return cfg.corpus.layout
     if cfg.corpus.layout == "generic" and ".fif" in cfg.corpus.extensions:
         return "meg"  # BIDS-like sub-*/ses-* FIF files, what the MEG configs' regex expects
@@ -52,6 +59,8 @@ def corpus_seconds(layout: str) -> int:
             continue
         if synthetic_layout(cfg) == layout:
             need = max(need, seconds_needed(cfg))
+    if layout == "tuev":  # an events cache needs every class: 45 s hold all six TUEV classes
+        need = max(need, 45.0)
     return math.ceil(need)
 
 
@@ -84,6 +93,12 @@ def test_every_shipped_config_plans_a_cache_and_builds_its_model(path, synthetic
     n_outputs = len(plan.layout.label_names) if t.task == "classify" else t.embedding_dim
     n_chans = len(plan.layout.channels)
     args = model_args(t.model, t.model_kwargs, n_chans, plan.window, n_outputs, plan.layout.sfreq)
+    if needs_adapter(t):  # a foundation model: its contract checked, random weights (none here)
+        t = dataclasses.replace(t, pretrained=None, finetune="full")
+        args = adapted_args(
+            t, plan.layout.channels, plan.layout.sfreq, cfg.preprocess.normalize, plan.window,
+            n_outputs,
+        )  # fmt: skip
     torch.manual_seed(0)
     model = build_model(args | ({"head": t.task} if t.task != "classify" else {})).eval()
     x = torch.randn(4, n_chans, plan.window)
@@ -163,7 +178,9 @@ def test_unknown_section(tmp_path):
 
 
 def test_bad_choice_lists_the_valid_ones():
-    with pytest.raises(BrainpipeError, match=r"corpus.layout.*'tuab' \| 'tusz' \| 'generic'"):
+    with pytest.raises(
+        BrainpipeError, match=r"corpus.layout.*'tuab' \| 'tusz' \| 'tuev' \| 'generic'"
+    ):
         load_config(None, ["corpus.layout=tuh"])
 
 

@@ -173,3 +173,31 @@ def test_sleep_edf_hypnograms_pair_with_their_recordings_from_s3(s3, tmp_path):
     assert Index.load(tmp_path / "s3.npz").event_table(1)["description"].tolist() == [
         "Sleep stage W"
     ]
+
+
+def test_tuev_rec_files_are_read_from_s3_as_from_a_local_tree(s3, tmp_path):
+    """TUEV: each recording's .rec comes with it from object storage; the events table equals
+    the local one, and a changed .rec re-reads its recording only."""
+    from brainpipe.synthetic import make_corpus
+
+    corpus = make_corpus(tmp_path / "tuev", "tuev", n_subjects=3, seed=4, duration_s=(20, 25))
+    s3.upload_tree(tmp_path / "tuev", BUCKET, "tuev")
+    c = load_config(Path(__file__).parents[1] / "configs" / "tuev.yaml")
+    here = build_index(tmp_path / "tuev", tmp_path / "local.npz", c, progress=False).index
+    remote = build_index(f"s3://{BUCKET}/tuev", tmp_path / "s3.npz", c, progress=False).index
+    assert sorted(remote.path.tolist()) == sorted(corpus.paths) and not remote.errors
+    assert remote.path.tolist() == here.path.tolist()
+    for i in range(len(here)):
+        got, want = remote.event_table(i), here.event_table(i)
+        assert len(want["onset_s"]) > 0
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    rel = str(here.path[0]).removesuffix(".edf") + ".rec"
+    edited = tmp_path / "edited.rec"
+    edited.write_text("0,1.0,2.0,1\n")
+    s3.client().upload_file(str(edited), BUCKET, f"tuev/{rel}")
+    again = build_index(f"s3://{BUCKET}/tuev", tmp_path / "s3.npz", c, progress=False)
+    assert (again.n_read, again.n_reused) == (1, len(here) - 1)
+    after = Index.load(tmp_path / "s3.npz")
+    row = after.path.tolist().index(str(here.path[0]))
+    assert after.event_table(row)["description"].tolist() == ["spsw"]

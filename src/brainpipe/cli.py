@@ -9,6 +9,7 @@
     brainpipe predict --cache data/tusz.h5 --checkpoint runs/x/best.pt --split eval --out runs/x/pred
     brainpipe score --ref tusz/edf/eval --hyp runs/x/hyp --method nedc-ovlp --json
     brainpipe score --ref data/tusz.h5 --hyp runs/x/pred/hyp
+    brainpipe train ... --seeds 0,1,2,3,4 --folds 5; brainpipe report runs/x --out runs/x/report
 
 Stage modules are imported inside their command so `brainpipe index` never pays for torch or mne.
 """
@@ -39,8 +40,8 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 def _add_stages(sub: argparse._SubParsersAction) -> None:
     """The pipeline: synth, index, build-cache, cache-set, train."""
-    p = sub.add_parser("synth", help="write a synthetic TUH-like corpus (TUAB, TUSZ or MEG)")
-    p.add_argument("--layout", choices=["tuab", "tusz", "meg"], required=True)
+    p = sub.add_parser("synth", help="write a synthetic TUH-like corpus (TUAB, TUSZ, TUEV or MEG)")
+    p.add_argument("--layout", choices=["tuab", "tusz", "tuev", "meg"], required=True)
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument(
         "--n-subjects", type=int, default=None, help="number of subjects (default: the generator's)"
@@ -99,6 +100,29 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue from the run dir's last checkpoint"
     )
+    _add_protocol(p)
+
+
+def _add_protocol(p: argparse.ArgumentParser) -> None:
+    """train's protocol flags: seeds, subject-wise folds, one cell of their grid, aggregation."""
+    g = p.add_argument_group("protocols (README: Results you can compare)")
+    g.add_argument("--seeds", metavar="LIST", help="one sub-run per seed, e.g. 0,1,2,3,4")
+    g.add_argument(
+        "--folds", type=int, default=0, metavar="K",
+        help="subject-wise K-fold cross-validation over the train split's subjects",
+    )  # fmt: skip
+    g.add_argument(
+        "--fold-all-splits", action="store_true",
+        help="with --folds: fold the subjects of every split, not only train's",
+    )  # fmt: skip
+    g.add_argument(
+        "--cell", type=int, metavar="I",
+        help="train only cell I of the seeds x folds grid (a Slurm array task)",
+    )  # fmt: skip
+    g.add_argument(
+        "--aggregate", action="store_true",
+        help="only write the parent summary.json from the finished cells",
+    )  # fmt: skip
 
 
 def _add_inference(sub: argparse._SubParsersAction) -> None:
@@ -156,6 +180,10 @@ def _add_inference(sub: argparse._SubParsersAction) -> None:
 
 def _add_checks(sub: argparse._SubParsersAction) -> None:
     """Looking at files: inspect, verify."""
+    p = sub.add_parser("report", help="one static HTML report (index.html + PNGs) of run dirs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="runs, or protocols' parents")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write")
+
     p = sub.add_parser("inspect", help="summarize an index or a cache")
     p.add_argument("path", metavar="PATH")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -255,10 +283,37 @@ def cmd_cache_set(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args)
+    if args.seeds or args.folds or args.cell is not None or args.aggregate:
+        return _train_protocol(args, cfg)
     from brainpipe.reporting import train_text
     from brainpipe.training.train import train
 
     print(train_text(train(args.cache, args.run_dir, cfg, resume=args.resume), args.run_dir))
+    return 0
+
+
+def _train_protocol(args: argparse.Namespace, cfg) -> int:
+    from dataclasses import replace
+
+    from brainpipe.protocols import parse_seeds
+    from brainpipe.reporting import train_text
+    from brainpipe.reporting.html import protocol_text
+    from brainpipe.training.protocol import run_protocol
+
+    if args.fold_all_splits:
+        cfg = replace(cfg, train=replace(cfg.train, fold_splits="all"))
+    seeds = parse_seeds(args.seeds) if args.seeds else None
+    s = run_protocol(
+        args.cache, args.run_dir, cfg, seeds, args.folds, args.resume, args.cell, args.aggregate
+    )
+    print(protocol_text(s) if "protocol" in s else train_text(s, s["run_dir"]))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from brainpipe.reporting.html import report_line, write_report
+
+    print(report_line(write_report(args.run_dirs, args.out)))
     return 0
 
 
@@ -342,6 +397,7 @@ COMMANDS = {
     "verify": cmd_verify,
     "predict": cmd_predict,
     "score": cmd_score,
+    "report": cmd_report,
 }
 
 

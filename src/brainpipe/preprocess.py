@@ -146,6 +146,9 @@ def plan_channels(
     if cfg.montage == "tcp":
         pairs = TCP_PAIRS
         names = tuple(f"{a}-{c}" for a, c in pairs)
+    elif cfg.montage == "bipolar":
+        pairs = tuple(_derivation(ch) for ch in cfg.channels)
+        names = tuple(f"{a}-{c}" for a, c in pairs)
     else:
         pairs = tuple((canonical_name(ch), None) for ch in cfg.channels)
         names = tuple(a for a, _ in pairs)
@@ -191,6 +194,17 @@ def plan_channels(
         mask=tuple(mask),
         scale=(_SCALE["eeg"],) * len(names),
     )
+
+
+def _derivation(name: str) -> tuple[str, str]:
+    """'FP1-F7' -> ('FP1', 'F7'): a bipolar channel of preprocess.montage=bipolar."""
+    anode, dash, cathode = name.partition("-")
+    if not (dash and anode.strip() and cathode.strip()) or "-" in cathode:
+        raise BrainpipeError(
+            f"preprocess.montage=bipolar: channel {name!r} is not a derivation 'ANODE-CATHODE' "
+            "(e.g. FP1-F7)"
+        )
+    return canonical_name(anode), canonical_name(cathode)
 
 
 def _plan_meg(

@@ -171,6 +171,7 @@ def _build(
                 cfg.window.label_overlap,
                 skipped=plan.skipped,
                 compression=cfg.cache.compression,
+                anchor=cfg.window.anchor,
                 # One shard may hold one class only; `cache-set` checks the classes of the set.
                 check=None if shard else lambda counts: _check_labels(counts, cfg, writer.partial),
             )

@@ -33,6 +33,7 @@ from brainpipe.index.rows import (
     RecordingReader,
     ScanResult,
     annotation_file,
+    annotation_suffixes,
     assemble,
     pair_annotation_files,
     scan_meta,
@@ -114,10 +115,11 @@ def _match_previous(
     reused: list[int] = []
     todo: list[tuple[str, tuple[str, ...]]] = []
     root_s = str(root)
-    tusz = corpus.layout == "tusz"
+    tuh = corpus.layout in ("tusz", "tuev")
+    suffixes = annotation_suffixes(corpus)
     for rel in candidates:
-        if tusz:
-            csv = annotation_file(rel, every, corpus.annotation_suffixes)
+        if tuh:
+            csv = annotation_file(rel, every, suffixes)
             ann: tuple[str, ...] = (csv,) if csv is not None else ()
         else:
             ann = paired.get(rel, ())

@@ -48,6 +48,20 @@ def train_start_line(setup: Any, n_params: int, steps_per_epoch: int) -> str:
     )
 
 
+def finetune_line(model: str, mode: str, trainable: int, total: int, scaling: str) -> str:
+    """What a foundation-model run trains (`train.finetune`) and how its input is scaled."""
+    return f"{model} {mode}: {trainable:,} of {total:,} parameters train; input {scaling}"
+
+
+def pretrained_line(report: dict[str, Any]) -> str:
+    """The pretrained weights a run loaded: file, digest, keys loaded and started fresh."""
+    fresh = ", ".join(report["fresh_keys"]) or "none"
+    return (
+        f"pretrained {report['path']} sha256 {report['sha256'][:16]}: "
+        f"{report['loaded_keys']} keys loaded, fresh: {fresh}"
+    )
+
+
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
     """The one line an epoch prints, from its row of metrics.jsonl."""
     line = f"epoch {row['epoch']}/{epochs}  loss {row['train']['loss']:.4f}"

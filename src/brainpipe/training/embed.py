@@ -28,7 +28,7 @@ from brainpipe.embeddingfile import write_embeddings
 from brainpipe.errors import BrainpipeError
 from brainpipe.fsutil import check_writable_dir
 from brainpipe.samplers import WindowBatchSampler
-from brainpipe.training.models import build_model
+from brainpipe.training.models import load_checkpoint_model
 from brainpipe.training.objectives import model_outputs
 from brainpipe.training.rundir import load_checkpoint
 from brainpipe.training.runtime import (
@@ -61,8 +61,7 @@ def embed(
     )
     if len(ds) == 0:
         raise BrainpipeError(f"{reader.path}: no windows of {w.seconds:g} s to embed")
-    model = build_model(ckpt["model_args"])
-    model.load_state_dict(ckpt["model"])
+    model = load_checkpoint_model(ckpt, str(checkpoint))
     dev = resolve_device(device)
     model.to(dev)
     workers = cfg.train.num_workers if num_workers is None else num_workers

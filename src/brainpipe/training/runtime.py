@@ -25,6 +25,7 @@ from brainpipe.cachefile import CacheReader
 from brainpipe.config import Config
 from brainpipe.datasets import CacheWindowDataset, subject_keys
 from brainpipe.errors import BrainpipeError
+from brainpipe.protocols import Part, cache_splits, plan_splits
 from brainpipe.reporting import shm_prefetch_note
 from brainpipe.ring import (
     SHM_DIR,
@@ -39,7 +40,6 @@ from brainpipe.samplers import (
     SubjectBatchSampler,
     WindowBatchSampler,
     carve_subjects,
-    carve_validation,
     class_balanced_weights,
 )
 from brainpipe.training.rundir import same_setting
@@ -175,39 +175,32 @@ def make_subject_datasets(reader: CacheReader, cfg: Config) -> Splits:
 
 
 def make_datasets(reader: CacheReader, cfg: Config) -> Splits:
-    """train / val (carved from train by subject) / eval datasets, checked for emptiness."""
+    """train / val / eval datasets (`protocols.plan_splits`: validation carved from train by
+    subject or the corpus's own split, eval a split or a held-out fold), checked for emptiness."""
     t, w = cfg.train, cfg.window
     if t.task != "classify":
         return make_subject_datasets(reader, cfg)
-    r = reader.recordings
-    done = r["status"] == 1
-    splits = sorted(set(r["split"][done].tolist()))
-    for name in ["train"] + ([t.eval_split] if t.eval_split else []):
-        if name not in splits:
-            raise BrainpipeError(
-                f"{reader.path}: no recordings in split {name!r}; the cache has "
-                f"{', '.join(map(repr, splits)) or 'none'}"
-                + ("" if name == "train" else "; set train.eval_split to one (or '' for none)")
-            )
-    train_subjects, val_subjects = carve_validation(reader, t.val_fraction, t.seed, "train")
-    if t.val_fraction > 0 and len(val_subjects) == 0:
+    if t.eval_split and not t.folds and t.eval_split not in cache_splits(reader):
         raise BrainpipeError(
-            f"train.val_fraction={t.val_fraction} leaves no validation subject: split 'train' "
-            f"has {len(train_subjects)} subjects and each class needs two; set "
-            "train.val_fraction=0 or add subjects"
+            f"{reader.path}: no recordings in split {t.eval_split!r}; the cache has "
+            f"{', '.join(map(repr, cache_splits(reader))) or 'none'}; set train.eval_split to "
+            "one (or '' for none)"
         )
+    plan = plan_splits(reader, cfg)
     kw: dict[str, Any] = dict(
         window_s=w.seconds, stride_s=w.stride_seconds, label_overlap=w.label_overlap
     )
-    data = Splits(
-        train=CacheWindowDataset(
-            reader, "train", subjects=train_subjects, augment=t.augment, seed=t.seed, **kw
-        ),
-        val=CacheWindowDataset(reader, "train", subjects=val_subjects, **kw)
-        if len(val_subjects)
-        else None,
-        eval=CacheWindowDataset(reader, t.eval_split, **kw) if t.eval_split else None,
-    )
+
+    def part(p: Part | None, **more: Any) -> CacheWindowDataset | None:
+        return (
+            None
+            if p is None
+            else CacheWindowDataset(reader, p.split, subjects=p.subjects, **kw, **more)
+        )
+
+    train = part(plan.train, augment=t.augment, seed=t.seed)
+    assert train is not None
+    data = Splits(train=train, val=part(plan.val), eval=part(plan.eval))
     n = data.train.window_samples
     for name, ds in (("train", data.train), *data.evaluated().items()):
         if len(ds) == 0:

@@ -61,6 +61,7 @@ from brainpipe.config import Config
 from brainpipe.datasets import subject_keys
 from brainpipe.metrics import (
     compute_metrics,
+    default_select_by,
     event_metrics,
     seizure_column,
     window_starts_s,
@@ -76,8 +77,10 @@ from brainpipe.ring import host_batch, remove_stale_rings
 from brainpipe.samplers import WindowBatchSampler
 from brainpipe.scoring import cache_references
 from brainpipe.splits import check_cache_subjects
-from brainpipe.training.models import build_model, model_args
+from brainpipe.training.adapt import adapter_summary, foundation_args, needs_adapter, setup_finetune
+from brainpipe.training.models import build_model, model_args, upgrade_args
 from brainpipe.training.objectives import class_probabilities, class_weights, objective_for
+from brainpipe.training.predictions import save_best_predictions
 from brainpipe.training.rundir import (
     RunLog,
     all_rng_states,
@@ -168,26 +171,29 @@ def prepare(cache_path: str | os.PathLike, run_dir: Path, cfg: Config, resume: b
     remove_stale_rings()  # batch rings in /dev/shm of trainers killed with -9
     device = resolve_device(t.device, env.local_rank)
     reader = open_checked_cache(cache_path, cfg)
+    n_out = len(reader.label_names) if t.task == "classify" else t.embedding_dim
+    # A foundation model's contract, and its weights, are checked before any other work.
+    fm_args = foundation_args(cfg, reader, n_out) if needs_adapter(t) and not resume else None
     check_cache_subjects(reader, t)
     data = make_datasets(reader, cfg)
     ckpt = check_run_dir(run_dir, cfg, resume)
     margs = (
-        ckpt["model_args"]  # on resume the architecture is the checkpoint's, not today's config's
+        upgrade_args(ckpt["model_args"])  # on resume the checkpoint's architecture, not today's
         if ckpt
-        else model_args(
+        else fm_args
+        or model_args(
             t.model,
             t.model_kwargs,
             data.train.n_channels,
             data.train.window_samples,
-            len(reader.label_names) if t.task == "classify" else t.embedding_dim,
+            n_out,
             reader.sfreq,
-        )
-        | ({"head": t.task} if t.task != "classify" else {})
-    )
+        )  # fmt: skip
+    ) | ({"head": t.task} if t.task != "classify" and not ckpt else {})
     torch.manual_seed(t.seed)
-    model = build_model(margs)
+    model = build_model(margs, load=ckpt is None)
     check_wandb(cfg)
-    if env.is_main and data.eval is not None and t.task == "classify":
+    if env.is_main and data.eval is not None and t.task == "classify" and not t.folds:
         names = set(subject_keys(reader)[reader.recordings["split"] == "train"].tolist())
         shared = names & set(data.eval.subjects().tolist())
         if shared:
@@ -216,7 +222,7 @@ def train(
 def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
     """The loop: epochs of training, scoring and checkpoints; returns the summary."""
     cfg, t, env, device, data = s.cfg, s.cfg.train, s.env, s.device, s.data
-    objective = objective_for(t.task, t.temperature)
+    objective = objective_for(t.task, t.temperature, t.select_by)
 
     # -------- loaders --------
     loaders = make_loaders(data, cfg, env, device)
@@ -232,7 +238,8 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
     raw_model = s.model.to(device)
     if t.channels_last:
         raw_model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(raw_model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    groups = setup_finetune(raw_model, t, env.is_main)  # train.finetune / layer_decay
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, warmup_steps, total_steps)
     )
@@ -287,6 +294,7 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
 
     # -------- summary --------
     log.close()
+    save_best_predictions(s, raw_model, loaders)  # predictions.npz, for `brainpipe report`
     summary = make_summary(s, done, n_params)
     if env.is_main:
         write_json(s.run_dir / "summary.json", summary)
@@ -440,10 +448,12 @@ def make_summary(s: Setup, done: Progress, n_params: int) -> dict[str, Any]:
         "val": best.get("val") or {},
         "eval_last": (history[-1].get("eval") or {}) if history else {},
         "best_epoch": done.best_epoch + 1,
+        "select_by": s.cfg.train.select_by or default_select_by(s.cfg.train.task, s.reader.task),
         "epochs": len(history),
         **steady_throughput(history),
         "model": s.margs,
         "n_params": n_params,
+        **adapter_summary(s.model),  # foundation models: weights' sha256, fresh keys, trainable
         "device": str(s.device),
         "world_size": s.env.world_size,
         "windows": s.data.sizes(),
