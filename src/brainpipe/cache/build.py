@@ -286,8 +286,10 @@ def _write_results(writer: CacheWriter, results, progress: bool, t0: float) -> i
     """Hand each worker result to the writer; returns the raw bytes read for those written."""
     raw_bytes = 0
     bar = None
-    if progress:
-        from tqdm import tqdm  # lazy: only a build that shows progress pays for it
+    # tqdm(disable=None) draws nothing where stderr is no terminal; its import alone (version
+    # lookup through importlib.metadata) costs ~0.1 s of a scripted build's start-up
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
 
         n = len(writer.status)
         initial = n - len(writer.pending_rows())

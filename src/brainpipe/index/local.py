@@ -18,6 +18,7 @@ object-storage scan, `index.remote`.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -153,7 +154,9 @@ def _read_all(
     if not todo:
         return []
     bar = None
-    if progress and len(todo) > 200:
+    if (
+        progress and len(todo) > 200 and sys.stderr.isatty()
+    ):  # tqdm(disable=None) draws nothing else
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), unit="file", desc="index", disable=None)
