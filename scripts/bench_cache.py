@@ -10,7 +10,7 @@ On one generated TUAB-like corpus (250/256/400/512 Hz, ~30 channels):
 Prints MB/s of raw EDF per core, the ratios, and the sizes on disk.
 
 --meg-minutes N (needs ~2.5 GB of disk per 30 minutes; skips the EEG rows): peak RSS of one
-build-cache worker (`cache._worker`, in a fresh process) on a generated N-minute, 306-channel,
+build-cache worker (`cache.workers._worker`, in a fresh process) on a generated N-minute, 306-channel,
 1 kHz FIF, preprocessed as configs/meg.yaml does (grad+mag, 0.5-45 Hz, 50 Hz notch, zscore, clip
 20, float16) at each --meg-sfreq. The worker holds its result (N min x 306 x rate x 2 bytes) and
 the chunked preprocessing's working set only: it pwrites its rows into the partial cache at the
@@ -94,13 +94,14 @@ import json, os, re, sys, tempfile
 def hwm():
     return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
 import numpy as np
-from brainpipe import cache, preprocess
+from brainpipe import preprocess, recording
+from brainpipe.cache import workers
 from brainpipe.config import load_config
 
 path, how, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 cfg = load_config(None, settings)
 p = cfg.preprocess
-read, n, sfreq, plan = cache.open_recording(path, p)
+read, n, sfreq, plan = recording.open_recording(path, p)
 n_out = preprocess.output_length(n, sfreq, p)
 read(0, 1000)
 preprocess._design(p.sfreq, p.l_freq, p.h_freq, tuple(p.notch_freqs))
@@ -116,11 +117,11 @@ if how in ("chunked", "held"):
         # partial cache; held: a worker that hands its rows' bytes to the writer instead.
         target = RowTarget(f.name, 0, n_out, item, n_ch, str(np.dtype(cfg.cache.dtype)))
         job = (0, path, cfg.to_dict()["preprocess"], n_out, cfg.cache.dtype, {})
-        _, payload, reason, _ = cache._worker((*job, target) if how == "chunked" else job)
+        _, payload, reason, _ = workers._worker((*job, target) if how == "chunked" else job)
     assert payload is not None, reason
     payload = payload if isinstance(payload, bytes) else b""
 else:  # before chunking: the whole recording as float64, then its copies
-    data, sfreq, plan = cache.load_recording(path, p)
+    data, sfreq, plan = recording.load_recording(path, p)
     out = preprocess.preprocess(data, sfreq, plan, p)
     del data
     payload = np.ascontiguousarray(out.T).astype(cfg.cache.dtype).tobytes()

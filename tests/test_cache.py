@@ -200,7 +200,7 @@ def test_kill_9_mid_build_then_resume_equals_uninterrupted(tuab, tmp_path):
 
 
 def test_partial_from_another_config_is_refused(tuab, tmp_path, monkeypatch):
-    import brainpipe.cache as cache_mod
+    import brainpipe.cache.build as cache_mod
 
     cache = tmp_path / "c.h5"
 
@@ -552,7 +552,7 @@ def test_upsampling_is_a_warning_in_the_build_summary(tuab, tmp_path):
 def test_a_failed_build_says_what_happens_to_the_partial_file_and_force_cleans_it(
     tuab, tmp_path, monkeypatch
 ):
-    import brainpipe.cache as cache_mod
+    import brainpipe.cache.build as cache_mod
 
     cache = tmp_path / "c.h5"
     monkeypatch.setattr(

@@ -133,7 +133,7 @@ def test_a_sigkilled_worker_is_reported_and_its_recording_retried(corpus, tmp_pa
 def test_a_recording_that_kills_every_worker_is_skipped_with_the_reason(
     corpus, tmp_path, monkeypatch, capsys
 ):
-    import brainpipe.cache as cache_mod
+    import brainpipe.cache.build as cache_mod
     from brainpipe.indexfile import Index
 
     victim = str(Index.load(corpus / "index.npz").path[2])

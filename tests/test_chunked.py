@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 import brainpipe.preprocess as pp
-from brainpipe.cache import load_recording, open_recording, process_recording
+from brainpipe.cache import process_recording
 from brainpipe.config import load_config
 from brainpipe.errors import BrainpipeError
+from brainpipe.recording import load_recording, open_recording
 from brainpipe.synthetic import CorpusSpec, make_corpus
 
 # Small enough that the 120 s MEG recording takes several chunks at any of the rates below
@@ -198,7 +199,8 @@ _MEASURE = textwrap.dedent(
         return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
     import numpy as np
     from brainpipe import preprocess as pp
-    from brainpipe.cache import open_recording, process_recording
+    from brainpipe.cache import process_recording
+    from brainpipe.recording import open_recording
     from brainpipe.config import load_config
 
     path = sys.argv[1]

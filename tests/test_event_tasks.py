@@ -183,7 +183,7 @@ def test_events_task_checks_its_classes_before_reading_signals(tmp_path, monkeyp
     # A class no description maps onto: found at plan time, before any worker starts.
     cfg = sleep_config('corpus.event_labels={"Sleep stage W": W, "Sleep stage 5": N5}')
     build_index(root, tmp_path / "i.npz", cfg, progress=False)
-    import brainpipe.cache as stage
+    import brainpipe.cache.build as stage
 
     monkeypatch.setattr(stage, "run_jobs", lambda *a, **k: pytest.fail("read signals"))
     with pytest.raises(BrainpipeError, match=r"no event of class N5 .*W=4, N5=0"):

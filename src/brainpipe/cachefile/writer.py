@@ -1,45 +1,29 @@
-"""The brainpipe cache format (HDF5): a writer and a reader sharing only the constants below.
+"""Writing a cache crash-safely: `CacheWriter`, the one way a cache file comes into being.
 
-See docs/cache-format.md for the layout with a literal example. In short:
+The sequence (docs/cache-format.md): take an exclusive flock on `<cache>.journal` (a second
+build on the path fails at once naming the holder's pid), create or resume `<cache>.partial`
+with every table of the plan and a contiguous, pre-allocated /signals, put each recording's
+rows at their reserved offset with pwrite + fdatasync (`write`, or a worker process through
+`target(row)` -> `RowTarget`) and append `row<TAB>reason` to the journal with fsync, then
+`finish`: snapshot every byte outside /signals to `<cache>.finalizing`, write the window,
+subject and skipped tables and `complete` last, optionally repack compressed, fsync, rename.
 
-    /signals            (total_samples, n_channels) float16, contiguous, time-major: one
-                        recording after another, each grouped by subject; a window is a
-                        contiguous block of rows, read with one memcpy through np.memmap.
-    /recordings/*       one row per planned recording: path, subject, session, split, label,
-                        sfreq_orig, offset, length, status, mask, t0_s, n_windows, first_window
-    /subjects/*         name, first_window, n_windows, first_recording, n_recordings
-    /windows/*          recording, start (row in /signals), label
-    /events/*           recording, onset_s, offset_s, label (seconds in the original recording)
-    /skipped/*          path, reason
-    attrs               format_version, complete, config (JSON), config_hash, index_hash, ...
+HDF5's own metadata is untouched between create and finish, so kill -9 at any moment leaves a
+partial file that reopens and a journal saying which rows are written; a finalize that was
+killed, torn or ran out of disk is undone from the snapshot at the next open and redone from
+the journal without preprocessing anything again.
 
-Owns writing and reading: `CacheWriter` (the whole crash-safe write sequence: `<cache>.partial`,
-its journal, pwrite + fdatasync, finalize, repack, fsync, rename), `CacheReader`, the window table
-(`compute_windows`) both use, and the task rule (`task_of`). The build stage (cache.py) only plans,
-schedules workers and hands their results to the writer.
-
-The writer puts signal bytes straight into the dataset's reserved, contiguous storage and keeps
-HDF5's own metadata untouched until the end, so a killed build leaves a file that reopens and a
-journal saying which rows are written. The `complete` attribute is written last; a reader refuses
-a file without it. The `task` attribute records cache.task ("abnormal", "seizure", "events", ""
-for none);
-`task_of` is the one rule that reads it (label names only for caches written before it).
-
-Crash safety beyond the rows (issue 16): the writer holds an exclusive flock on the journal
-from open to the final rename (a second build on the path fails at once naming the holder's
-pid); before finalizing it saves every byte of the partial file outside /signals to
-`<cache>.finalizing`, and the next open puts them back, so a finalize that was killed, torn or
-ran out of disk is redone from the journal without preprocessing anything again. The reader
-checks every declared size against the file before it reads a table.
-
-About 970 lines, over the ~500 guideline on purpose: writer and reader of one format side by side,
-sharing the constants and private helpers (string tables, the window table); splitting them
-would put the format's contract, and its crash-safety contract, in two places again.
+Over 600 lines because the sequence is one protocol: the lock, the journal, the reserved
+offsets, the snapshot and the finalize each rely on an ordering the others keep, and a reader of
+one step needs the others beside it to see that it is crash-safe. The layout constants it
+shares with the reader are in `layout.py`. h5py is imported inside functions because it costs
+about 0.3 s and `brainpipe.cachefile` is imported on paths that never open a cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -50,163 +34,23 @@ from typing import Any
 
 import numpy as np
 
+from brainpipe.cachefile.layout import (
+    COMPRESSION,
+    FORMAT_VERSION,
+    RESUME_KEYS,
+    STATUS_DONE,
+    STATUS_PENDING,
+    STATUS_SKIPPED,
+    Layout,
+    compute_windows,
+    decode_strings,
+    plan_hash,
+    str_array,
+    task_events,
+    task_of,
+)
 from brainpipe.errors import BrainpipeError
 from brainpipe.fsutil import fsync_dir
-
-FORMAT_VERSION = 1
-STATUS_PENDING, STATUS_DONE, STATUS_SKIPPED = 0, 1, 2
-COMPRESSION = {"none": None, "lzf": "lzf", "gzip": "gzip"}
-
-
-def _str_array(values) -> np.ndarray:
-    import h5py
-
-    return (
-        np.array([str(v).encode() for v in values], dtype=h5py.string_dtype("utf-8", None))
-        if len(values)
-        else np.zeros(0, dtype=h5py.string_dtype())
-    )
-
-
-def _decode(arr: np.ndarray) -> np.ndarray:
-    return (
-        np.array([v.decode() if isinstance(v, bytes) else str(v) for v in arr.tolist()], dtype=str)
-        if len(arr)
-        else np.zeros(0, dtype="U1")
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Window tables: pure functions on arrays, shared by the writer and by train-time re-windowing
-# ---------------------------------------------------------------------------------------------
-
-
-def compute_windows(
-    offsets: np.ndarray,
-    lengths: np.ndarray,
-    window: int,
-    stride: int,
-    rec_labels: np.ndarray,
-    events: tuple[np.ndarray, ...] | None = None,
-    sfreq: float = 1.0,
-    t0_s: np.ndarray | None = None,
-    label_overlap: float = 0.5,
-    keep: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """The window table for recordings laid out at `offsets` with `lengths` rows.
-
-    Vectorized: no Python loop over windows. With `events` (recording, onset_s, offset_s), a
-    window's label is 1 when at least `label_overlap` of it overlaps an event, else 0; without,
-    it is its recording's label. With a fourth array, each event's class (cache.task=events), a
-    window takes the class of the event overlapping it most among those covering at least
-    `label_overlap` of it, and -1 (unlabelled) when none does.
-    """
-    n_rec = len(offsets)
-    keep = np.ones(n_rec, bool) if keep is None else keep
-    counts = np.where(keep & (lengths >= window), (lengths - window) // stride + 1, 0).astype(
-        np.int64
-    )
-    total = int(counts.sum())
-    rec = np.repeat(np.arange(n_rec, dtype=np.int32), counts)
-    first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    k = np.arange(total, dtype=np.int64) - np.repeat(first, counts)
-    local = k * stride
-    start = offsets[rec] + local
-    label = rec_labels[rec].astype(np.int8)
-    if events is not None:
-        ev_rec, ev_on, ev_off = events[:3]
-        classes = events[3].tolist() if len(events) > 3 else None
-        label = np.zeros(total, np.int8) if classes is None else np.full(total, -1, np.int8)
-        best = np.zeros(total if classes is not None else 0)  # the overlap behind a class
-        t0 = np.zeros(n_rec) if t0_s is None else t0_s
-        # Per event, the windows of its recording it covers: events are few, windows many.
-        for j, (r, on, off) in enumerate(
-            zip(ev_rec.tolist(), ev_on.tolist(), ev_off.tolist(), strict=True)
-        ):
-            if r >= n_rec or counts[r] == 0:
-                continue
-            lo, hi = first[r], first[r] + counts[r]
-            w_on = local[lo:hi] / sfreq + t0[r]
-            w_off = w_on + window / sfreq
-            overlap = np.clip(np.minimum(w_off, off) - np.maximum(w_on, on), 0, None)
-            hit = overlap >= label_overlap * window / sfreq - 1e-9
-            if classes is None:
-                label[lo:hi] |= hit.astype(np.int8)
-                continue
-            hit &= overlap > best[lo:hi]  # ties: the event listed first keeps the window
-            label[lo:hi][hit] = classes[j]
-            best[lo:hi][hit] = overlap[hit]
-    return {
-        "recording": rec,
-        "start": start.astype(np.int64),
-        "label": label,
-        "counts": counts,
-        "first": first,
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Writer
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What is known before any data is read: the file can be laid out up front."""
-
-    channels: tuple[str, ...]
-    sfreq: float
-    dtype: str
-    recordings: dict[
-        str, np.ndarray
-    ]  # path, subject, session, split, label, sfreq_orig, length, t0_s, mask
-    events: dict[str, np.ndarray]  # recording, onset_s, offset_s, label
-    label_names: tuple[str, ...]
-    attrs: dict[str, Any]
-    task: str = ""  # "abnormal", "seizure", "events" or "" (cache.task none): the `task` attribute
-
-
-def task_of(attrs: dict[str, Any], label_names: tuple[str, ...]) -> str:
-    """The task a cache serves ("abnormal", "seizure", or "" for an unlabelled/custom cache).
-
-    Caches record it in the `task` attribute; caches written before that attribute existed are
-    read by the one rule they were built under: the label names of a task.
-    """
-    task = str(attrs.get("task", ""))
-    if task:
-        return task
-    from brainpipe.corpus import TASK_LABELS
-
-    return next((t for t, names in TASK_LABELS.items() if tuple(label_names) == names), "")
-
-
-def task_events(
-    task: str, label_names: tuple[str, ...], events: dict[str, np.ndarray]
-) -> tuple[np.ndarray, ...] | None:
-    """The `events` argument of `compute_windows` for a cache's task and its /events table:
-    seizure caches label windows by overlap with their events, events caches by overlap with
-    the events of their classes (a fourth array: each event's class), others by recording."""
-    if task == "seizure":
-        return events["recording"], events["onset_s"], events["offset_s"]
-    if task != "events":
-        return None
-    lookup = {n: k for k, n in enumerate(label_names)}
-    cls = np.array([lookup.get(x, -1) for x in _decode(events["label"]).tolist()], np.int64)
-    keep = cls >= 0
-    return events["recording"][keep], events["onset_s"][keep], events["offset_s"][keep], cls[keep]
-
-
-def plan_hash(layout: Layout) -> str:
-    """Identifies the planned rows of a layout: a partial file resumes only under the same one."""
-    h = hashlib.sha256()
-    for k in ("path", "length"):
-        h.update(np.ascontiguousarray(layout.recordings[k]).tobytes())
-    h.update(json.dumps(list(layout.channels)).encode())
-    return h.hexdigest()[:16]
-
-
-# A partial file is resumed only when these attributes match the new build's.
-RESUME_KEYS = ("config_hash", "index_hash", "plan_hash")
 
 
 @dataclass(frozen=True)
@@ -519,8 +363,6 @@ def _finalize_error(partial: Path, e: OSError) -> BrainpipeError:
 
 
 def _flock(fd: int, path: Path) -> None:
-    import fcntl
-
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -554,8 +396,6 @@ _SNAPSHOT_MAGIC = b"brainpipe-finalize-1\n"
 
 def _write_snapshot(snapshot: Path, partial: Path, plan: str, span: tuple[int, int]) -> None:
     """Save the partial file's bytes outside /signals (its HDF5 metadata), atomically."""
-    import contextlib
-
     base, nbytes = span
     with open(partial, "rb") as f:
         head = f.read(base)
@@ -675,7 +515,7 @@ def _create(path: Path, layout: Layout, plan_hash: str) -> None:
         )
         g = f.create_group("recordings")
         for k in ("path", "subject", "session", "split"):
-            g.create_dataset(k, data=_str_array(r[k]))
+            g.create_dataset(k, data=str_array(r[k]))
         g.create_dataset("label", data=r["label"].astype(np.int8))
         g.create_dataset("sfreq_orig", data=r["sfreq_orig"].astype(np.float64))
         g.create_dataset("offset", data=offsets)
@@ -687,7 +527,7 @@ def _create(path: Path, layout: Layout, plan_hash: str) -> None:
         e.create_dataset("recording", data=layout.events["recording"].astype(np.int64))
         e.create_dataset("onset_s", data=layout.events["onset_s"].astype(np.float64))
         e.create_dataset("offset_s", data=layout.events["offset_s"].astype(np.float64))
-        e.create_dataset("label", data=_str_array(layout.events["label"]))
+        e.create_dataset("label", data=str_array(layout.events["label"]))
         for k, v in layout.attrs.items():
             f.attrs[k] = v
         f.attrs["plan_hash"] = plan_hash
@@ -738,7 +578,7 @@ def _finalize(
         g = f["recordings"]
         g["status"][...] = status
         offsets, lengths = g["offset"][()], g["length"][()]
-        subjects = _decode(g["subject"][()])
+        subjects = decode_strings(g["subject"][()])
         names = tuple(json.loads(f.attrs["label_names"]))
         events = task_events(
             task_of(dict(f.attrs), names), names, {k: v[()] for k, v in f["events"].items()}
@@ -763,8 +603,8 @@ def _finalize(
         w.create_dataset("label", data=win["label"])
         _write_subjects(f, subjects, win["counts"])
         k = f.create_group("skipped")
-        k.create_dataset("path", data=_str_array([p for p, _ in skipped]))
-        k.create_dataset("reason", data=_str_array([r for _, r in skipped]))
+        k.create_dataset("path", data=str_array([p for p, _ in skipped]))
+        k.create_dataset("reason", data=str_array([r for _, r in skipped]))
         f.attrs["window_samples"] = int(window)
         f.attrs["stride_samples"] = int(stride)
         f.attrs["label_overlap"] = float(label_overlap)
@@ -786,7 +626,7 @@ def _write_subjects(f, subjects: np.ndarray, counts: np.ndarray) -> None:
     n_recs = np.diff(np.concatenate([first_rec, [len(subjects)]]))
     cum = np.concatenate([[0], np.cumsum(counts)])
     s = f.create_group("subjects")
-    s.create_dataset("name", data=_str_array(names))
+    s.create_dataset("name", data=str_array(names))
     s.create_dataset("first_recording", data=first_rec.astype(np.int64))
     s.create_dataset("n_recordings", data=n_recs.astype(np.int64))
     s.create_dataset("first_window", data=cum[first_rec].astype(np.int64))
@@ -799,7 +639,7 @@ def _label_counts(path: Path) -> dict[str, dict[str, int]]:
 
     with h5py.File(path, "r") as f:
         names = json.loads(f.attrs["label_names"])
-        split = _decode(f["recordings"]["split"][()])
+        split = decode_strings(f["recordings"]["split"][()])
         rec, lab = f["windows"]["recording"][()], f["windows"]["label"][()]
     out: dict[str, dict[str, int]] = {}
     ws = split[rec] if len(rec) else np.zeros(0, str)
@@ -849,231 +689,3 @@ def _repack(src: Path, dst: Path, compression: str) -> None:
                 fout.attrs[k] = v
         fout.attrs["compression"] = compression
         fout.attrs["complete"] = True  # last, as in _finalize
-
-
-# ---------------------------------------------------------------------------------------------
-# Reader
-# ---------------------------------------------------------------------------------------------
-
-
-# A compressed /signals stores EEG at 2-4x; a declared size this far beyond what is on disk is
-# a crafted or torn file, not a cache (reading it would allocate terabytes or scan for hours).
-MAX_COMPRESSION_RATIO = 1000
-
-
-def _check_declared_sizes(f, file_size: int) -> None:
-    """Refuse datasets whose declared size the file cannot hold, before reading any of them."""
-    import h5py
-
-    def check(name, d):
-        if not isinstance(d, h5py.Dataset):
-            return
-        nbytes = int(np.prod(d.shape, dtype=object)) * d.id.get_type().get_size()
-        if d.chunks is None:
-            too_big = (d.id.get_offset() or 0) + nbytes > file_size
-        else:  # chunked: compare with the bytes actually stored
-            too_big = nbytes > max(file_size, d.id.get_storage_size()) * MAX_COMPRESSION_RATIO
-        if too_big:
-            raise ValueError(
-                f"/{name} declares {d.shape} ({nbytes:,} bytes), the file has {file_size:,}"
-            )
-
-    f.visititems(check)
-
-
-class CacheReader:
-    """Read a finished cache: tables as numpy arrays, windows through a memmap.
-
-    Holds no open handle in its pickled state: each DataLoader worker reopens the file lazily,
-    which is what makes `num_workers > 0` work with HDF5.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        import h5py
-
-        self.path = Path(path)
-        try:
-            f = h5py.File(self.path, "r")
-        except FileNotFoundError as e:
-            raise BrainpipeError(
-                f"{self.path}: cache not found; build it with `brainpipe build-cache`"
-            ) from e
-        except OSError as e:
-            raise BrainpipeError(f"{self.path}: not a readable HDF5 cache ({e})") from e
-        with f:
-            a = f.attrs
-            version = int(a.get("format_version", -1))
-            if version != FORMAT_VERSION:
-                raise BrainpipeError(
-                    f"{self.path}: cache format version {version}, this brainpipe reads version {FORMAT_VERSION}; rebuild with `brainpipe build-cache --force`"
-                )
-            if not bool(a.get("complete", False)):
-                raise BrainpipeError(
-                    f"{self.path}: cache build did not finish; run `brainpipe build-cache` again to resume it"
-                )
-            try:
-                self._load(f)
-            except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
-                why = (str(e).splitlines() or [type(e).__name__])[0]
-                raise BrainpipeError(
-                    f"{self.path}: corrupt cache ({why}); rebuild it with `brainpipe build-cache --force`"
-                ) from None
-        self._check_bounds()
-        self._mm: np.memmap | None = None
-        self._h5 = None
-
-    def _load(self, f) -> None:
-        """Attributes and tables, each size checked against the file before it is read."""
-        _check_declared_sizes(f, self.path.stat().st_size)
-        a = f.attrs
-        self.attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in a.items()}
-        self.channels = tuple(json.loads(a["channels"]))
-        self.label_names = tuple(json.loads(a["label_names"]))
-        self.task = task_of(self.attrs, self.label_names)
-        self.sfreq = float(a["sfreq"])
-        self.window_samples = int(a["window_samples"])
-        self.stride_samples = int(a["stride_samples"])
-        self.config = json.loads(a["config"]) if "config" in a else {}
-        g = f["recordings"]
-        self.recordings = {k: g[k][()] for k in g}
-        for k in ("path", "subject", "session", "split"):
-            self.recordings[k] = _decode(self.recordings[k])
-        self.windows = {k: f["windows"][k][()] for k in f["windows"]}
-        self.subjects = {k: f["subjects"][k][()] for k in f["subjects"]}
-        self.subjects["name"] = _decode(self.subjects["name"])
-        self.events = {k: f["events"][k][()] for k in f["events"]}
-        self.events["label"] = _decode(self.events["label"])
-        self.skipped = [
-            {"path": p, "reason": r}
-            for p, r in zip(
-                _decode(f["skipped"]["path"][()]),
-                _decode(f["skipped"]["reason"][()]),
-                strict=True,
-            )
-        ]
-        d = f["signals"]
-        self.shape = tuple(d.shape)
-        self.dtype = d.dtype
-        off = d.id.get_offset()
-        self._offset = None if off is None else int(off)
-
-    def _check_bounds(self) -> None:
-        """Every window and recording lies inside /signals (a crafted table must not read past it)."""
-        n_rows = self.shape[0]
-        ws, wr = self.windows["start"], self.windows["recording"]
-        off, length = self.recordings["offset"], self.recordings["length"]
-        bad = None
-        if not 0 < self.window_samples <= n_rows:
-            bad = f"window_samples={self.window_samples} but /signals has {n_rows} rows"
-        elif len(off) and ((off < 0) | (length < 0) | (off + length > n_rows)).any():
-            bad = f"recordings extend past the end of /signals ({n_rows} rows)"
-        elif len(ws) and ((ws < 0) | (ws > n_rows - self.window_samples)).any():
-            bad = f"windows extend past the end of /signals ({n_rows} rows)"
-        elif len(wr) and ((wr < 0) | (wr >= len(off))).any():
-            bad = "windows point at recordings that do not exist"
-        if bad:
-            raise BrainpipeError(
-                f"{self.path}: corrupt cache ({bad}); rebuild it with `brainpipe build-cache --force`"
-            )
-
-    # context manager and pickling ------------------------------------------------------------
-    def __enter__(self) -> CacheReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._mm = None
-        if self._h5 is not None:
-            self._h5.close()
-            self._h5 = None
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_mm"] = None
-        state["_h5"] = None
-        return state
-
-    # signal access --------------------------------------------------------------------------
-    @property
-    def n_channels(self) -> int:
-        return self.shape[1]
-
-    def _signals(self):
-        if self._offset is not None:
-            if self._mm is None:
-                self._mm = np.memmap(
-                    self.path, dtype=self.dtype, mode="r", offset=self._offset, shape=self.shape
-                )
-            return self._mm
-        if self._h5 is None:
-            import h5py
-
-            self._h5 = h5py.File(self.path, "r")
-        return self._h5["signals"]
-
-    def read(self, start: int, n: int) -> np.ndarray:
-        """Rows [start, start + n) of /signals: (n, n_channels) in the stored dtype."""
-        return np.asarray(self._signals()[start : start + n])
-
-    def read_windows(self, starts: np.ndarray, n: int, out: np.ndarray | None = None) -> np.ndarray:
-        """A batch of windows, (len(starts), n, n_channels) in the stored dtype (time-major).
-
-        One contiguous copy per window from the memmap; h5py fancy indexing would be ~50x slower.
-        """
-        starts = np.asarray(starts, dtype=np.int64)
-        if out is None:
-            out = np.empty((len(starts), n, self.shape[1]), dtype=self.dtype)
-        sig = self._signals()
-        for k, s in enumerate(starts.tolist()):
-            out[k] = sig[s : s + n]
-        return out
-
-    # summaries ------------------------------------------------------------------------------
-    def summary(self) -> dict[str, Any]:
-        r, w = self.recordings, self.windows
-        done = r["status"] == STATUS_DONE
-        labels = w["label"]
-        splits_of_windows = r["split"][w["recording"]] if len(w["recording"]) else np.zeros(0, str)
-        by_label = {
-            self._label_name(int(v)): int(c)
-            for v, c in zip(*np.unique(labels, return_counts=True), strict=True)
-        }
-        by_split = {
-            str(s): int(c)
-            for s, c in zip(*np.unique(splits_of_windows, return_counts=True), strict=True)
-        }
-        by_split_label: dict[str, dict[str, int]] = {}
-        for s in by_split:
-            m = splits_of_windows == s
-            by_split_label[s] = {
-                self._label_name(int(v)): int(c)
-                for v, c in zip(*np.unique(labels[m], return_counts=True), strict=True)
-            }
-        return {
-            "kind": "cache",
-            "path": str(self.path),
-            "format_version": int(self.attrs["format_version"]),
-            "n_recordings": int(done.sum()),
-            "n_windows": int(len(labels)),
-            "n_subjects": int(len(np.unique(r["subject"][done]))),
-            "channels": list(self.channels),
-            "sfreq": self.sfreq,
-            "window_samples": self.window_samples,
-            "stride_samples": self.stride_samples,
-            "dtype": str(self.dtype),
-            "hours": float(r["length"][done].sum() / self.sfreq / 3600),
-            "labels": by_label,
-            "splits": by_split,
-            "windows_by_split_label": by_split_label,
-            "bytes": int(self.path.stat().st_size),
-            "config_hash": str(self.attrs.get("config_hash", "")),
-            "index_hash": str(self.attrs.get("index_hash", "")),
-            "brainpipe_version": str(self.attrs.get("brainpipe_version", "")),
-            "created": str(self.attrs.get("created", "")),
-            "skipped": self.skipped,
-        }
-
-    def _label_name(self, v: int) -> str:
-        return self.label_names[v] if 0 <= v < len(self.label_names) else "none"
