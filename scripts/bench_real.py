@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -66,6 +67,8 @@ LABELS = {"1": "rest", "2": "task"}  # file suffix -> class; sorted names: rest 
 SFREQ = 200.0
 WINDOW_S = 5.0
 N_FILES = 72  # 36 subjects x 2
+# Models braindecode 1.x renamed (brainpipe accepts the 0.x names too).
+RENAMED = {"EEGNetv4": "EEGNet"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,11 +112,12 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value), as papers report over seeds."""
+    """Mean and population standard deviation (numpy's ddof=0) over seeds, as brainpipe's
+    `train --seeds` summary.json reports them."""
     vals = [float(v) for v in values]
     if not vals:
         return math.nan, math.nan
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    return statistics.fmean(vals), statistics.pstdev(vals)
 
 
 def model_kwargs(
@@ -219,11 +223,13 @@ def train_fields() -> dict[str, Any]:
 
 
 def protocol_options() -> dict[str, Any]:
-    """What this brainpipe can express of the protocol: its validation split, µV/100."""
+    """What this brainpipe can express of the protocol: its validation split, µV/100, and
+    several seeds from one `train --seeds` process."""
     fields = train_fields()
     scaling = fields.get("input_scaling")
     uv100 = scaling is not None and "uv_100" in typing.get_args(scaling)
-    return {"val_split": "val_split" in fields, "uv_100": uv100}
+    seeds = importlib.util.find_spec("brainpipe.training.protocol") is not None
+    return {"val_split": "val_split" in fields, "uv_100": uv100, "train_seeds": seeds}
 
 
 def write_inputs(work: Path, data: Path, args: argparse.Namespace, opts: dict) -> Path:
@@ -282,8 +288,11 @@ def run_stage(argv: list[str], env: dict[str, str], log: Path) -> tuple[float, f
     return time.perf_counter() - t0, _child_cpu() - c0
 
 
-def run_brainpipe(work: Path, data: Path, cfg: Path, seeds: list[int], threads: int) -> dict:
-    """index, build-cache and one train per seed; the test metrics of each seed's best.pt."""
+def run_brainpipe(
+    work: Path, data: Path, cfg: Path, seeds: list[int], threads: int, one_process: bool
+) -> dict:
+    """index, build-cache and train: one `train --seeds` process where this brainpipe has it
+    (`one_process`), else one `train` per seed; the test metrics of each seed's best.pt."""
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), TQDM_DISABLE="1")
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     log = work / "brainpipe.log"
@@ -291,11 +300,15 @@ def run_brainpipe(work: Path, data: Path, cfg: Path, seeds: list[int], threads: 
     prep, train = Clock(), Clock()
     prep.add(*run_stage(["index", "--raw", str(data), "--index", str(index), "--config", str(cfg)], env, log))  # fmt: skip
     prep.add(*run_stage(["build-cache", "--index", str(index), "--cache", str(cache), "--config", str(cfg)], env, log))  # fmt: skip
+    argv = ["train", "--cache", str(cache), "--config", str(cfg)]
+    if one_process:
+        parent = work / "runs"
+        train.add(*run_stage([*argv, "--run-dir", str(parent), "--seeds", ",".join(map(str, seeds))], env, log))  # fmt: skip
     runs, models = [], []
     for seed in seeds:
-        run_dir = work / f"run-seed{seed}"
-        argv = ["train", "--cache", str(cache), "--run-dir", str(run_dir), "--config", str(cfg)]
-        train.add(*run_stage([*argv, "--set", f"train.seed={seed}"], env, log))
+        run_dir = work / "runs" / f"seed-{seed}"
+        if not one_process:
+            train.add(*run_stage([*argv, "--run-dir", str(run_dir), "--set", f"train.seed={seed}"], env, log))  # fmt: skip
         summary = json.loads((run_dir / "summary.json").read_text())
         ev = summary["eval"]
         runs.append(
@@ -409,7 +422,7 @@ def peer_model(name: str, n_chans: int, n_times: int, seed: int):
     import braindecode.models as bm
     import torch
 
-    cls = getattr(bm, name, None)
+    cls = getattr(bm, name, None) or getattr(bm, RENAMED.get(name, name), None)
     if cls is None:
         raise SystemExit(f"--model {name}: braindecode {_bd_version()} has no such model")
     kwargs = model_kwargs(inspect.signature(cls).parameters, n_chans, n_times, 2, SFREQ)
@@ -537,6 +550,9 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         if opts["val_split"]
         else f"validation: subjects carved from train (val_fraction {args.val_fraction}); "
         "this brainpipe has no train.val_split, so the peer uses the same carved subjects",
+        "seeds: one `brainpipe train --seeds` process"
+        if opts["train_seeds"]
+        else "seeds: one `brainpipe train` process per seed (this brainpipe has no --seeds)",
         "scaling: µV/100 both sides (train.input_scaling=uv_100)"
         if opts["uv_100"]
         else "scaling: µV both sides (this brainpipe has no train.input_scaling=uv_100; "
@@ -547,7 +563,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     cfg = write_inputs(work, args.data, args, opts)
     rows, bp = [], None
     if args.sides in ("both", "brainpipe"):
-        bp = run_brainpipe(work, args.data, cfg, seeds, args.threads)
+        bp = run_brainpipe(work, args.data, cfg, seeds, args.threads, opts["train_seeds"])
         rows.append(side_summary("brainpipe", bp["runs"], bp["prep"], bp["train"]))
         print(f"brainpipe done ({rows[-1]['total_s']:.0f} s)", file=sys.stderr, flush=True)
     if args.sides in ("both", "braindecode"):
@@ -574,6 +590,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    sys.path.insert(0, str(REPO / "src"))  # this checkout's brainpipe, as its stages run it
     if not (args.data.is_dir() and len(list(args.data.glob("*.edf"))) == N_FILES):
         print(
             f"bench_real: {args.data} is not the eegmat folder ({N_FILES} EDF files); "
