@@ -16,10 +16,12 @@ epoch of the best validation balanced accuracy (loss breaks ties), mean +- std o
 brainpipe: the real stages as a user runs them, each a `python -m brainpipe` process (so its
 times are end to end, interpreter and imports included): `index` over a CSV manifest (path,
 subject, label, split) written into a temporary work dir, never beside the data; `build-cache`;
-one `train` per seed. Validation is the corpus's own `val` subjects where `train.val_split`
-exists (else subjects carved from train at random, and the peer uses the same carved subjects);
-µV/100 where `train.input_scaling` offers `uv_100` (else both sides train on µV: a constant
-factor, which a network with batch norm after its first layer barely sees).
+one `train --seeds` process (one `train` per seed where this brainpipe has no `--seeds`; each
+process pays ~8 CPU s of imports and set-up). Validation is the corpus's own `val` subjects
+where `train.val_split` exists (else subjects carved from train at random, and the peer uses the
+same carved subjects); µV/100 where `train.input_scaling` offers `uv_100` (else both sides
+train on µV: a constant factor, which a network with batch norm after its first layer barely
+sees).
 
 braindecode: its own pipeline. mne reads each EDF, braindecode's `preprocess` picks the channels
 in order, resamples (mne's FFT resampling) and scales, `create_fixed_length_windows` cuts the
@@ -30,10 +32,19 @@ initial weights. The loop mirrors `brainpipe train`: AdamW, linear warm-up then 
 (`brainpipe.training.train.lr_factor`), gradient clipping, cross-entropy, the same batch size,
 dropped ragged last batch, optional class-balanced sampling, both splits scored each epoch.
 
-Both sides run on the CPU with the same torch thread count and loader workers. Settings are the
-field's and brainpipe's defaults (lr 1e-3, weight decay 1e-2, one warm-up epoch, clip 1.0) with
-the protocol's batch size of 64; nothing here is tuned to these 36 subjects. Timings on a busy
-machine show direction only.
+The two data paths agree except where mne's FFT resampling moves a file by half a 200-Hz sample
+(2.5 ms, either way; brainpipe's polyphase resampling keeps the sample grid): brainpipe's
+cache matches mne's µV to a correlation of 0.98-0.99 per channel, the rest of the difference
+being that shift. Per training step both sides spend the same CPU time (the cache's float16
+read and conversion cost nothing measurable beside the model).
+
+Both sides run on the CPU with the same torch thread count and loader workers; wall and CPU
+seconds are both reported (CPU: this process and its children, steadier on a shared host).
+Settings are the field's and brainpipe's defaults (lr 1e-3, weight decay 1e-2, one warm-up
+epoch, clip 1.0) with the protocol's batch size of 64; nothing here is tuned to these 36
+subjects. ShallowFBCSPNet costs ~30 CPU s per epoch of eegmat's training windows, so the
+default 5 seeds x 20 epochs x 2 sides is ~1.7 CPU hours (about an hour on 2 idle cores);
+`--seeds 3 --epochs 6` takes a third of that. Timings on a busy machine show direction only.
 """
 
 from __future__ import annotations
