@@ -348,6 +348,7 @@ def carved_val_subjects(cache: Path, cfg_path: Path, seed: int) -> list[str]:
 
 def braindecode_windows(data: Path, scale: float):
     """mne + braindecode preprocessing and windowing of the protocol; (windows, its Clock)."""
+    _braindecode_importable()
     import braindecode.datasets as bdd
     import mne
     import pandas as pd
@@ -430,6 +431,7 @@ def peer_model(name: str, n_chans: int, n_times: int, seed: int):
     """The braindecode class with brainpipe's arguments, seeded as brainpipe seeds it."""
     import inspect
 
+    _braindecode_importable()
     import braindecode.models as bm
     import torch
 
@@ -442,9 +444,19 @@ def peer_model(name: str, n_chans: int, n_times: int, seed: int):
 
 
 def _bd_version() -> str:
+    _braindecode_importable()
     import braindecode
 
     return braindecode.__version__
+
+
+def _braindecode_importable() -> None:
+    """braindecode >= 1.0 imports torchaudio, whose PyPI wheel cannot load beside a CPU-only
+    torch: brainpipe's stand-in (where this brainpipe has it) lets every other model import."""
+    if importlib.util.find_spec("brainpipe.training.torchaudio_guard") is not None:
+        from brainpipe.training.torchaudio_guard import import_braindecode
+
+        import_braindecode()
 
 
 def peer_loaders(splits: dict, args: argparse.Namespace, seed: int):
