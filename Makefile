@@ -9,7 +9,7 @@ CONFIG ?= configs/smoke.yaml
 TUSZ_CONFIG ?= configs/tusz_smoke.yaml
 TUSZ   ?= $(DEMO)/tusz
 
-.PHONY: help install demo demo-tusz demo-meg test test-fast test-cluster test-containers chaos lint bench clean
+.PHONY: help install browser demo demo-fm demo-tusz demo-meg test test-fast test-cluster test-containers chaos lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -26,6 +26,25 @@ demo: install  ## synthetic TUAB corpus -> index -> build-cache -> train (CPU, m
 	$(PYTHON) -m brainpipe inspect $(DEMO)/cache.h5
 	rm -rf $(DEMO)/runs/smoke
 	$(PYTHON) -m brainpipe train --cache $(DEMO)/cache.h5 --run-dir $(DEMO)/runs/smoke --config $(CONFIG)
+
+# Foundation-model demo: LaBraM's contract (200 Hz, µV, 1-s patches), random-initialised weights
+# saved locally (the Hub is unreachable here; see README "Foundation models" for the real ones),
+# a linear probe on CPU. Small LaBraM sizes so that it takes minutes. Random weights give the
+# head weak features, so an epoch's balanced accuracy jumps (threshold near 0.5); its AUROC
+# (about 0.99 on this corpus) and best.pt's eval metrics are the numbers to read.
+FM_DEMO_SET = --set preprocess.montage=referential --set preprocess.sfreq=200 \
+	--set preprocess.normalize=none --set preprocess.clip=null --set window.seconds=5 \
+	--set window.stride_seconds=5 --set train.model=Labram --set train.pretrained=$(DEMO)/fm/weights \
+	--set train.finetune=linear_probe --set train.epochs=3 --set train.batch_size=32 --set train.lr=0.005 \
+	--set train.num_workers=0 --set train.device=cpu
+
+demo-fm: install  ## synthetic TUAB -> build-cache at 200 Hz -> LaBraM from local weights -> linear probe -> metrics
+	$(PYTHON) -m brainpipe synth --layout tuab --out $(DEMO)/fm/raw --n-subjects 24 --duration 60 90 --seed 0 --overwrite
+	$(PYTHON) -m brainpipe index --raw $(DEMO)/fm/raw --index $(DEMO)/fm/index.npz --config $(CONFIG) $(FM_DEMO_SET)
+	$(PYTHON) -m brainpipe build-cache --index $(DEMO)/fm/index.npz --cache $(DEMO)/fm/cache.h5 --config $(CONFIG) $(FM_DEMO_SET) --force
+	$(PYTHON) scripts/save_random_weights.py Labram $(DEMO)/fm/weights --n-chans 19 --n-times 1000 --small
+	rm -rf $(DEMO)/fm/runs/labram_probe
+	$(PYTHON) -m brainpipe train --cache $(DEMO)/fm/cache.h5 --run-dir $(DEMO)/fm/runs/labram_probe --config $(CONFIG) $(FM_DEMO_SET)
 
 demo-tusz: install  ## synthetic TUSZ -> index -> build-cache -> train -> predict -> score (CPU, minutes)
 	$(PYTHON) -m brainpipe synth --layout tusz --out $(TUSZ)/raw --n-subjects 24 --seed 0 --overwrite
@@ -53,10 +72,15 @@ demo-meg: install  ## synthetic MEG corpus -> index -> build-cache -> train subj
 	$(PYTHON) -m brainpipe train --cache $(DEMO)/meg/cache.h5 --run-dir $(DEMO)/meg/runs/pairs --config configs/meg.yaml $(MEG_DEMO_SET)
 	$(PYTHON) -m brainpipe embed --cache $(DEMO)/meg/cache.h5 --checkpoint $(DEMO)/meg/runs/pairs/best.pt --out $(DEMO)/meg/embeddings.h5
 
-test: install  ## lint, format check and the whole test suite
+test: install browser  ## lint, format check and the whole test suite
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m pytest
+
+# tests/test_report.py opens the report in Debian's headless chromium; installed when missing (root).
+browser:  ## install chromium for the report's browser test when it is missing (apt-get, root)
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 test-fast:  ## the inner loop: every test but the slow end-to-end ones (no install, no lint)
 	$(PYTHON) -m pytest -m "not slow and not cluster and not containers" -q

@@ -17,7 +17,7 @@ probabilities at 4 s windows, 1 s stride: a fifth of the seizures missed, artifa
 (a) post-processing: window probabilities -> events (`detection.detect_events`), all recordings;
 (b) scoring those events with each method (`scoring.score`, arrays in memory);
 (c) the `brainpipe score` path: hypothesis `.csv_bi` files written, both trees read and paired,
-    scored with NEDC OVLP (`scoring.score_trees`), then once with `--sweep` (about 100
+    scored with NEDC OVLP (`score.score_trees`), then once with `--sweep` (about 100
     thresholds).
 Prints seconds and recordings/s for each (best of 3).
 """
@@ -35,7 +35,8 @@ import numpy as np
 
 from brainpipe.annotations import Event, write_hypothesis
 from brainpipe.detection import detect_events
-from brainpipe.scoring import METHODS, score, score_trees
+from brainpipe.score import score_trees
+from brainpipe.scoring import METHODS, score
 
 WINDOW_S, STRIDE_S = 4.0, 1.0
 REPO = Path(__file__).resolve().parents[1]
@@ -78,13 +79,13 @@ def bench_prediction(cache: Path, checkpoint: Path, split: str, overrides: list[
         DistEnv,
         make_datasets,
         make_loaders,
-        open_cache,
+        open_checked_cache,
         resolve_device,
     )
 
     ckpt = open_checkpoint(checkpoint)
     cfg = resolve_config(ckpt, None, overrides)
-    reader = open_cache(cache, cfg)
+    reader = open_checked_cache(cache, cfg)
     device = resolve_device(cfg.train.device)
     data = make_datasets(reader, cfg)
     loaders = make_loaders(data, cfg, DistEnv(), device)

@@ -13,6 +13,14 @@ steady epochs from its summary. The bound is the same model, optimizer and step 
 batch that is already on the device: what the GPU consumes when it never waits.
 Targets (issue): data wait <= 5 % with the default config, samples/s within 10 % of the bound.
 `--task pairs` (or contrastive) measures the MEG subject tasks' loop the same way (issue 12).
+
+`--foundation` adds the foundation models' rows (issue 21): each model at its contract's rate,
+window and channels, from random-initialised weights saved with save_pretrained (so the strict
+offline load runs too), trained with `--finetune`; samples/s, step time, peak memory, data wait
+and whether bf16 autocast was on. A CPU smoke check of those rows:
+
+    python scripts/bench_train_gpu.py --device cpu --foundation --fm-small --models \
+        --n-subjects 6 --workers 0 --epochs 2 --batch-size 8 --max-steps 3
 """
 
 from __future__ import annotations
@@ -81,13 +89,98 @@ def data_on_device_rate(cfg, reader, device, steps: int) -> float:
     return steps * n / (time.perf_counter() - t0)
 
 
+# Per foundation model: (sfreq, montage, window seconds) inside its contract (foundation.py).
+FM_CACHES = {
+    "Labram": (200, "referential", 10), "CBraMod": (200, "referential", 10),
+    "BIOT": (200, "tcp", 10), "REVE": (200, "referential", 10),
+    "EEGPT": (256, "referential", 4), "LUNA": (256, "referential", 5),
+}  # fmt: skip
+
+
+def _fm_cache(work: Path, index: Path, sfreq: int, montage: str) -> tuple[Path, list[str]]:
+    """A cache in µV at the model's rate (built once per rate and montage)."""
+    from brainpipe.cache import build_cache
+    from brainpipe.config import load_config
+
+    sets = [
+        "corpus.layout=tuab", "cache.task=abnormal", "preprocess.normalize=none",
+        "preprocess.crop_start_s=0", f"preprocess.sfreq={sfreq}", f"preprocess.montage={montage}",
+        "preprocess.h_freq=70", "window.seconds=4", "window.stride_seconds=1",
+    ]  # fmt: skip
+    cache = work / f"fm_{sfreq}_{montage}.h5"
+    if not cache.exists():
+        build_cache(index, cache, load_config(None, sets), workers=os.cpu_count(), progress=False)
+    return cache, sets
+
+
+def foundation_rows(args, work: Path, index: Path, device) -> list[dict]:
+    """One row per foundation model: `brainpipe train` from locally saved random weights."""
+    import torch
+
+    from brainpipe.config import load_config
+    from brainpipe.training.foundation import CONTRACTS
+    from brainpipe.training.models import model_classes
+    from brainpipe.training.train import train
+
+    rows = []
+    for model in args.fm_models:
+        sfreq, montage, seconds = FM_CACHES[model]
+        cache, sets = _fm_cache(work, index, sfreq, montage)
+        c = CONTRACTS[model]
+        n_chans, n_times = (16 if model == "BIOT" else 19), int(sfreq * seconds)
+        weights = work / "weights" / model
+        kw = dict(c.small) if args.fm_small else {}
+        if model == "REVE":
+            from brainpipe.training.foundation import standard_positions
+
+            weights.mkdir(parents=True, exist_ok=True)
+            bank = {k: v.tolist() for k, v in standard_positions().items()}
+            (weights / "reve_positions.json").write_text(json.dumps(bank))
+            os.environ["REVE_POSITIONS_PATH"] = str(weights)
+        model_classes()[model](
+            n_chans=n_chans, n_times=n_times, n_outputs=2, sfreq=c.sfreq, **kw
+        ).save_pretrained(str(weights))
+        over = [
+            *sets, f"window.seconds={seconds}", f"window.stride_seconds={seconds / 2}",
+            f"train.model={model}", f"train.pretrained={weights}", f"train.finetune={args.finetune}",
+            f"train.batch_size={args.batch_size}", f"train.epochs={args.epochs}",
+            f"train.device={args.device}", f"train.num_workers={args.workers[-1]}",
+            f"train.grad_checkpointing={str(args.grad_checkpointing).lower()}",
+        ] + ([f"train.max_steps_per_epoch={args.max_steps}"] if args.max_steps else [])  # fmt: skip
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        run_dir = work / "runs" / f"fm_{model}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        s = train(cache, run_dir, load_config(None, over))
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        rows.append({
+            "model": model, "finetune": args.finetune, "samples_per_s": s["samples_per_s"],
+            "step_s": args.batch_size / max(s["samples_per_s"], 1e-9),
+            "data_wait_fraction": s["data_wait_fraction"], "peak_gib": peak,
+            "bf16": device.type == "cuda", "params": s["finetune"]["total"],
+            "trainable": s["finetune"]["trainable"],
+        })  # fmt: skip
+    return rows
+
+
+def print_fm_rows(rows: list[dict]) -> None:
+    print(f"\n{'model':<8} {'finetune':<12} {'params':>11} {'samples/s':>10} {'step s':>8} "
+          f"{'peak GiB':>8} {'data wait':>9} {'bf16':>5}")  # fmt: skip
+    for r in rows:
+        peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
+        print(
+            f"{r['model']:<8} {r['finetune']:<12} {r['params']:>11,} {r['samples_per_s']:>10,.1f} "
+            f"{r['step_s']:>8.3f} {peak:>8} {r['data_wait_fraction']:>9.1%} {str(r['bf16']):>5}"
+        )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--cache", help="an existing cache (default: generate one)")
     ap.add_argument("--n-subjects", type=int, default=60)
-    ap.add_argument("--models", nargs="+", default=["ShallowFBCSPNet", "Deep4Net"])
+    ap.add_argument("--models", nargs="*", default=["ShallowFBCSPNet", "Deep4Net"])
     ap.add_argument("--workers", nargs="+", type=int, default=[0, 4, 8])
     ap.add_argument("--epochs", type=int, default=4, help="the first is left out (start-up)")
     ap.add_argument("--batch-size", type=int, default=256, help="windows (pairs: pairs)")
@@ -99,7 +192,17 @@ def main() -> int:
     ap.add_argument("--bound-steps", type=int, default=100)
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it")
+    ap.add_argument("--foundation", action="store_true", help="add the foundation-model rows")
+    ap.add_argument(
+        "--fm-models", nargs="+", default=["BIOT", "Labram", "CBraMod", "EEGPT", "LUNA", "REVE"]
+    )
+    ap.add_argument("--fm-small", action="store_true", help="tiny model sizes (CPU smoke check)")
+    ap.add_argument("--finetune", default="full", choices=("full", "linear_probe", "last_blocks"))
+    ap.add_argument("--grad-checkpointing", action="store_true")
+    ap.add_argument("--max-steps", type=int, default=None, help="train.max_steps_per_epoch")
     args = ap.parse_args()
+    if args.foundation and args.cache:
+        ap.error("--foundation builds its caches from the generated corpus; drop --cache")
 
     os.environ.setdefault("TQDM_DISABLE", "1")
     import torch
@@ -108,12 +211,12 @@ def main() -> int:
     from brainpipe.config import load_config
     from brainpipe.index import build_index
     from brainpipe.synthetic import make_corpus
-    from brainpipe.training.runtime import open_cache, resolve_device
+    from brainpipe.training.runtime import open_checked_cache, resolve_device
     from brainpipe.training.train import train
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_train_"))
     cache = Path(args.cache) if args.cache else work / "cache.h5"
-    if not args.cache and not cache.exists():
+    if not args.cache and not (work / "index.npz").exists():
         t0 = time.perf_counter()
         cfg = load_config(None, CACHE_SETTINGS)
         make_corpus(work / "raw", "tuab", n_subjects=args.n_subjects, seed=0, duration_s=(120, 300))
@@ -132,9 +235,9 @@ def main() -> int:
             f"train.epochs={args.epochs}",
             f"train.device={args.device}",
             f"train.task={args.task}",
-        ]
+        ] + ([f"train.max_steps_per_epoch={args.max_steps}"] if args.max_steps else [])
         cfg = load_config(None, [*CACHE_SETTINGS, *base])
-        reader = open_cache(cache, cfg)
+        reader = open_checked_cache(cache, cfg)
         bound = data_on_device_rate(cfg, reader, device, args.bound_steps)
         rows.append(
             {"model": model, "loader": "data already on the device", "samples_per_s": bound}
@@ -162,8 +265,12 @@ def main() -> int:
             f"{r['model']:<16} {r['loader']:<34} {r['samples_per_s']:>10,.0f} {wait:>9} {ratio:>8}"
         )
     print("targets: data wait <= 5 % (default num_workers), samples/s >= 0.90x the bound")
+    fm_rows = foundation_rows(args, work, work / "index.npz", device) if args.foundation else []
+    if fm_rows:
+        print_fm_rows(fm_rows)
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": name, "rows": rows}, indent=1))
+        out = {"device": name, "rows": rows, "foundation": fm_rows}
+        Path(args.json).write_text(json.dumps(out, indent=1))
     if not args.keep and not args.cache:
         shutil.rmtree(work, ignore_errors=True)
     return 0

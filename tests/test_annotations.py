@@ -291,6 +291,29 @@ def test_unreadable_and_non_utf8(tmp_path):
     assert len(read_annotations(p).events) == 1
 
 
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda t: "\ufeff".encode() + t.encode(),  # Notepad's "UTF-8 with BOM"
+        lambda t: t.encode("utf-16"),  # Notepad's "Unicode": UTF-16 LE with its BOM
+        lambda t: "\ufeff".encode() + t.replace("\n", "\r\n").encode(),  # and CRLF
+    ],
+    ids=["utf8-bom", "utf16", "utf8-bom-crlf"],
+)
+def test_a_byte_order_mark_is_read_as_the_file_it_is(tmp_path, encode):
+    p = tmp_path / "a.csv_bi"
+    p.write_bytes(encode(CSV_BI))
+    ann = read_annotations(p)
+    assert [(e.onset_s, e.offset_s, e.label) for e in ann.events] == [(42.2786, 81.776, "seiz")]
+    assert ann.duration_s == 301.0
+    # Without the header comments the BOM sits on the column row itself.
+    p.write_bytes(encode("channel,start_time,stop_time,label\nTERM,1,2,seiz\n"))
+    assert len(read_annotations(p).events) == 1
+    p = tmp_path / "a.tse"
+    p.write_bytes(encode("version = tse_v1.0.0\n\n0.0 10.0 bckg 1.0\n10.0 12.5 cpsz 1.0\n"))
+    assert [e.label for e in read_annotations(p).events] == ["cpsz"]
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300))
 def test_any_bytes_parse_or_fail_with_one_line(tmp_path_factory, data):

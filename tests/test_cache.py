@@ -10,9 +10,10 @@ import h5py
 import mne
 import numpy as np
 import pytest
+from helpers import SMOKE, assert_same_cache, signal_of, small_layout
 
 from brainpipe.cache import build_cache, process_recording, verify_cache
-from brainpipe.cachefile import FORMAT_VERSION, CacheReader, CacheWriter, Layout, compute_windows
+from brainpipe.cachefile import FORMAT_VERSION, CacheReader, CacheWriter, compute_windows
 from brainpipe.cli import main
 from brainpipe.config import load_config
 from brainpipe.errors import BrainpipeError
@@ -20,8 +21,6 @@ from brainpipe.index import build_index
 from brainpipe.indexfile import Index
 from brainpipe.reporting import verify_text
 from brainpipe.synthetic import make_corpus
-
-SMOKE = Path(__file__).parents[1] / "configs" / "smoke.yaml"
 
 
 def smoke(*overrides):
@@ -35,28 +34,6 @@ def tuab(tmp_path_factory):
     make_corpus(d / "raw", "tuab", n_subjects=8, seed=3, duration_s=(20.0, 40.0))
     build_index(d / "raw", d / "index.npz", smoke(), progress=False)
     return d
-
-
-def signals_and_tables(path):
-    with h5py.File(path, "r") as f:
-        out = {"signals": f["signals"][()]}
-        for g in ("recordings", "windows", "subjects", "events", "skipped"):
-            for k in f[g]:
-                out[f"{g}/{k}"] = f[g][k][()]
-        out["attrs"] = {k: f.attrs[k] for k in f.attrs if k != "created"}
-    return out
-
-
-def assert_same_cache(a, b):
-    A, B = signals_and_tables(a), signals_and_tables(b)
-    assert A.keys() == B.keys()
-    for k in A:
-        if k == "attrs":
-            assert A[k].keys() == B[k].keys()
-            for key in A[k]:
-                assert str(A[k][key]) == str(B[k][key]), key
-        else:
-            np.testing.assert_array_equal(A[k], B[k], err_msg=k)
 
 
 def test_build_inspect_verify(tuab, tmp_path, capsys):
@@ -365,37 +342,6 @@ def test_verify_detects_corruption(tuab, tmp_path):
     assert not rep.ok
     assert any("non-finite" in p for p in rep.problems)
     assert any("differs from the raw file" in p for p in rep.problems)
-
-
-def small_layout(lengths=(30, 50, 40), n_channels=3):
-    n = len(lengths)
-    recordings = {
-        "path": np.array([f"r{i}.edf" for i in range(n)]),
-        "subject": np.array([f"s{i // 2}" for i in range(n)]),
-        "session": np.array(["s001"] * n),
-        "split": np.array(["train"] * n),
-        "label": (np.arange(n) % 2).astype(np.int8),
-        "sfreq_orig": np.full(n, 100.0),
-        "length": np.array(lengths, np.int64),
-        "t0_s": np.zeros(n),
-        "mask": np.ones((n, n_channels), bool),
-    }
-    events = {
-        "recording": np.zeros(0, np.int64),
-        "onset_s": np.zeros(0),
-        "offset_s": np.zeros(0),
-        "label": np.zeros(0, str),
-    }
-    attrs = {"config_hash": "c", "index_hash": "i"}
-    channels = ("FP1", "FP2", "CZ")[:n_channels]
-    return Layout(
-        channels, 10.0, "float16", recordings, events, ("normal", "abnormal"), attrs, "abnormal"
-    )
-
-
-def signal_of(layout, row):
-    n, c = int(layout.recordings["length"][row]), len(layout.channels)
-    return np.arange(n * c, dtype=np.float32).reshape(n, c) / 100 + row
 
 
 def test_writer_crash_leaves_a_partial_that_resumes_to_the_same_file(tmp_path):

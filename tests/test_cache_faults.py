@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cache import SMOKE, assert_same_cache, signal_of, small_layout
+from helpers import SMOKE, assert_same_cache, signal_of, small_layout
 
 from brainpipe.cache import build_cache, verify_cache
 from brainpipe.cachefile import CacheReader, CacheWriter
@@ -224,7 +224,7 @@ FINALIZE_CHILD = """
 import sys
 import numpy as np
 from brainpipe.cachefile import CacheWriter
-from tests.test_cache import small_layout, signal_of
+from tests.helpers import small_layout, signal_of
 
 layout = small_layout(lengths=[2000] * 300, n_channels=1)
 with CacheWriter(sys.argv[1], layout) as w:
@@ -332,7 +332,7 @@ def test_disk_full_during_finalize_is_one_line_and_resumes(tmp_path):
 import sys
 from brainpipe.cachefile import CacheWriter
 from brainpipe.errors import BrainpipeError
-from tests.test_cache import small_layout, signal_of
+from tests.helpers import small_layout, signal_of
 
 layout = small_layout(lengths=[20000] * 10, n_channels=1)
 try:

@@ -1,22 +1,113 @@
-from pathlib import Path
+import dataclasses
+import functools
+import math
 
 import pytest
+import torch
+from helpers import CONFIGS as CONFIG_DIR
 
+from brainpipe.cache import make_plan
 from brainpipe.config import STANDARD_1020, Config, load_config, parse_override
 from brainpipe.errors import BrainpipeError
+from brainpipe.index import build_index
+from brainpipe.training.adapt import adapted_args, needs_adapter
+from brainpipe.training.models import build_model, model_args
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
+# configs/recipes/: each runs end to end on its corpus's layout in test_recipes.py
+RECIPES = sorted((CONFIG_DIR / "recipes").glob("*.yaml"))
 
 
 def test_the_three_shipped_configs_exist():
-    assert {p.stem for p in CONFIGS} >= {"tuab", "tusz", "smoke"}
+    assert {p.stem for p in CONFIGS} >= {"tuab", "tusz", "tuev", "smoke"}
+    assert {p.stem for p in RECIPES} >= {"tuab", "tusz", "tuev", "sleep_edf", "eegmmidb", "eegmat"}
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", CONFIGS + RECIPES, ids=lambda p: str(p.relative_to(CONFIG_DIR))
+)  # fmt: skip
 def test_every_shipped_config_loads_and_validates(path):
     cfg = load_config(path)
     assert isinstance(cfg, Config)
-    assert cfg.corpus.layout in ("tuab", "tusz", "generic")
+    assert cfg.corpus.layout in ("tuab", "tusz", "tuev", "generic")
+
+
+def synthetic_layout(cfg: Config) -> str | None:
+    """The `brainpipe synth` layout whose files this config reads, or None when it has none."""
+    if cfg.corpus.layout in ("tuab", "tusz", "tuev"):
+        return cfg.corpus.layout
+    if cfg.corpus.layout == "generic" and ".fif" in cfg.corpus.extensions:
+        return "meg"  # BIDS-like sub-*/ses-* FIF files, what the MEG configs' regex expects
+    return None
+
+
+def seconds_needed(cfg: Config) -> float:
+    """A recording length that leaves the config two windows after its crop."""
+    w = cfg.window
+    return cfg.preprocess.crop_start_s + w.seconds + max(w.seconds, w.stride_seconds)
+
+
+@functools.cache
+def corpus_seconds(layout: str) -> int:
+    """One corpus per layout, its recordings long enough for every shipped config of the layout
+    (a config that does not load fails in its own test, not here)."""
+    need = 0.0
+    for path in CONFIGS:
+        try:
+            cfg = load_config(path)
+        except BrainpipeError:
+            continue
+        if synthetic_layout(cfg) == layout:
+            need = max(need, seconds_needed(cfg))
+    if layout == "tuev":  # an events cache needs every class: 45 s hold all six TUEV classes
+        need = max(need, 45.0)
+    return math.ceil(need)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_plans_a_cache_and_builds_its_model(path, synthetic_corpus, tmp_path):
+    """What `build-cache` and `train` would make of the config, on a synthetic corpus of its
+    layout (two subjects, three recordings): a config that loads but cannot run fails here, not on a cluster."""
+    cfg = load_config(path)
+    layout = synthetic_layout(cfg)
+    if layout is None:
+        pytest.fail(
+            f"{path.name}: corpus.layout={cfg.corpus.layout} with extensions "
+            f"{list(cfg.corpus.extensions)} has no synthetic corpus (brainpipe synth) to plan on"
+        )
+    raw = synthetic_corpus(
+        layout, n_subjects=2, n_recordings=3, seed=0, duration_s=(corpus_seconds(layout),) * 2
+    )
+    index = build_index(raw, tmp_path / "index.npz", cfg, workers=2, progress=False).index
+    assert len(index) == 3 and not index.errors, index.errors
+    plan = make_plan(index, cfg)
+    assert not plan.skipped, plan.skipped
+    assert len(plan.index_rows) == 3
+    assert (plan.layout.recordings["length"] >= plan.window).all()
+    assert plan.layout.sfreq == cfg.preprocess.sfreq
+    if cfg.train.task != "classify":  # the subject tasks learn who is who: subjects from the paths
+        subjects = set(plan.layout.recordings["subject"].tolist())
+        assert len(subjects) == 2 and "" not in subjects, subjects
+
+    t = cfg.train
+    n_outputs = len(plan.layout.label_names) if t.task == "classify" else t.embedding_dim
+    n_chans = len(plan.layout.channels)
+    args = model_args(t.model, t.model_kwargs, n_chans, plan.window, n_outputs, plan.layout.sfreq)
+    if needs_adapter(t):  # a foundation model: its contract checked, random weights (none here)
+        t = dataclasses.replace(t, pretrained=None, finetune="full")
+        args = adapted_args(
+            t, plan.layout.channels, plan.layout.sfreq, cfg.preprocess.normalize, plan.window,
+            n_outputs,
+        )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(args | ({"head": t.task} if t.task != "classify" else {})).eval()
+    x = torch.randn(4, n_chans, plan.window)
+    with torch.no_grad():
+        out = model(x)
+        assert tuple(out.shape) == (4, n_outputs) and torch.isfinite(out).all()
+        if t.task != "classify":  # the subject tasks score window pairs through the same model
+            same = model(x, x.flip(0))
+            assert tuple(same.shape) == (4,) and torch.isfinite(same).all()
 
 
 def test_defaults_without_a_file():
@@ -87,7 +178,9 @@ def test_unknown_section(tmp_path):
 
 
 def test_bad_choice_lists_the_valid_ones():
-    with pytest.raises(BrainpipeError, match=r"corpus.layout.*'tuab' \| 'tusz' \| 'generic'"):
+    with pytest.raises(
+        BrainpipeError, match=r"corpus.layout.*'tuab' \| 'tusz' \| 'tuev' \| 'generic'"
+    ):
         load_config(None, ["corpus.layout=tuh"])
 
 

@@ -79,6 +79,14 @@ def test_manifest(tmp_path):
         read_manifest(bad)
 
 
+def test_manifest_saved_with_a_byte_order_mark(tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_bytes("\ufeffpath,subject,split\r\nrec1.edf,s1,train\r\n".encode())
+    assert GenericLayout(manifest=read_manifest(m))("rec1.edf") == Facts(
+        split="train", subject="s1"
+    )
+
+
 @given(st.text(max_size=80))
 def test_path_parsers_never_raise(path):
     for parse in (parse_tuab_path, parse_tusz_path):

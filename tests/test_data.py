@@ -1,13 +1,12 @@
 """Cache datasets, samplers and the batch ring: reads, splits, sampling, augmentation, pairs, real DataLoaders.
 
-`make_cache` (also used by test_train.py) writes a small real cache with the cache format's own
-writer functions; its signal is noise, plus a 6 Hz rhythm in class-1 recordings so that a model
-can learn the labels.
+`helpers.make_cache` writes the small real caches these tests read, with the cache format's own
+writer; its signal is noise, plus a 6 Hz rhythm in class-1 recordings so that a model can learn
+the labels.
 """
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import pickle
 from pathlib import Path
@@ -15,9 +14,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from helpers import SFREQ, make_cache, small_config
 
-from brainpipe.cachefile import STATUS_DONE, STATUS_SKIPPED, CacheReader, CacheWriter, Layout
-from brainpipe.config import STANDARD_1020, Config, load_config
+from brainpipe.cachefile import STATUS_DONE, STATUS_SKIPPED, CacheReader
 from brainpipe.datasets import (
     CacheWindowDataset,
     SubjectPairDataset,
@@ -32,112 +31,6 @@ from brainpipe.samplers import (
     carve_validation,
     class_balanced_weights,
 )
-
-SFREQ = 50.0
-
-
-def small_config(*overrides: str) -> Config:
-    return load_config(
-        None,
-        [
-            f"preprocess.sfreq={SFREQ}",
-            "preprocess.h_freq=20",
-            "window.seconds=2",
-            "window.stride_seconds=2",
-            *overrides,
-        ],
-    )
-
-
-def make_cache(
-    path: Path,
-    subjects: list[tuple[str, str, int]] | None = None,
-    *,
-    recordings_per_subject: int = 2,
-    seconds: float = 20.0,
-    n_channels: int = 4,
-    cfg: Config | None = None,
-    label_names: tuple[str, ...] = ("normal", "abnormal"),
-    events: dict[str, np.ndarray] | None = None,
-    status: np.ndarray | None = None,
-    seed: int = 0,
-    signature: bool = False,
-) -> Path:
-    """A finished cache: `subjects` = (name, split, label) with `recordings_per_subject` each.
-
-    `signature`: each subject's recordings carry its own rhythm (3 Hz + 1.2 Hz per subject, its
-    own channel weights), so the subject tasks can learn who is who."""
-    cfg = cfg or small_config()
-    if subjects is None:
-        subjects = [(f"s{i:02d}", "train", i % 2) for i in range(10)] + [
-            (f"e{i:02d}", "eval", i % 2) for i in range(4)
-        ]
-    rows = [(s, split, lab, k) for s, split, lab in subjects for k in range(recordings_per_subject)]
-    n_rec = len(rows)
-    rng = np.random.default_rng(seed)
-    lengths = np.array(
-        [int(seconds * SFREQ) + int(rng.integers(0, 3 * SFREQ)) for _ in rows], np.int64
-    )
-    recordings = {
-        "path": np.array([f"{sp}/{s}_s001_t{k:03d}.edf" for s, sp, _, k in rows]),
-        "subject": np.array([s for s, *_ in rows]),
-        "session": np.array(["s001"] * n_rec),
-        "split": np.array([sp for _, sp, _, _ in rows]),
-        "label": np.array([lab for _, _, lab, _ in rows], np.int8),
-        "sfreq_orig": np.full(n_rec, 250.0),
-        "length": lengths,
-        "t0_s": np.zeros(n_rec),
-        "mask": np.ones((n_rec, n_channels), bool),
-    }
-    no_events = {
-        "recording": np.zeros(0, np.int64),
-        "onset_s": np.zeros(0),
-        "offset_s": np.zeros(0),
-        "label": np.zeros(0, str),
-    }
-    from brainpipe.corpus import TASK_LABELS
-
-    config = {k: v for k, v in cfg.to_dict().items() if k in ("preprocess", "window", "cache")}
-    # The fixture's label names say which task it stands for; the writer records that task.
-    task = next((t for t, names in TASK_LABELS.items() if names == tuple(label_names)), "")
-    layout = Layout(
-        channels=tuple(STANDARD_1020[:n_channels]),
-        sfreq=SFREQ,
-        dtype="float16",
-        recordings=recordings,
-        events=events or no_events,
-        label_names=label_names,
-        attrs={"config": json.dumps(config), "config_hash": "test", "index_hash": "test"},
-        task=task,
-    )
-    status = np.full(n_rec, STATUS_DONE, np.uint8) if status is None else status
-    t = np.arange(int(lengths.sum())) / SFREQ
-    pos = 0
-    with CacheWriter(path, layout, overwrite=True) as writer:
-        for row, ((_, _, lab, _), n) in enumerate(zip(rows, lengths.tolist(), strict=True)):
-            x = rng.standard_normal((n, n_channels)).astype(np.float32)
-            if lab == 1:
-                x += 1.5 * np.sin(2 * np.pi * 6.0 * t[pos : pos + n])[:, None]
-            if signature:
-                k = [name for name, *_ in subjects].index(rows[row][0])
-                weights = np.random.default_rng(1000 + k).uniform(0.5, 2.0, n_channels)
-                phase = rng.uniform(0, 2 * np.pi)
-                x += (
-                    2.0
-                    * np.sin(2 * np.pi * (3.0 + 1.2 * k) * t[pos : pos + n] + phase)[:, None]
-                    * weights.astype(np.float32)
-                )
-            pos += n
-            if status[row] == STATUS_DONE:
-                writer.write(row, x)
-            else:
-                writer.skip(row, "unreadable: test")
-        writer.finish(
-            int(round(cfg.window.seconds * SFREQ)),
-            int(round(cfg.window.stride_seconds * SFREQ)),
-            cfg.window.label_overlap,
-        )
-    return path
 
 
 @pytest.fixture(scope="module")

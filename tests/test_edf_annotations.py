@@ -14,6 +14,7 @@ import mne
 import numpy as np
 import pyedflib
 import pytest
+from helpers import sleep_edf_tree, write_edf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -43,21 +44,15 @@ def _same(ours, theirs) -> None:
 
 
 def edfio_file(path: Path, annotations, seconds: float = 30, sfreq: float = 100) -> Path:
-    rng = np.random.default_rng(0)
-    sigs = [
-        edfio.EdfSignal(
-            rng.normal(0, 20, int(seconds * sfreq)),
-            sampling_frequency=sfreq,
-            label=lab,
-            physical_dimension="uV",
-            physical_range=(-500, 500),
-        )
-        for lab in ("EEG Fpz-Cz", "EEG Pz-Oz")
-    ]
-    ann = [edfio.EdfAnnotation(on, dur, text) for on, dur, text in annotations]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    edfio.Edf(sigs, annotations=ann).write(path)
-    return path
+    """A two-channel EDF+C written by edfio with these (onset, duration, text) annotations."""
+    return write_edf(
+        path,
+        sfreq,
+        seconds,
+        labels=("EEG Fpz-Cz", "EEG Pz-Oz"),
+        scale=20.0,
+        annotations=annotations,
+    )
 
 
 def pyedflib_file(path: Path, bdf: bool, n_annotation_signals: int) -> Path:
@@ -234,20 +229,6 @@ def test_tusz_csv_events_and_edf_annotations_share_the_table(tmp_path):
     t = idx.event_table(0)
     assert t["label"].tolist() == ["seiz", ""] and t["description"].tolist() == ["", "note"]
     assert idx.label[0] == "seiz"
-
-
-def sleep_edf_tree(root: Path) -> dict[str, list[tuple[float, float, str]]]:
-    stages = {
-        "SC4001": [(0.0, 30.0, "Sleep stage W"), (30.0, 60.0, "Sleep stage 1"),
-                   (90.0, 30.0, "Sleep stage 2")],
-        "SC4012": [(0.0, 60.0, "Sleep stage W"), (60.0, 60.0, "Sleep stage R")],
-    }  # fmt: skip
-    for rec, hyp in (("SC4001E0", "SC4001EC"), ("SC4012E0", "SC4012EC")):
-        edfio_file(root / f"{rec}-PSG.edf", [], seconds=120)
-        edfio.Edf([], annotations=[edfio.EdfAnnotation(*a) for a in stages[rec[:6]]]).write(
-            root / f"{hyp}-Hypnogram.edf"
-        )
-    return stages
 
 
 def test_sleep_edf_hypnograms_pair_with_their_recordings(tmp_path):

@@ -5,10 +5,10 @@ import pickle
 import shutil
 from pathlib import Path
 
-import edfio
 import mne
 import numpy as np
 import pytest
+from helpers import TUH_EEG, write_edf
 
 from brainpipe.cli import main
 from brainpipe.config import load_config
@@ -18,29 +18,7 @@ from brainpipe.index import build_index, scan
 from brainpipe.indexfile import Index
 from brainpipe.reporting import scan_line
 
-EEG = ["FP1", "FP2", "F3", "F4", "C3", "C4", "O1", "O2"]
-
-
-def write_edf(
-    path: Path, sfreq: float, seconds: float, labels=None, seed=0, annotations=False
-) -> Path:
-    rng = np.random.default_rng(seed)
-    labels = labels or [f"EEG {c}-REF" for c in EEG] + ["EKG1-REF", "PHOTIC-REF"]
-    n = int(sfreq * seconds)
-    sigs = [
-        edfio.EdfSignal(
-            rng.normal(0, 30, n),
-            sampling_frequency=sfreq,
-            label=lab,
-            physical_dimension="uV",
-            physical_range=(-500, 500),
-        )
-        for lab in labels
-    ]
-    ann = [edfio.EdfAnnotation(1.0, None, "eyes closed")] if annotations else None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    edfio.Edf(sigs, annotations=ann).write(path)
-    return path
+EYES_CLOSED = [(1.0, None, "eyes closed")]  # one EDF+ annotation
 
 
 @pytest.fixture
@@ -59,7 +37,7 @@ def tuab(tmp_path):
             rate,
             20 + k,
             seed=k,
-            annotations=k == 1,
+            annotations=EYES_CLOSED if k == 1 else None,
         )
     return root
 
@@ -251,7 +229,7 @@ def test_tusz_events_and_fif_and_generic(tmp_path):
         root / "edf/dev/aaaaaajy/s003_2003/03_tcp_ar_a/aaaaaajy_s003_t001.edf",
         256,
         30,
-        labels=[f"EEG {c}-REF" for c in EEG],
+        labels=[f"EEG {c}-REF" for c in TUH_EEG],
     )
     edf.with_suffix(".csv_bi").write_text(
         "# version = csv_v1.0.0\n# duration = 30.00 secs\n#\nchannel,start_time,stop_time,label,confidence\n"
@@ -261,7 +239,7 @@ def test_tusz_events_and_fif_and_generic(tmp_path):
         root / "edf/dev/aaaaaajz/s001_2004/02_tcp_le/aaaaaajz_s001_t000.edf",
         250,
         30,
-        labels=[f"EEG {c}-LE" for c in EEG],
+        labels=[f"EEG {c}-LE" for c in TUH_EEG],
     )
     (root / "edf/dev/aaaaaajz/s001_2004/02_tcp_le/aaaaaajz_s001_t000.csv_bi").write_text(
         "channel,start_time,stop_time,label,confidence\nTERM,0.0,30.0,bckg,1.0\n"
@@ -388,7 +366,7 @@ def index_250(tmp_path):
             250,
             11 + k,
             seed=k,
-            annotations=k == 0,
+            annotations=EYES_CLOSED if k == 0 else None,
         )
     write_edf(root / "edf/eval/abnormal/01_tcp_ar/bbbbbbbb_s001_t000.edf", 256, 12, seed=5)
     build_index(root, tmp_path / "i.npz", CFG, progress=False)

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import edfio
 import numpy as np
 import pytest
+from helpers import write_edf
 
 from brainpipe.cli import main
 from brainpipe.config import load_config
@@ -20,29 +20,14 @@ from brainpipe.reporting import scan_line
 
 TUAB = load_config(None, ["corpus.layout=tuab"])
 TUSZ = load_config(None, ["corpus.layout=tusz"])
-EEG = ["FP1", "FP2", "C3", "C4", "O1", "O2"]
-
-
-def write_edf(path: Path, sfreq: float = 250, seconds: float = 20, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    sigs = [
-        edfio.EdfSignal(
-            rng.normal(0, 30, int(sfreq * seconds)),
-            sampling_frequency=sfreq,
-            label=f"EEG {c}-REF",
-            physical_dimension="uV",
-            physical_range=(-500, 500),
-        )
-        for c in EEG
-    ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    edfio.Edf(sigs).write(path)
-    return path
+LABELS = [f"EEG {c}-REF" for c in ("FP1", "FP2", "C3", "C4", "O1", "O2")]
 
 
 def tuab_tree(root: Path, n: int = 3) -> Path:
     for k in range(n):
-        write_edf(root / f"edf/train/normal/01_tcp_ar/aaaaaaa{k}_s001_t000.edf", seed=k)
+        write_edf(
+            root / f"edf/train/normal/01_tcp_ar/aaaaaaa{k}_s001_t000.edf", labels=LABELS, seed=k
+        )
     return root
 
 
@@ -52,7 +37,9 @@ def csv_bi(events: list[tuple[float, float, str]]) -> str:
 
 
 def tusz_edf(root: Path, subject: str, events: list[tuple[float, float, str]]) -> Path:
-    edf = write_edf(root / f"edf/dev/{subject}/s001_2003/01_tcp_ar/{subject}_s001_t000.edf")
+    edf = write_edf(
+        root / f"edf/dev/{subject}/s001_2003/01_tcp_ar/{subject}_s001_t000.edf", labels=LABELS
+    )
     edf.with_suffix(".csv_bi").write_text(csv_bi(events))
     return edf
 
@@ -162,7 +149,7 @@ def test_a_cache_or_other_file_passed_as_index_gives_one_line(indexed, tmp_path,
 def test_index_rows_outside_the_raw_root_are_refused(indexed, tmp_path, capsys, bad):
     raw, out = indexed
     outside = tmp_path / "outside.edf"
-    write_edf(outside)
+    write_edf(outside, labels=LABELS)
     idx = Index.load(out)
     paths = idx.path.tolist()
     paths[1] = bad

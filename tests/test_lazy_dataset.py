@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_index import CFG, write_edf
+from helpers import write_edf
 
+from brainpipe.config import load_config
 from brainpipe.datasets import EdfWindowDataset
 from brainpipe.errors import BrainpipeError
 from brainpipe.index import build_index
+
+CFG = load_config(None, ["corpus.layout=tuab"])
 
 
 def _set_physical_range(path, signal: int, lo: str, hi: str) -> None:

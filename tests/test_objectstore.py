@@ -16,7 +16,8 @@ from s3server import S3Server, use_s3
 
 from brainpipe import edf
 from brainpipe.cli import main
-from brainpipe.objectstore import HEAD_BYTES, ObjectStore, ObjectStoreError, is_url
+from brainpipe.fsutil import is_url
+from brainpipe.objectstore import HEAD_BYTES, ObjectStore, ObjectStoreError
 
 BUCKET = "corpus"
 

@@ -3,7 +3,7 @@ cache, event metrics in training, and the demo's check that the detector finds m
 
 The end-to-end test runs what `make demo-tusz` runs (synthetic TUSZ corpus -> index ->
 build-cache -> train -> predict -> score), smaller; the others use small real caches written by
-the cache format's writer (`test_data.make_cache`) and checkpoints of untrained models.
+the cache format's writer (`helpers.make_cache`) and checkpoints of untrained models.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_data import SFREQ, make_cache, small_config
+from helpers import SFREQ, make_cache, small_config
 
 from brainpipe.annotations import Event, read_annotations, write_hypothesis
 from brainpipe.cachefile import CacheReader

@@ -6,10 +6,10 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-import edfio
 import mne
 import numpy as np
 import pytest
+from helpers import write_edf
 from mne.io._read_raw import _get_supported
 
 from brainpipe.cache import build_cache
@@ -20,23 +20,6 @@ from brainpipe.errors import BrainpipeError
 from brainpipe.index import build_index
 from brainpipe.indexfile import Index
 from brainpipe.readers import MNE_FORMATS, format_refusal, known_suffixes
-
-
-def write_edf(path: Path, labels: list[str], sfreq: float = 100.0, seconds: float = 20.0, seed=0):
-    rng = np.random.default_rng(seed)
-    sigs = [
-        edfio.EdfSignal(
-            rng.normal(0, 30, int(sfreq * seconds)),
-            sampling_frequency=sfreq,
-            label=lab,
-            physical_dimension="uV",
-            physical_range=(-500, 500),
-        )
-        for lab in labels
-    ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    edfio.Edf(sigs).write(path)
-    return path
 
 
 def write_fif(path: Path, names, types, sfreq=100.0, seconds=20.0, seed=0, scale=30e-6):
@@ -116,7 +99,7 @@ def test_directory_formats_are_one_recording_each(tmp_path):
     mff.mkdir(parents=True)
     (mff / "signal1.bin").write_bytes(b"\0" * 64)
     (mff / "info.xml").write_text("<fileInfo/>")
-    write_edf(root / "sub-03" / "rest.edf", ["EEG Fp1-REF", "EEG C3-REF"])
+    write_edf(root / "sub-03" / "rest.edf", 100.0, labels=["EEG Fp1-REF", "EEG C3-REF"])
     cfg = load_config(None, ["corpus.extensions=[.edf, .ds, .mff]"])
     result = build_index(root, tmp_path / "i.npz", cfg, progress=False)
     assert result.index.path.tolist() == ["sub-03/rest.edf"]
@@ -130,7 +113,7 @@ def test_directory_formats_are_one_recording_each(tmp_path):
 def test_index_types_channels_as_mne_does(tmp_path):
     root = tmp_path / "raw"
     labels = ["EEG Fp1-REF", "EEG C3-REF", "EOG horizontal", "EKG", "TRIGGER", "Resp oro-nasal"]
-    write_edf(root / "a.edf", labels)
+    write_edf(root / "a.edf", 100.0, labels=labels)
     index = build_index(root, tmp_path / "i.npz", load_config(), progress=False).index
     assert index.channel_types(0) == ("eeg", "eeg", "eog", "ecg", "stim", "misc")
 
@@ -139,7 +122,7 @@ def test_index_types_channels_as_mne_does(tmp_path):
 def mixed(tmp_path):
     """An index of one EDF in 10-10 names with PhysioNet's dots, and one EEG FIF."""
     root = tmp_path / "raw"
-    write_edf(root / "S001R01.edf", ["Fp1.", "C3..", "T7..", "Cz.."], seed=1)
+    write_edf(root / "S001R01.edf", 100.0, labels=["Fp1.", "C3..", "T7..", "Cz.."], seed=1)
     write_fif(root / "sub-02_eeg.fif", ["Fp1", "C3", "T3", "STI 014"], ["eeg"] * 3 + ["stim"])
     build_index(root, tmp_path / "i.npz", load_config(), progress=False)
     return tmp_path / "i.npz", root
@@ -169,8 +152,8 @@ def test_lazy_dataset_can_leave_other_formats_out_with_one_line(mixed):
 
 def test_lazy_dataset_leaves_out_a_recording_naming_one_electrode_twice(tmp_path):
     root = tmp_path / "raw"
-    write_edf(root / "a.edf", ["EEG T3-REF", "EEG T7-REF", "EEG C3-REF"])
-    write_edf(root / "b.edf", ["EEG T3-REF", "EEG C3-REF"])
+    write_edf(root / "a.edf", 100.0, labels=["EEG T3-REF", "EEG T7-REF", "EEG C3-REF"])
+    write_edf(root / "b.edf", 100.0, labels=["EEG T3-REF", "EEG C3-REF"])
     build_index(root, tmp_path / "i.npz", load_config(), progress=False)
     ds = EdfWindowDataset(tmp_path / "i.npz", window_s=2.0, channels=["T3", "C3"])
     assert ds.paths.tolist() == ["b.edf"]

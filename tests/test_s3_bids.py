@@ -15,8 +15,8 @@ from pathlib import Path
 import mne
 import numpy as np
 import pytest
+from helpers import cache_windows
 from s3server import S3Server, use_s3
-from test_s3_stages import windows
 
 from brainpipe.cache import build_cache, verify_cache
 from brainpipe.channels import BAD_TYPE
@@ -193,7 +193,7 @@ def test_bids_cache_from_s3_equals_the_local_cache(local, s3, tmp_path, extra):
     s3.reset_counters()
     res = build_cache(tmp_path / "s3.npz", tmp_path / "s3.h5", c, workers=2, progress=False)
     assert res.n_skipped == 0, res.skipped
-    got, want = windows(tmp_path / "s3.h5"), windows(tmp_path / "local.h5")
+    got, want = cache_windows(tmp_path / "s3.h5"), cache_windows(tmp_path / "local.h5")
     assert got.keys() == want.keys() and len(got) > 0
     for k, x in want.items():
         np.testing.assert_array_equal(got[k], x, err_msg=str(k))

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import cache_windows, sleep_edf_tree
 from s3server import S3Server, use_s3
 
 from brainpipe.cache import build_cache, verify_cache
-from brainpipe.cachefile import CacheReader
 from brainpipe.cli import main
 from brainpipe.config import load_config
 from brainpipe.index import build_index
@@ -104,23 +104,11 @@ def test_reindex_rereads_only_a_changed_object(local, s3, tmp_path):
         s3.client().upload_file(str(local / "raw" / a), BUCKET, f"tusz/{a}")
 
 
-def windows(path: Path) -> dict:
-    with CacheReader(path) as r:
-        rec, w = r.recordings, r.windows
-        x = r.read_windows(w["start"], r.window_samples)
-        keys = zip(
-            rec["path"][w["recording"]].tolist(),
-            (w["start"] - rec["offset"][w["recording"]]).tolist(),
-            strict=True,
-        )
-        return dict(zip(keys, x, strict=True))
-
-
 def test_build_cache_from_s3_equals_the_local_cache(local, s3, tmp_path):
     build_index(URL, tmp_path / "s3.npz", cfg(), progress=False)
     s3.reset_counters()
     res = build_cache(tmp_path / "s3.npz", tmp_path / "s3.h5", cfg(), workers=2, progress=False)
-    got, want = windows(tmp_path / "s3.h5"), windows(local / "local.h5")
+    got, want = cache_windows(tmp_path / "s3.h5"), cache_windows(local / "local.h5")
     assert got.keys() == want.keys() and res.n_skipped == 0
     for k, x in want.items():
         np.testing.assert_array_equal(got[k], x, err_msg=str(k))
@@ -159,8 +147,6 @@ def test_the_index_records_the_url_root_without_credentials():
 def test_sleep_edf_hypnograms_pair_with_their_recordings_from_s3(s3, tmp_path):
     """Sleep-EDF (PhysioNet's open bucket has it): each hypnogram, an annotation-only EDF+, is
     found by its header's range read and read whole with its recording, as from a local tree."""
-    from test_edf_annotations import sleep_edf_tree
-
     local_root = tmp_path / "sleep-cassette"
     sleep_edf_tree(local_root)
     s3.upload_tree(local_root, BUCKET, "sleep")
@@ -187,3 +173,31 @@ def test_sleep_edf_hypnograms_pair_with_their_recordings_from_s3(s3, tmp_path):
     assert Index.load(tmp_path / "s3.npz").event_table(1)["description"].tolist() == [
         "Sleep stage W"
     ]
+
+
+def test_tuev_rec_files_are_read_from_s3_as_from_a_local_tree(s3, tmp_path):
+    """TUEV: each recording's .rec comes with it from object storage; the events table equals
+    the local one, and a changed .rec re-reads its recording only."""
+    from brainpipe.synthetic import make_corpus
+
+    corpus = make_corpus(tmp_path / "tuev", "tuev", n_subjects=3, seed=4, duration_s=(20, 25))
+    s3.upload_tree(tmp_path / "tuev", BUCKET, "tuev")
+    c = load_config(Path(__file__).parents[1] / "configs" / "tuev.yaml")
+    here = build_index(tmp_path / "tuev", tmp_path / "local.npz", c, progress=False).index
+    remote = build_index(f"s3://{BUCKET}/tuev", tmp_path / "s3.npz", c, progress=False).index
+    assert sorted(remote.path.tolist()) == sorted(corpus.paths) and not remote.errors
+    assert remote.path.tolist() == here.path.tolist()
+    for i in range(len(here)):
+        got, want = remote.event_table(i), here.event_table(i)
+        assert len(want["onset_s"]) > 0
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    rel = str(here.path[0]).removesuffix(".edf") + ".rec"
+    edited = tmp_path / "edited.rec"
+    edited.write_text("0,1.0,2.0,1\n")
+    s3.client().upload_file(str(edited), BUCKET, f"tuev/{rel}")
+    again = build_index(f"s3://{BUCKET}/tuev", tmp_path / "s3.npz", c, progress=False)
+    assert (again.n_read, again.n_reused) == (1, len(here) - 1)
+    after = Index.load(tmp_path / "s3.npz")
+    row = after.path.tolist().index(str(here.path[0]))
+    assert after.event_table(row)["description"].tolist() == ["spsw"]

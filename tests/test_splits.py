@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import edfio
-import numpy as np
 import pytest
+from helpers import write_edf
 
 from brainpipe.cache import build_cache
 from brainpipe.cachefile import CacheReader
@@ -30,15 +29,8 @@ def test_subjects_in_several_splits_ignores_recordings_without_subject_or_split(
 
 
 def _write(path: Path, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    sigs = [
-        edfio.EdfSignal(
-            rng.normal(0, 30, 100 * 30), 100, label=f"EEG {e}-REF", physical_range=(-500, 500)
-        )
-        for e in STANDARD_1020
-    ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    edfio.Edf(sigs).write(path)
+    labels = [f"EEG {e}-REF" for e in STANDARD_1020]
+    write_edf(path, 100, 30, labels=labels, seed=seed, unit="")
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from test_data import SFREQ, make_cache, small_config
+from helpers import SFREQ, make_cache, small_config
 
 from brainpipe.cli import main
 from brainpipe.embeddingfile import read_embeddings
@@ -208,7 +208,7 @@ def test_pairs_under_ddp_two_processes(subjects_cache, tmp_path):
         textwrap.dedent(
             f"""
             import json, os
-            from test_data import small_config
+            from helpers import small_config
             from brainpipe.training.train import train
             s = train({str(subjects_cache)!r}, {str(tmp_path / "run")!r},
                       small_config(*{[*FAST, "train.task=pairs", "train.batch_size=8", "train.epochs=1"]!r}))

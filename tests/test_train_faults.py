@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_data import make_cache, small_config
+from helpers import make_cache, small_config
 
 from brainpipe.ring import RING_PREFIX, SHM_DIR, BatchRing, remove_stale_rings
 from brainpipe.training.rundir import load_checkpoint

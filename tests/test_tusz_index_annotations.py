@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import edfio
-import numpy as np
 import pytest
+from helpers import write_edf
 
 from brainpipe.cache import build_cache
 from brainpipe.cachefile import CacheReader
@@ -25,21 +24,9 @@ HEAD = "# version = csv_v1.0.0\n# duration = {d:.2f} secs\n#\nchannel,start_time
 
 
 def tusz_edf(root: Path, subject: str, seconds: float = 60, sfreq: float = 100) -> Path:
-    rng = np.random.default_rng(len(subject))
     path = root / f"edf/train/{subject}/s001_2003/01_tcp_ar/{subject}_s001_t000.edf"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sigs = [
-        edfio.EdfSignal(
-            rng.normal(0, 20, int(seconds * sfreq)),
-            sampling_frequency=sfreq,
-            label=f"EEG {c}-REF",
-            physical_dimension="uV",
-            physical_range=(-500, 500),
-        )
-        for c in EEG
-    ]
-    edfio.Edf(sigs).write(path)
-    return path
+    labels = [f"EEG {c}-REF" for c in EEG]
+    return write_edf(path, sfreq, seconds, labels=labels, seed=len(subject), scale=20.0)
 
 
 def tree(root: Path) -> dict[str, Path]:

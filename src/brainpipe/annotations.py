@@ -34,6 +34,16 @@ Every non-background label is a seizure unless `seizure_labels` says otherwise; 
 `SEIZURE_LABELS` and `BACKGROUND_LABELS` are listed in `Annotations.unknown_labels` so the
 index can report them. Events past the recording's end are clipped and counted.
 
+A TUEV (TUH EEG Events v2) `.rec` file: one comma-separated row per annotated channel-second,
+`channel,start,stop,class`, the channel an index into the 22-channel TCP montage (0 = FP1-F7 ...
+21 = P4-O2, `preprocess.TCP_PAIRS`' order), the class a code 1-6 (`TUEV_CLASSES`):
+
+    14,53.0000,54.0000,6
+    15,53.0000,54.0000,6
+
+`read_rec` takes what the release and files re-saved by tools hold: integer or float fields
+("14" or "14.0", "53" or "5.3e1"), padding, blank lines, CRLF, a byte-order mark, `#` comments.
+
 What it refuses, with one BrainpipeError naming the file and the line: a label that is not a
 name (a number, a NUL byte, 200,000 characters: the signature of a header whose column order
 does not match its rows), a channel that is not a name, a time or confidence that is not a
@@ -59,6 +69,15 @@ SEIZURE_LABELS = frozenset(
 BACKGROUND_LABELS = frozenset(
     {"bckg", "null", "artf", "eyem", "chew", "shiv", "musc", "elpp", "elec"}
 )
+# TUEV's `.rec` class codes (its README: 1 spsw ... 6 bckg), in code order.
+TUEV_CLASSES = ("spsw", "gped", "pled", "eyem", "artf", "bckg")
+# TUEV's `.rec` channel numbers index this montage (the NEDC TCP order, as preprocess.TCP_PAIRS).
+TUEV_CHANNELS = (
+    "FP1-F7", "F7-T3", "T3-T5", "T5-O1", "FP2-F8", "F8-T4", "T4-T6", "T6-O2",
+    "A1-T3", "T3-C3", "C3-CZ", "CZ-C4", "C4-T4", "T4-A2",
+    "FP1-F3", "F3-C3", "C3-P3", "P3-O1", "FP2-F4", "F4-C4", "C4-P4", "P4-O2",
+)  # fmt: skip
+REC_SUFFIX = ".rec"
 CSV_VERSION = "csv_v1.0.0"
 TSE_VERSION = "tse_v1.0.0"
 TSE_SUFFIXES = (".tse", ".tse_bi")
@@ -120,11 +139,7 @@ def read_annotations(
         every label outside BACKGROUND_LABELS is a seizure.
     """
     p = Path(path)
-    try:
-        text = p.read_bytes().decode("utf-8", errors="replace")
-    except OSError as e:
-        raise BrainpipeError(f"{p}: cannot read annotations ({e.strerror})") from e
-    lines = text.splitlines()
+    lines = read_text_lines(p)
     first = next((ln.strip() for ln in lines if ln.strip()), "")
     is_tse = p.suffix.lower() in TSE_SUFFIXES or first.replace(" ", "").startswith("version=tse")
     rows, file_duration = (_tse_rows if is_tse else _csv_rows)(p, lines)
@@ -171,6 +186,21 @@ def merge_channel_events(events: list[Event]) -> list[Event]:
 # ---------------------------------------------------------------------------------------------
 # Parsing
 # ---------------------------------------------------------------------------------------------
+
+
+def decode_text(data: bytes) -> str:
+    """An annotation or manifest file's bytes as text, byte-order mark removed: Windows editors
+    save UTF-8 with a BOM (which otherwise sticks to the first header field) or UTF-16."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16", errors="replace")
+    return data.decode("utf-8-sig", errors="replace")
+
+
+def read_text_lines(p: Path) -> list[str]:
+    try:
+        return decode_text(p.read_bytes()).splitlines()
+    except OSError as e:
+        raise BrainpipeError(f"{p}: cannot read annotations ({e.strerror})") from e
 
 
 def _unquote(field: str) -> str:
@@ -290,6 +320,51 @@ def _tse_rows(p: Path, lines: list[str]) -> tuple[list[Event], float | None]:
         rows.append(ev)
         end = ev.offset_s if end is None else max(end, ev.offset_s)
     return rows, end
+
+
+def read_rec(path: str | Path, duration_s: float | None = None) -> Annotations:
+    """Read one TUEV `.rec` file: every row an event (background included) labelled by its
+    class name (`TUEV_CLASSES`) on its TCP channel (`TUEV_CHANNELS`), in file order.
+
+    Rows are kept per channel, as the file has them: the field's protocol makes one example of
+    each row. duration_s: the recording's length; events starting at or after it are dropped and
+    events running past it clipped, both counted in `n_clipped`.
+    """
+    p = Path(path)
+    events, clipped = [], 0
+    for lineno, raw in enumerate(read_text_lines(p), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split(",")
+        if len(fields) != 4:
+            raise BrainpipeError(
+                f"{p}: row {lineno} is malformed: expected 'channel,start,stop,class' "
+                f"(a TUEV .rec row), got {_show(line)}"
+            )
+        chan = _code(p, lineno, "channel", fields[0], len(TUEV_CHANNELS) - 1, 0)
+        code = _code(p, lineno, "class", fields[3], len(TUEV_CLASSES), 1)
+        ev = _event(
+            p, lineno, fields[1], fields[2], TUEV_CLASSES[code - 1], TUEV_CHANNELS[chan], None
+        )
+        if duration_s is not None and ev.offset_s > duration_s:
+            clipped += 1
+            if ev.onset_s >= duration_s:
+                continue
+            ev = Event(ev.onset_s, duration_s, ev.label, ev.channel)
+        events.append(ev)
+    return Annotations(str(p), tuple(events), duration_s, (), clipped)
+
+
+def _code(p: Path, lineno: int, what: str, field: str, top: int, bottom: int) -> int:
+    """An integer code written as an integer or a float ("6", "6.0", " 6.000 ")."""
+    v = _number(p, lineno, what, field)
+    if v != int(v) or not bottom <= v <= top:
+        raise BrainpipeError(
+            f"{p}: row {lineno}: {what} {field.strip()!r} is not a TUEV {what} "
+            f"(an integer {bottom}-{top})"
+        )
+    return int(v)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -262,6 +262,7 @@ class CacheSetReader:
         self.channels, self.label_names, self.task = first.channels, first.label_names, first.task
         self.sfreq, self.dtype = first.sfreq, first.dtype
         self.window_samples, self.stride_samples = first.window_samples, first.stride_samples
+        self.window_anchor = first.window_anchor
         self.config = first.config
         # The first member's attributes stand for the set (they agree on what matters),
         # except those naming one member's own rows.

@@ -9,6 +9,7 @@
     brainpipe predict --cache data/tusz.h5 --checkpoint runs/x/best.pt --split eval --out runs/x/pred
     brainpipe score --ref tusz/edf/eval --hyp runs/x/hyp --method nedc-ovlp --json
     brainpipe score --ref data/tusz.h5 --hyp runs/x/pred/hyp
+    brainpipe train ... --seeds 0,1,2,3,4 --folds 5; brainpipe report runs/x --out runs/x/report
 
 Stage modules are imported inside their command so `brainpipe index` never pays for torch or mne.
 """
@@ -39,8 +40,8 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 def _add_stages(sub: argparse._SubParsersAction) -> None:
     """The pipeline: synth, index, build-cache, cache-set, train."""
-    p = sub.add_parser("synth", help="write a synthetic TUH-like corpus (TUAB, TUSZ or MEG)")
-    p.add_argument("--layout", choices=["tuab", "tusz", "meg"], required=True)
+    p = sub.add_parser("synth", help="write a synthetic TUH-like corpus (TUAB, TUSZ, TUEV or MEG)")
+    p.add_argument("--layout", choices=["tuab", "tusz", "tuev", "meg"], required=True)
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument(
         "--n-subjects", type=int, default=None, help="number of subjects (default: the generator's)"
@@ -99,6 +100,29 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue from the run dir's last checkpoint"
     )
+    _add_protocol(p)
+
+
+def _add_protocol(p: argparse.ArgumentParser) -> None:
+    """train's protocol flags: seeds, subject-wise folds, one cell of their grid, aggregation."""
+    g = p.add_argument_group("protocols (README: Results you can compare)")
+    g.add_argument("--seeds", metavar="LIST", help="one sub-run per seed, e.g. 0,1,2,3,4")
+    g.add_argument(
+        "--folds", type=int, default=0, metavar="K",
+        help="subject-wise K-fold cross-validation over the train split's subjects",
+    )  # fmt: skip
+    g.add_argument(
+        "--fold-all-splits", action="store_true",
+        help="with --folds: fold the subjects of every split, not only train's",
+    )  # fmt: skip
+    g.add_argument(
+        "--cell", type=int, metavar="I",
+        help="train only cell I of the seeds x folds grid (a Slurm array task)",
+    )  # fmt: skip
+    g.add_argument(
+        "--aggregate", action="store_true",
+        help="only write the parent summary.json from the finished cells",
+    )  # fmt: skip
 
 
 def _add_inference(sub: argparse._SubParsersAction) -> None:
@@ -156,6 +180,10 @@ def _add_inference(sub: argparse._SubParsersAction) -> None:
 
 def _add_checks(sub: argparse._SubParsersAction) -> None:
     """Looking at files: inspect, verify."""
+    p = sub.add_parser("report", help="one static HTML report (index.html + PNGs) of run dirs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="runs, or protocols' parents")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write")
+
     p = sub.add_parser("inspect", help="summarize an index or a cache")
     p.add_argument("path", metavar="PATH")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -187,22 +215,8 @@ def _load_cfg(args: argparse.Namespace):
     return load_config(args.config, args.overrides)
 
 
-def _kind(path: Path) -> str:
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(8)
-    except FileNotFoundError as e:
-        raise BrainpipeError(f"{path}: not found") from e
-    except OSError as e:
-        raise BrainpipeError(f"{path}: cannot read ({e.strerror})") from e
-    if magic.startswith(b"PK"):
-        return "index"
-    if magic == b"\x89HDF\r\n\x1a\n" or magic.lstrip().startswith(b"{"):
-        return "cache"  # an HDF5 cache or a cache set (JSON)
-    raise BrainpipeError(f"{path}: neither a brainpipe index (.npz) nor a cache (.h5, set .json)")
-
-
 def cmd_synth(args: argparse.Namespace) -> int:
+    from brainpipe.reporting import synth_line
     from brainpipe.synthetic import CorpusSpec, make_corpus
 
     given = {
@@ -216,14 +230,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         args.layout, seed=args.seed, **{k: v for k, v in given.items() if v is not None}
     )
     summary = make_corpus(args.out, spec, overwrite=args.overwrite)
-    counts = ", ".join(
-        f"{'/'.join(k) if isinstance(k, tuple) else k}={v}"
-        for k, v in sorted(summary.counts.items())
-    )
-    print(
-        f"wrote {len(summary.recordings)} {args.layout} recordings ({summary.total_seconds / 3600:.2f} h, "
-        f"{summary.n_subjects} subjects) to {args.out}: {counts}"
-    )
+    print(synth_line(summary, args.layout, args.out))
     return 0
 
 
@@ -268,41 +275,64 @@ def cmd_build_cache(args: argparse.Namespace) -> int:
 
 def cmd_cache_set(args: argparse.Namespace) -> int:
     from brainpipe.cacheset import write_cache_set
+    from brainpipe.reporting import cache_set_line
 
-    m = write_cache_set(args.out, args.caches)
-    n = sum(x["n_windows"] for x in m["members"])
-    print(f"wrote {args.out}: {len(m['members'])} member caches, {n} windows")
+    print(cache_set_line(write_cache_set(args.out, args.caches), args.out))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args)
+    if args.seeds or args.folds or args.cell is not None or args.aggregate:
+        return _train_protocol(args, cfg)
+    from brainpipe.reporting import train_text
     from brainpipe.training.train import train
 
-    summary = train(args.cache, args.run_dir, cfg, resume=args.resume)
-    ev = summary.get("eval", {})
-    print(
-        "eval: " + ", ".join(f"{k}={v:.4f}" for k, v in ev.items() if isinstance(v, float))
-        if ev
-        else "eval: (no eval split)"
+    print(train_text(train(args.cache, args.run_dir, cfg, resume=args.resume), args.run_dir))
+    return 0
+
+
+def _train_protocol(args: argparse.Namespace, cfg) -> int:
+    from dataclasses import replace
+
+    from brainpipe.protocols import parse_seeds
+    from brainpipe.reporting import train_text
+    from brainpipe.reporting.html import protocol_text
+    from brainpipe.training.protocol import run_protocol
+
+    if args.fold_all_splits:
+        cfg = replace(cfg, train=replace(cfg.train, fold_splits="all"))
+    seeds = parse_seeds(args.seeds) if args.seeds else None
+    s = run_protocol(
+        args.cache, args.run_dir, cfg, seeds, args.folds, args.resume, args.cell, args.aggregate
     )
-    print(f"wrote {Path(args.run_dir) / 'summary.json'}")
+    print(protocol_text(s) if "protocol" in s else train_text(s, s["run_dir"]))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from brainpipe.reporting.html import report_line, write_report
+
+    print(report_line(write_report(args.run_dirs, args.out)))
     return 0
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 0:
         raise BrainpipeError(f"--workers {args.workers}: must be >= 0")
+    from brainpipe.reporting import embed_line
     from brainpipe.training.embed import embed
 
     s = embed(args.cache, args.checkpoint, args.out, device=args.device, num_workers=args.workers)
-    print(f"wrote {s['out']}: {s['n_windows']} windows x {s['dim']} ({s['n_subjects']} subjects)")
+    print(embed_line(s))
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from brainpipe.filekinds import file_kind
+
     path = Path(args.path)
-    if _kind(path) == "index":
+    if file_kind(path) == "index":
         from brainpipe.indexfile import Index
         from brainpipe.reporting import index_table
 
@@ -333,35 +363,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from brainpipe.reporting import predict_text
     from brainpipe.training.predict import predict
 
     s = predict(
         args.cache, args.checkpoint, args.out, args.split, args.config, args.overrides,
         args.tune_on,
     )  # fmt: skip
-    pp = ", ".join(f"{k}={v:g}" for k, v in s["postprocess"].items())
-    ovlp = s["nedc_ovlp"]
-    print(
-        f"predicted {s['n_windows']} windows of {s['n_recordings']} recordings ({s['split']}) at "
-        f"{s['windows_per_s'] or 0:,.0f} windows/s on {s['device']}: {s['n_events']} events"
-    )
-    print(f"postprocess ({s['postprocess_source']['from']}): {pp}")
-    print(
-        f"against the cache's events (NEDC OVLP): sensitivity {ovlp['sensitivity']:.4f}, "
-        f"{ovlp['fa_per_24h']:.2f} FA/24h; full report: brainpipe score --ref {s['cache']} "
-        f"--hyp {s['out']['hyp']}"
-    )
-    print(f"wrote {s['out']['hyp']}, {s['out']['windows']}")
+    print(predict_text(s))
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from brainpipe.scoring import METHODS, format_report, results_json, score_trees
+    from brainpipe.reporting import score_json, score_report
+    from brainpipe.score import score_trees
+    from brainpipe.scoring import METHODS
 
     results = score_trees(
         args.ref, args.hyp, args.method or METHODS, args.sweep, args.curve, args.plot
     )
-    print(results_json(results) if args.json else format_report(results))
+    print(score_json(results) if args.json else score_report(results))
     return 0
 
 
@@ -376,6 +397,7 @@ COMMANDS = {
     "verify": cmd_verify,
     "predict": cmd_predict,
     "score": cmd_score,
+    "report": cmd_report,
 }
 
 

@@ -50,7 +50,9 @@ class CorpusConfig:
     # tusz: edf/{train,dev,eval}/<subj>/<sess>_<date>/<montage>/<subj>_s<sess>_t<tok>.edf + .csv_bi
     # generic: any tree; subject/label from `filename_regex` or `manifest`
     # bids: a BIDS dataset (brainpipe.bids): subject/session/task/run from the file names
-    layout: Literal["tuab", "tusz", "generic", "bids"] = "generic"
+    # tuev: edf/{train,eval}/<subj>/<name>.edf + <name>.rec (TUH EEG Events; events labelled
+    #   spsw, gped, pled, eyem, artf, bckg, mapped to classes by event_labels)
+    layout: Literal["tuab", "tusz", "tuev", "generic", "bids"] = "generic"
     # File suffixes the scan picks up (case-insensitive). mne reads the non-EDF ones.
     extensions: tuple[str, ...] = (".edf", ".bdf", ".fif")
     # generic layout: regex searched in the path relative to the raw root; named groups
@@ -99,7 +101,8 @@ class PreprocessConfig:
     # referential: the channels below as recorded against their reference.
     # tcp: the 22-channel temporal central parasagittal bipolar montage (FP1-F7, F7-T3, ...).
     # meg: MEG channels picked by type (`meg_picks`).
-    montage: Literal["referential", "tcp", "meg"] = "referential"
+    # bipolar: `channels` are derivations "ANODE-CATHODE" (e.g. FP1-F7), any subset of electrodes.
+    montage: Literal["referential", "tcp", "bipolar", "meg"] = "referential"
     channels: tuple[str, ...] = STANDARD_1020
     meg_picks: Literal["meg", "mag", "grad"] = "meg"
     # A recording lacking a required channel: skip it (with the reason) or zero-fill the channel
@@ -125,6 +128,9 @@ class WindowConfig:
     stride_seconds: float = 10.0
     # TUSZ: a window is a seizure window when at least this fraction of it overlaps an event.
     label_overlap: float = 0.5
+    # grid: windows every stride_seconds. events (cache.task=events): one window per event,
+    # centred on it (TUEV's protocol: a 5-s window around each 1-s event), labelled by it.
+    anchor: Literal["grid", "events"] = _added("grid")
 
 
 @dataclass(frozen=True)
@@ -190,6 +196,36 @@ class TrainConfig:
     # A subject in more than one split of the cache leaks it between training and evaluation:
     # `train` refuses such a cache unless this is set.
     allow_subject_overlap: bool = _added(False)
+    # Protocols (README, "Results you can compare"). val_split: the corpus's own validation split
+    # (TUSZ `dev`, a manifest's or BIDS `val`) selects best.pt instead of subjects carved from
+    # train by val_fraction ("": carve). select_by: the validation metric best.pt maximizes
+    # ("": the task's default, `metrics.default_select_by`). folds >= 2: subject-wise K-fold
+    # cross-validation, this run holding out fold `fold` of the subjects of `train` (or of
+    # every split: fold_splits=all) as its eval set, assigned by `fold_seed`
+    # (`protocols.assign_folds`); `brainpipe train --folds K` sets these per run.
+    val_split: str = _added("")
+    select_by: str = _added("")
+    folds: int = _added(0)
+    fold: int = _added(0)
+    fold_seed: int = _added(0)
+    fold_splits: Literal["train", "all"] = _added("train")
+    # Foundation models (brainpipe.training.foundation; README "Foundation models").
+    # pretrained: a weights directory (braindecode save_pretrained: config.json +
+    # model.safetensors) or a Hugging Face repo id found in the local cache (never downloaded).
+    pretrained: str | None = _added(None)
+    # full: train everything; linear_probe: the head only (backbone frozen, in eval mode);
+    # last_blocks: the head and the last `finetune_blocks` transformer blocks.
+    finetune: Literal["full", "linear_probe", "last_blocks"] = _added("full")
+    finetune_blocks: int = _added(2)
+    layer_decay: float = _added(1.0)  # block i of L trains at lr * layer_decay**(L - i)
+    grad_checkpointing: bool = _added(False)  # recompute transformer blocks in backward
+    # Scaling applied on the device to each batch: auto = the model's contract (none for other
+    # models); uv_100 (µV/100) and mv need a cache in µV (preprocess.normalize: none).
+    input_scaling: Literal[
+        "auto", "none", "uv_100", "mv", "window_zscore", "zscore_clip15", "percentile95"
+    ] = _added("auto")
+    # A channel the model's contract lists but the cache lacks: refuse, or feed zeros.
+    missing_channels: Literal["refuse", "zero"] = _added("refuse")
 
 
 @dataclass(frozen=True)
@@ -462,6 +498,10 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.windows_per_subject": (2, None, True, False),
     "train.temperature": (0, None, False, False),
     "train.test_fraction": (0, 1, True, False),
+    "train.folds": (0, None, True, False),
+    "train.fold": (0, None, True, False),
+    "train.finetune_blocks": (1, None, True, False),
+    "train.layer_decay": (0, 1, False, True),
     "train.augment.amplitude_scale": (0, 1, True, False),
     "train.augment.channel_dropout": (0, 1, True, False),
     "postprocess.smooth_windows": (1, None, True, False),
@@ -495,6 +535,22 @@ def _check_ranges(cfg: Config) -> None:
                 )
 
 
+def _check_bipolar_and_anchor(cfg: Config) -> None:
+    """preprocess.montage=bipolar channels are derivations; window.anchor=events needs events."""
+    p = cfg.preprocess
+    for ch in p.channels if p.montage == "bipolar" else ():
+        a, dash, c = ch.partition("-")
+        if not (dash and a.strip() and c.strip()) or "-" in c:
+            raise BrainpipeError(
+                f"config key 'preprocess.channels': {ch!r} is not a derivation 'ANODE-CATHODE' "
+                "(e.g. FP1-F7), which preprocess.montage=bipolar needs"
+            )
+    if cfg.window.anchor == "events" and cfg.cache.task != "events":
+        raise BrainpipeError(
+            "config key 'window.anchor'=events places windows on events: it needs cache.task=events"
+        )
+
+
 def _check_semantics(cfg: Config) -> None:
     def need(cond: bool, msg: str) -> None:
         if not cond:
@@ -515,6 +571,7 @@ def _check_semantics(cfg: Config) -> None:
         len(p.channels) > 0 or p.montage == "meg",
         "config key 'preprocess.channels' must not be empty",
     )
+    _check_bipolar_and_anchor(cfg)
     _check_corpus(cfg.corpus)
     if cfg.corpus.annotation_pairing is not None:
         try:
@@ -550,6 +607,17 @@ def _check_semantics(cfg: Config) -> None:
             "config key 'cache.task'=events needs corpus.event_labels mapping event descriptions "
             'to at least two classes, e.g. {"Sleep stage W": W, "Sleep stage 1": N1}',
         )
+    t = cfg.train
+    need(
+        t.task == "classify" or not (t.folds or t.val_split),
+        f"config keys 'train.folds'/'train.val_split' are for train.task=classify; the subject "
+        f"task {t.task!r} divides subjects itself (train.val_fraction, train.test_fraction)",
+    )
+    need(
+        t.folds != 1 and (t.folds == 0 or t.fold < t.folds),
+        f"config keys 'train.folds'={t.folds}, 'train.fold'={t.fold}: folds is 0 (none) or >= 2, "
+        "and fold one of 0 .. folds-1",
+    )
     if cfg.corpus.filename_regex is not None:
         try:
             re.compile(cfg.corpus.filename_regex)

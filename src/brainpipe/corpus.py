@@ -7,17 +7,22 @@ TUAB: edf/{train,eval}/{normal,abnormal}/01_tcp_ar/<subject>_s<session>_t<token>
 TUSZ: edf/{train,dev,eval}/<subject>/s<session>_<year>/<montage>/<subject>_s<session>_t<token>.edf
       with <stem>.csv_bi (term-based) and <stem>.csv (per channel) seizure annotations beside it
       (read by brainpipe.annotations).
+TUEV: edf/{train,eval}/<subject>/<name>.edf with <name>.rec beside it (v2: train names are
+      <subject>_<nnnnnnnn>.edf, eval ones <class>_<subject>_<part>.edf); the subject is the
+      folder, the recording's events come from its .rec (brainpipe.annotations.read_rec).
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from brainpipe.annotations import decode_text
 from brainpipe.errors import BrainpipeError
 
 # TUH file stem: subject id (8 letters in current releases, digits in old ones), session, token.
@@ -29,6 +34,7 @@ TUSZ_SPLITS = ("train", "dev", "eval")
 TUSZ_LABELS = ("bckg", "seiz")
 # cache.task -> the label names a cache of that task stores, in class-index order. The
 # `events` task's names come from the config instead: `event_label_names(corpus.event_labels)`.
+TUEV_SPLITS = ("train", "eval")
 TASK_LABELS = {"abnormal": TUAB_LABELS, "seizure": TUSZ_LABELS}
 
 
@@ -105,6 +111,18 @@ def parse_tusz_path(relpath: str) -> Facts:
     return _path_facts(relpath, _tusz_dir)
 
 
+def parse_tuev_path(relpath: str) -> Facts:
+    """Facts from a TUEV path: the split folder, the subject folder under it, the file stem as
+    the token (TUEV names carry no session)."""
+    parts = _parts(relpath)
+    at = next((i for i, p in enumerate(parts) if p in TUEV_SPLITS), None)
+    if at is None or len(parts) < at + 3:
+        return Facts(split=parts[at] if at is not None else "")
+    name = parts[-1]
+    dot = name.rfind(".")
+    return Facts(split=parts[at], subject=parts[at + 1], token=name[:dot] if dot > 0 else name)
+
+
 class GenericLayout:
     """Subject/label/split from a filename regex or a CSV manifest; else each file is a subject."""
 
@@ -133,18 +151,17 @@ def read_manifest(path: str | Path) -> dict[str, dict[str, str]]:
     """A CSV with a `path` column (relative to the raw root) and any of subject/session/label/split."""
     p = Path(path)
     try:
-        with p.open(newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or "path" not in reader.fieldnames:
-                raise BrainpipeError(
-                    f"{p}: manifest needs a 'path' column; found {reader.fieldnames}"
-                )
-            return {
-                row["path"].strip(): {k: (v or "").strip() for k, v in row.items() if k != "path"}
-                for row in reader
-            }
+        data = p.read_bytes()
     except OSError as e:
         raise BrainpipeError(f"{p}: cannot read manifest ({e.strerror})") from e
+    # A spreadsheet's "CSV UTF-8" starts with a byte-order mark that would rename `path`.
+    reader = csv.DictReader(io.StringIO(decode_text(data), newline=""))
+    if reader.fieldnames is None or "path" not in reader.fieldnames:
+        raise BrainpipeError(f"{p}: manifest needs a 'path' column; found {reader.fieldnames}")
+    return {
+        row["path"].strip(): {k: (v or "").strip() for k, v in row.items() if k != "path"}
+        for row in reader
+    }
 
 
 def layout_parser(layout: str, filename_regex: str | None = None, manifest: str | None = None):
@@ -152,6 +169,8 @@ def layout_parser(layout: str, filename_regex: str | None = None, manifest: str 
         return parse_tuab_path
     if layout == "tusz":
         return parse_tusz_path
+    if layout == "tuev":
+        return parse_tuev_path
     return GenericLayout(filename_regex, read_manifest(manifest) if manifest else None)
 
 

@@ -365,6 +365,7 @@ def window_table(
             r["t0_s"],
             overlap,
             keep=r["status"] == STATUS_DONE,
+            anchor=reader.window_anchor,
         )
         rec, start, label = win["recording"], win["start"], win["label"]
     return {

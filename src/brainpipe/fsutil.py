@@ -5,16 +5,28 @@ over the target and fsyncs the directory, so a crash or a full disk leaves eithe
 or the new one; temp files of killed writers are removed on the next run (`remove_stale_tmp`).
 
 The walk (`walk_tree`): every real directory once, symlink loops and undecodable names reported.
+`is_url` tells a raw root in object storage from a local one, so a local run never imports the
+object-storage code.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from brainpipe.errors import BrainpipeError
+
+# `scheme://...`; the scheme is group 1
+URL_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    """True for `scheme://...` roots (except `file://`), which take the object-storage path."""
+    m = URL_SCHEME.match(os.fspath(path)) if isinstance(path, str) else None
+    return bool(m) and m.group(1).lower() != "file"
 
 
 def tmp_path_for(target: Path) -> Path:

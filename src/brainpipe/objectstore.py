@@ -1,7 +1,7 @@
 """Raw recordings in object storage (`s3://bucket/prefix`, or any fsspec URL): list, head, fetch.
 
 Owns the remote-read path of the raw tree, nothing else: stages call it only for URL roots
-(`is_url`), so a local root keeps its direct `os.open` path untouched.
+(`fsutil.is_url`), so a local root keeps its direct `os.open` path untouched.
 
 - `ObjectStore(root).list()`: ONE recursive listing with size, ETag and mtime per object.
 - `read_heads(objects, n=16 KiB)`: the first n bytes of many objects, `max_in_flight` range GETs
@@ -30,17 +30,16 @@ import contextlib
 import datetime
 import os
 import random
-import re
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from brainpipe.errors import BrainpipeError
+from brainpipe.fsutil import URL_SCHEME
 
 HEAD_BYTES = 16 * 1024  # holds an EDF header of up to 63 signals: one GET for nearly every file
 SPOOL_CHUNK = 64 * 1024 * 1024  # whole-object reads up to this size are one GET
@@ -57,7 +56,6 @@ _INSTALL = {
     "abfs": "pip install adlfs",
     "abfss": "pip install adlfs",
 }
-_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 # Errors no retry can fix; anything else from a backend (timeouts, resets, 5xx, throttling,
 # which s3fs/aiohttp raise under many types) is tried again.
@@ -77,12 +75,6 @@ _PERMANENT = (
 
 class ObjectStoreError(BrainpipeError):
     """A remote read that failed for good; the message is one line naming the URL."""
-
-
-def is_url(path: str | os.PathLike) -> bool:
-    """True for `scheme://...` roots (except `file://`), which take the object-storage path."""
-    m = _URL.match(os.fspath(path)) if isinstance(path, str) else None
-    return bool(m) and m.group(1).lower() != "file"
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +125,7 @@ class Fetched:
 def _filesystem(
     root: str, storage_options: dict[str, Any] | None, max_in_flight: int
 ) -> tuple[Any, str]:
-    protocol = _URL.match(root).group(1).lower() if _URL.match(root) else "file"
+    protocol = URL_SCHEME.match(root).group(1).lower() if URL_SCHEME.match(root) else "file"
     options = dict(storage_options or {})
     if protocol in ("s3", "s3a"):
         # botocore's pool holds 10 connections by default, which silently caps requests in
@@ -332,6 +324,8 @@ class ObjectStore:
         objects = list(objects)
         if not objects:
             return []
+        from concurrent.futures import ThreadPoolExecutor  # not loaded by a local build
+
         with ThreadPoolExecutor(min(self.max_in_flight, len(objects))) as pool:
             return list(pool.map(lambda o: self._head(o, n, header_length), objects))
 
@@ -403,6 +397,8 @@ class ObjectStore:
 
         if not objects:
             return {}
+        from concurrent.futures import ThreadPoolExecutor  # not loaded by a local build
+
         with ThreadPoolExecutor(min(self.max_in_flight, len(objects))) as pool:
             return {k: why for k, why in pool.map(one, objects) if why}
 

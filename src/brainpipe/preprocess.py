@@ -17,26 +17,24 @@ Pipeline, and why in this order (every step up to normalization is linear and ch
 1. pick the channels the montage needs (`plan.source`) — the read itself, so nothing else is
    decoded, resampled or filtered;
 2. crop (`crop_start_s`, `max_duration_s`) — before any arithmetic, for the same reason;
-3. resample to `sfreq` with `scipy.signal.resample_poly` (polyphase, exact rational up/down,
-   antireflect edge padding) — before filtering, so the long band-pass FIR runs on 200 Hz
-   instead of 256-1000 Hz samples. Its anti-alias FIR (Kaiser, 80 dB) keeps alias-free only the
-   band the low-pass lets through (see `_antialias`), which halves its length, and passes DC
-   exactly, so electrode offsets of millivolts leave no images in the band;
-4. band-pass and notch as ONE zero-phase FIR: mne's own kernels (`mne.filter.create_filter`,
-   firwin, hamming, phase="zero") convolved into a single kernel and applied once with
-   `scipy.signal.oaconvolve` in float32 after mne-style odd-reflection padding of the edges;
+3-4. resample to `sfreq` (exact rational up/down), band-pass and notch in ONE zero-phase pass
+   (`brainpipe.dsp`): mne's own kernels (firwin, hamming, phase="zero", designed at the output
+   rate, numpy only) merged into one, applied with the resampling as one product in the
+   frequency domain: one FFT at the input rate, one inverse FFT at the output's length. The
+   result is that of resampling first (odd-reflection edges at the input rate), then the FIR at
+   the output rate with mne-style odd-reflection edges, the previous two-pass order; where the
+   band-pass leaves no room below the lower Nyquist frequency the two passes run as such
+   (`scipy.signal.resample_poly` first); docs/dsp.md has the tolerance;
 5. montage: referential outputs are rows of the filtered block, bipolar (TCP) outputs are
    differences of rows, absent channels are zero. Derivation commutes with steps 3-4, so it is
    done here, on the distinct electrodes (19 for TCP's 22 derivations) at the low rate;
 6. normalize per output channel over the whole recording, then clip.
 
-Steps 3 and 4 swap mne's usual order (filter at the recorded rate, then resample). Both are
-linear and the band-pass is designed in Hz at the output rate, so away from the edges the result
-matches mne in either order to ~2e-4 relative RMS in the passband, 2e-3 overall (the residue is
-the skipped notch, below); tests/test_preprocess.py checks this for 250, 256 and 512 Hz input.
-Measured in CPU time on one core, 30-channel 256 Hz 20-minute EDF (18.4 MB) to the default
-19-channel signal: read_signals + preprocess 108 ms (170 MB/s of EDF; preprocess alone 92 ms),
-the mne way (read_raw_edf(preload=True), pick, filter, notch_filter, resample) 419 ms (44 MB/s).
+The band-pass is designed in Hz at the output rate, not at the recorded rate as mne's usual
+order (filter, then resample) would; both are linear, so away from the edges the result matches
+mne in either order to ~2e-4 relative RMS in the passband, 2e-3 overall (the residue is the
+skipped notch, below); tests/test_preprocess.py checks this for 250, 256 and 512 Hz input, and
+tests/test_dsp.py on real recordings.
 
 Filter design (mne's "auto" rules, `filter_design_description(cfg)` prints it for any config).
 For l_freq=0.5, h_freq=40 at 200 Hz, mne designs a 1321-tap (6.605 s) hamming-window FIR:
@@ -58,25 +56,23 @@ Long recordings: `preprocess_chunked` runs the same steps a time chunk at a time
 uses it, through `cache.process_recording`), so a worker holds its result plus ~100-300 MB
 whatever the length, instead of the float64 recording and its copies (an hour of 306-channel
 1 kHz MEG: 8.8 GB per copy). Chunks overlap by the filters' reach, so their cores are the whole
-run's to float32 rounding; see its docstring for the design.
+run's to rounding; see its docstring for the design.
 
-About 730 lines, over the ~500 guideline: the whole-recording pipeline and its chunked twin
-share every private step (filter, derive, normalization statistics); apart they would have to
-export them.
+Long because the whole-recording pipeline and its chunked twin share every private
+step (filter plan, derive, normalization statistics); apart they would have to export them.
 """
 
 from __future__ import annotations
 
-import functools
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-from scipy import signal
 
+from brainpipe import dsp
 from brainpipe.channels import BAD_TYPE, canonical_name, locate
 from brainpipe.config import STANDARD_1020, PreprocessConfig
 from brainpipe.errors import BrainpipeError
@@ -109,16 +105,6 @@ TCP_PAIRS: tuple[tuple[str, str], ...] = (
 # normal numbers below 6e-5, so Volts and Tesla would lose everything.
 _SCALE = {"eeg": 1e6, "mag": 1e15, "grad": 1e13}  # V -> µV, T -> fT, T/m -> fT/cm
 _MEG_TYPES = {"meg": ("mag", "grad"), "mag": ("mag",), "grad": ("grad",)}
-
-# A notch is pointless where the band-pass already attenuates its band this much: mne's
-# hamming-window FIR notch itself reaches about 53 dB.
-_NOTCH_SKIP_DB = 50.0
-# Stop-band attenuation (and passband ripple, 1e-4) of our anti-alias filter. Not 60 dB: a 1 mV
-# electrode offset's images at multiples of the input rate fold into the band (24 and 32 Hz for
-# 256 -> 200 Hz) at 1 µV, visible next to 10-50 µV of EEG; at 80 dB they are 0.1 µV.
-_ANTIALIAS_DB = 80.0
-# mne's notch_filter defaults (method="fir"): stop band freq/200 wide, 1 Hz transition.
-_NOTCH_TRANS_HZ = 1.0
 
 
 @dataclass(frozen=True)
@@ -159,6 +145,9 @@ def plan_channels(
 
     if cfg.montage == "tcp":
         pairs = TCP_PAIRS
+        names = tuple(f"{a}-{c}" for a, c in pairs)
+    elif cfg.montage == "bipolar":
+        pairs = tuple(_derivation(ch) for ch in cfg.channels)
         names = tuple(f"{a}-{c}" for a, c in pairs)
     else:
         pairs = tuple((canonical_name(ch), None) for ch in cfg.channels)
@@ -205,6 +194,17 @@ def plan_channels(
         mask=tuple(mask),
         scale=(_SCALE["eeg"],) * len(names),
     )
+
+
+def _derivation(name: str) -> tuple[str, str]:
+    """'FP1-F7' -> ('FP1', 'F7'): a bipolar channel of preprocess.montage=bipolar."""
+    anode, dash, cathode = name.partition("-")
+    if not (dash and anode.strip() and cathode.strip()) or "-" in cathode:
+        raise BrainpipeError(
+            f"preprocess.montage=bipolar: channel {name!r} is not a derivation 'ANODE-CATHODE' "
+            "(e.g. FP1-F7)"
+        )
+    return canonical_name(anode), canonical_name(cathode)
 
 
 def _plan_meg(
@@ -276,129 +276,16 @@ def output_length(
 
 
 # ---------------------------------------------------------------------------------------------
-# filter design
+# filter design (brainpipe.dsp)
 
-
-def _auto_transitions(
-    sfreq: float, l_freq: float | None, h_freq: float | None
-) -> tuple[float | None, float | None]:
-    # mne's documented "auto" transition bandwidths (mne.filter.create_filter). The kernels come
-    # from mne; this only describes them and tells `_antialias` where the low-pass stops.
-    l_trans = None if l_freq is None else min(max(0.25 * l_freq, 2.0), l_freq)
-    h_trans = None if h_freq is None else min(max(0.25 * h_freq, 2.0), sfreq / 2 - h_freq)
-    return l_trans, h_trans
-
-
-class _Design(NamedTuple):
-    kernel: np.ndarray | None  # float32, odd length, zero-phase (centred); None = no filtering
-    bandpass_taps: int
-    notch_taps: int
-    notched: tuple[float, ...]
-    skipped: tuple[str, ...]  # "60 Hz (reason)"
-
-
-@functools.lru_cache(maxsize=32)
-def _design(
-    sfreq: float, l_freq: float | None, h_freq: float | None, notch_freqs: tuple[float, ...]
-) -> _Design:
-    import mne  # heavy import; only the processes that filter pay for it
-
-    bandpass = None
-    if l_freq is not None or h_freq is not None:
-        bandpass = mne.filter.create_filter(
-            None, sfreq, l_freq, h_freq, fir_design="firwin", phase="zero", verbose=False
-        )
-
-    nyquist = sfreq / 2
-    notched, skipped = [], []
-    for f in notch_freqs:
-        half = f / 400 + _NOTCH_TRANS_HZ / 2  # mne: stop band f/200 wide, plus half a transition
-        if f <= 0:
-            skipped.append(f"{f:g} Hz (not a frequency)")
-        elif f + half >= nyquist:
-            skipped.append(f"{f:g} Hz (at or above the {nyquist:g} Hz Nyquist frequency)")
-        elif (
-            bandpass is not None
-            and (db := _attenuation_db(bandpass, sfreq, f - half, f + half)) >= _NOTCH_SKIP_DB
-        ):
-            skipped.append(
-                f"{f:g} Hz (the filter already attenuates {f - half:g}-{f + half:g} Hz by {db:.0f} dB)"
-            )
-        else:
-            notched.append(f)
-
-    notch = None
-    if notched:
-        freqs = np.asarray(notched)
-        half = freqs / 400 + _NOTCH_TRANS_HZ / 2
-        # what mne.filter.notch_filter(x, sfreq, freqs) designs: a multi-band-stop firwin
-        notch = mne.filter.create_filter(
-            None, sfreq, l_freq=freqs + half, h_freq=freqs - half,
-            l_trans_bandwidth=_NOTCH_TRANS_HZ / 2, h_trans_bandwidth=_NOTCH_TRANS_HZ / 2,
-            fir_design="firwin", phase="zero", verbose=False,
-        )  # fmt: skip
-
-    parts = [k for k in (bandpass, notch) if k is not None]
-    kernel = None
-    if parts:
-        # Two zero-phase FIRs in sequence are one FIR: convolve the kernels, filter once.
-        kernel = functools.reduce(np.convolve, parts).astype(np.float32)
-        kernel.flags.writeable = False
-    return _Design(
-        kernel=kernel,
-        bandpass_taps=0 if bandpass is None else len(bandpass),
-        notch_taps=0 if notch is None else len(notch),
-        notched=tuple(notched),
-        skipped=tuple(skipped),
-    )
-
-
-@functools.lru_cache(maxsize=32)
-def _antialias(
-    sfreq_in: float, sfreq_out: float, up: int, down: int, h_freq: float | None
-) -> np.ndarray:
-    """Anti-alias FIR for resample_poly, shortened by the low-pass that follows it.
-
-    Only [0, keep] must come out flat and alias-free, keep being the band-pass's stop-band edge
-    (50 Hz at the defaults): everything above is removed afterwards. What folds into [0, keep]
-    comes from above lo - keep (lo = the lower of the two rates), so the transition band may span
-    keep .. lo - keep (50-150 Hz for 256 -> 200 Hz) instead of scipy's default, which is narrow
-    around lo / 2 and 20 * max(up, down) + 1 taps long. Kaiser, 80 dB: 323 taps instead of 641 for
-    256 -> 200 Hz, half the work, and closer to an ideal resampler below `keep` than the default.
-    Without a low-pass (or no room for the wide band) it is scipy's default design.
-
-    Each of the `up` polyphase branches is then scaled to a DC gain of exactly 1, which puts
-    exact zeros at the multiples of sfreq_in where an electrode offset's images sit: otherwise a
-    3 mV offset leaves 1e-4 of itself as 0.3 µV tones in the band (24 and 32 Hz for 256 -> 200).
-    """
-    numtaps = 20 * max(up, down) + 1
-    window: np.ndarray | None = None
-    if h_freq is not None:
-        _, h_trans = _auto_transitions(sfreq_out, None, h_freq)
-        keep = h_freq + h_trans
-        lo = min(sfreq_in, sfreq_out)
-        rate = sfreq_in * up  # the rate the polyphase filter runs at
-        if lo - 2 * keep > 0:
-            n, beta = signal.kaiserord(_ANTIALIAS_DB, (lo - 2 * keep) / (rate / 2))
-            if n | 1 < numtaps:
-                window = signal.firwin(n | 1, lo / 2, window=("kaiser", beta), fs=rate)
-    if window is None:  # what resample_poly designs by default
-        window = signal.firwin(numtaps, 1 / max(up, down), window=("kaiser", 5.0))
-    branch = np.arange(len(window)) % up
-    window = window / (np.bincount(branch, weights=window, minlength=up)[branch] * up)
-    window.flags.writeable = False
-    return window
-
-
-def _attenuation_db(kernel: np.ndarray, sfreq: float, lo: float, hi: float) -> float:
-    _, response = signal.freqz(kernel, worN=np.linspace(lo, hi, 9), fs=sfreq)
-    return float(-20 * np.log10(max(np.abs(response).max(), 1e-300)))
+# What bench and test scripts warm up before measuring a worker's memory.
+_design = dsp.design
 
 
 def filter_design_description(cfg: PreprocessConfig) -> str:
     """One line for logs and docs: the band-pass and notch filters `preprocess` applies."""
-    d = _design(cfg.sfreq, cfg.l_freq, cfg.h_freq, tuple(cfg.notch_freqs))
-    l_trans, h_trans = _auto_transitions(cfg.sfreq, cfg.l_freq, cfg.h_freq)
+    d = dsp.design(cfg.sfreq, cfg.l_freq, cfg.h_freq, tuple(cfg.notch_freqs))
+    l_trans, h_trans = dsp.auto_transitions(cfg.sfreq, cfg.l_freq, cfg.h_freq)
     parts = []
     if d.bandpass_taps:
         kind = (
@@ -492,34 +379,15 @@ def _min_max(x: np.ndarray, plan: ChannelPlan) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _filter(x: np.ndarray, sfreq_in: float, cfg: PreprocessConfig) -> np.ndarray:
-    """Resample to cfg.sfreq, then the one zero-phase band-pass/notch FIR; float32 out."""
+    """Resample to cfg.sfreq, band-pass and notch in one zero-phase pass (`dsp.apply`); float32."""
+    return dsp.apply(x, _filter_plan(sfreq_in, cfg))
+
+
+def _filter_plan(sfreq_in: float, cfg: PreprocessConfig) -> dsp.FilterPlan:
     up, down = resample_factors(sfreq_in, cfg.sfreq)
-    if up != down:
-        window = _antialias(sfreq_in, cfg.sfreq, up, down, cfg.h_freq)
-        # antireflect (odd) padding continues value and slope, so a DC offset makes no edge step.
-        # scipy 1.17's reflect modes kill the interpreter (SIGFPE) on one sample: "edge" there.
-        x = signal.resample_poly(
-            x, up, down, axis=1, padtype="antireflect" if x.shape[1] > 1 else "edge",
-            window=window,
-        )  # fmt: skip
-    # float32 from here: ~2.5x faster convolution, and 1e-7 relative error is far below the
-    # float16 the cache stores
-    y = x.astype(np.float32)
-    kernel = _design(cfg.sfreq, cfg.l_freq, cfg.h_freq, tuple(cfg.notch_freqs)).kernel
-    if kernel is not None:
-        y = _apply_fir(y, kernel)
-    return y
-
-
-def _apply_fir(y: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Zero-phase FIR along axis 1 with mne's edge handling (odd reflection, "reflect_limited")."""
-    half = (len(kernel) - 1) // 2
-    n = y.shape[1]
-    reflect = min(half, n - 1)
-    padded = np.pad(y, ((0, 0), (reflect, reflect)), mode="reflect", reflect_type="odd")
-    if reflect < half:  # shorter than the filter: hold the end values beyond one reflection
-        padded = np.pad(padded, ((0, 0), (half - reflect, half - reflect)), mode="edge")
-    return signal.oaconvolve(padded, kernel[None, :], mode="valid", axes=1)
+    return dsp.filter_plan(
+        sfreq_in, cfg.sfreq, up, down, cfg.l_freq, cfg.h_freq, tuple(cfg.notch_freqs)
+    )
 
 
 def _derive(y: np.ndarray, flat: np.ndarray, plan: ChannelPlan) -> tuple[np.ndarray, np.ndarray]:
@@ -580,8 +448,8 @@ def _centre_scale(rows: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, 
 # the same pipeline over time chunks, for recordings too long to hold as float64
 
 
-# Raw values (channels x samples) one chunk holds: the filtering keeps about eight float copies
-# of a chunk alive (input, resampled, float32, padded, FFT blocks), ~250 MB at this size.
+# Raw values (channels x samples) one chunk holds: the filtering keeps the float64 chunk, its
+# float32 result and the FFT blocks of a few rows at a time alive, ~150 MB at this size.
 CHUNK_VALUES = 4_000_000
 # Float32 values one normalization group holds (robust: a group of whole output channels).
 _GROUP_VALUES = 32_000_000
@@ -626,9 +494,9 @@ def preprocess_chunked(
     n_ch = len(plan.names)
     if out is None:
         out = np.empty((n_out, n_ch), dtype=dtype)
-    # Up to six chunks' worth in one piece: the whole-recording path itself (at ~36 bytes of peak
-    # per raw value, 0.9 GB at the default), as fast as before for EEG up to ~1.5 h: chunking
-    # costs ~15% in the scratch file's round trip and the extra statistics pass
+    # Up to six chunks' worth in one piece: the whole-recording path itself (~22 bytes of peak
+    # per raw value with the float64 input, 0.5 GB at the default), faster for EEG up to ~1.5 h:
+    # chunking costs ~15% in the scratch file's round trip and the extra statistics pass
     if (stop - start) * len(plan.source) <= 6 * chunk_values or stop - start <= core + 2 * margin:
         out[0:n_out] = preprocess(read(start, stop), sfreq_in, plan, cfg, crop=False).T
         return out
@@ -667,11 +535,8 @@ def _chunk_geometry(
 ) -> tuple[int, int, int, int]:
     """Resampling factors, the margin each chunk is read with on both sides (input samples,
     a multiple of `down`) and the chunk's core length."""
-    up, down = resample_factors(sfreq_in, cfg.sfreq)
-    kernel = _design(cfg.sfreq, cfg.l_freq, cfg.h_freq, tuple(cfg.notch_freqs)).kernel
-    reach = 0 if kernel is None else (len(kernel) - 1) // 2  # output samples an edge disturbs
-    if up != down:
-        reach += len(_antialias(sfreq_in, cfg.sfreq, up, down, cfg.h_freq)) // min(up, down) + 2
+    plan = _filter_plan(sfreq_in, cfg)
+    up, down, reach = plan.up, plan.down, plan.reach  # reach: output samples an edge disturbs
     margin = _round_up(_round_up(reach * down, up) // up, down)  # input samples
     # at least 4 margins long: the overlap costs at most 50% more filtering (8 margins: 25%,
     # but ~150 MB more for 306 channels, where the merged 50 Hz notch makes the kernel long)

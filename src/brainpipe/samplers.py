@@ -15,7 +15,7 @@ of index arrays for `DataLoader(batch_sampler=...)`, torch-free and picklable.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -345,28 +345,46 @@ def _subject_order(names: Sequence[str], seed: int) -> list[str]:
     return sorted(names, key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
 
 
-def carve_validation(
-    reader: CacheReader, fraction: float, seed: int = 0, split: str = "train"
+def subject_classes(
+    reader: CacheReader, split: str | None = "train", subjects: Collection[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Divide the subjects of `split` into (train, validation) subjects: no subject on both sides.
-
-    Stratified by class (a subject's class is the highest label among its windows and
-    recordings, so a TUSZ subject with any seizure counts as a seizure subject): each class gives
-    round(fraction * its subjects) to validation, at least one when it has two or more and
-    `fraction > 0`, never all of them. Deterministic for `seed` on any machine.
-    """
-    if not 0 <= fraction < 1:
-        raise BrainpipeError(f"validation fraction {fraction}: must be in [0, 1)")
+    """(subject keys, class of each) of the finished recordings of `split` (None: every
+    split), optionally only `subjects`. A subject's class is the highest label among its
+    windows and recordings, so a TUSZ subject with any seizure counts as a seizure subject."""
     r = reader.recordings
     keys = subject_keys(reader)
-    in_split = (r["split"] == split) & (r["status"] == STATUS_DONE)
+    keep = r["status"] == STATUS_DONE
+    if split is not None:
+        keep &= r["split"] == split
+    if subjects is not None:
+        keep &= np.isin(keys, np.asarray(list(subjects), dtype=str))
     rec_class = r["label"].astype(np.int64).copy()
     w = reader.windows
     if len(w["recording"]):
         np.maximum.at(rec_class, w["recording"].astype(np.int64), w["label"].astype(np.int64))
-    names, inverse = np.unique(keys[in_split], return_inverse=True)
+    names, inverse = np.unique(keys[keep], return_inverse=True)
     subject_class = np.full(len(names), -1, np.int64)
-    np.maximum.at(subject_class, inverse, rec_class[in_split])
+    np.maximum.at(subject_class, inverse, rec_class[keep])
+    return names, subject_class
+
+
+def carve_validation(
+    reader: CacheReader,
+    fraction: float,
+    seed: int = 0,
+    split: str | None = "train",
+    subjects: Collection[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Divide the subjects of `split` (None: every split; `subjects`: only those) into (train,
+    validation) subjects: no subject on both sides.
+
+    Stratified by class (`subject_classes`): each class gives round(fraction * its subjects)
+    to validation, at least one when it has two or more and `fraction > 0`, never all of them.
+    Deterministic for `seed` on any machine.
+    """
+    if not 0 <= fraction < 1:
+        raise BrainpipeError(f"validation fraction {fraction}: must be in [0, 1)")
+    names, subject_class = subject_classes(reader, split, subjects)
     val: list[str] = []
     for c in np.unique(subject_class).tolist():
         group = names[subject_class == c].tolist()

@@ -1,13 +1,10 @@
 """Event scoring of seizure detection as the field reports it: NEDC OVLP/TAES/EPOCH and SzCORE.
 
-Reads reference and hypothesis annotation trees (through `annotations`), pairs recordings by
-name and prints sensitivity, precision, F1, false alarms and false alarms per 24 h; `--sweep`
-adds the sensitivity at 1, 2.5, 5 and 10 FA/24h, a curve CSV and a plot. The scoring itself is
-plain functions on arrays, so `train` (validation event metrics) and `predict` call it directly:
-
-    brainpipe score --ref tusz/edf/eval --hyp runs/x/hyp --method nedc-ovlp --json
-    brainpipe score --ref tusz/edf/eval --hyp runs/x/hyp --sweep --curve c.csv --plot c.png
-    brainpipe score --ref data/tusz.h5 --hyp runs/x/pred/hyp     # references stored in a cache
+Plain functions on arrays: sensitivity, precision, F1, false alarms and false alarms per 24 h
+of hypothesis seizure events against reference ones, the detection curve over confidence
+thresholds (`sweep`, `operating_points`, `write_curve`, `plot_curves`) and the references a
+seizure cache stores (`cache_references`). `train` (validation event metrics), `predict` and
+the `score` stage (`score.py`: annotation trees paired by recording name) call them directly:
 
     from brainpipe.scoring import score
     s = score(refs, hyps, durations_s, method="nedc-ovlp")  # refs[i]: (n, 2) seizure [on, off] s
@@ -45,17 +42,12 @@ curve's upper envelope (the best sensitivity at or below each FA rate), linearly
 FA/24h between the curve's points; a target beyond the largest FA reached takes the best
 sensitivity of the whole curve (exact: no threshold needs more false alarms) and is marked
 `"beyond_curve": true`.
-
-Longer than ~500 lines because the three NEDC rule sets are reproduced in full, one commented
-function per rule, beside the SzCORE wrapper, the curve and the pairing they all share (with
-references from an annotation tree or from a cache's events, `cache_references`).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -64,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from brainpipe.annotations import Annotations, Event, merge_channel_events, read_annotations
+from brainpipe.annotations import Event
 from brainpipe.errors import BrainpipeError
 from brainpipe.fsutil import atomic_output
 
@@ -74,11 +66,6 @@ NEDC_LABELS = (SEIZ, BCKG)  # NEDC's map order: per-label results print in it
 EPOCH_S = 0.25  # NEDC v6.0.0 params: epoch_duration
 OPERATING_POINTS = (1.0, 2.5, 5.0, 10.0)  # FA per 24 h
 DAY_S = 86400.0
-# Reference files, in order of preference when several sit beside one recording; hypotheses
-# are term-based files only (a curve.csv left among them is not a recording).
-REF_SUFFIXES = (".csv_bi", ".tse_bi", ".tse", ".csv")
-HYP_SUFFIXES = (".csv_bi", ".tse_bi", ".tse")
-DURATION_TOLERANCE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -121,14 +108,15 @@ class Score:
         """The `--json` object; NaN becomes null."""
         d = asdict(self)
         d["recordings"] = list(d["recordings"])
-        return _no_nan(d)
+        return no_nan(d)
 
 
-def _no_nan(x: Any) -> Any:
+def no_nan(x: Any) -> Any:
+    """`x` with every non-finite float replaced by None (JSON's null), through dicts and lists."""
     if isinstance(x, dict):
-        return {k: _no_nan(v) for k, v in x.items()}
+        return {k: no_nan(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_no_nan(v) for v in x]
+        return [no_nan(v) for v in x]
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
@@ -394,61 +382,8 @@ def _szcore(pairs: list, names: list[str]) -> Score:
 
 
 # ---------------------------------------------------------------------------------------------
-# Annotation trees: pairing by recording name
+# References stored in a cache
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pairs:
-    """Paired recordings: seizure intervals (n, 2), hypotheses with confidences (m, 3)."""
-
-    names: list[str]
-    refs: list[np.ndarray]
-    hyps: list[np.ndarray]  # onset_s, offset_s, confidence
-    durations_s: list[float]
-    unpaired_refs: int = 0
-    unknown_labels: tuple[str, ...] = ()
-
-
-def _tree(root: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
-    """Recording name (file stem) -> its annotation file, preferring `suffixes`' order."""
-    if not root.is_dir():
-        raise BrainpipeError(f"{root}: not a directory of annotation files")
-    rank = {s: i for i, s in enumerate(suffixes)}
-    found: dict[str, Path] = {}
-    for p in sorted(root.rglob("*")):
-        suffix = p.suffix.lower()
-        if suffix not in rank or not p.is_file():
-            continue
-        name = p.name[: -len(p.suffix)]
-        prev = found.get(name)
-        if prev is not None and prev.suffix.lower() == suffix:
-            raise BrainpipeError(
-                f"{root}: recording {name} has two annotation files ({prev} and {p}); "
-                "point at a directory holding each recording once"
-            )
-        if prev is None or rank[suffix] < rank[prev.suffix.lower()]:
-            found[name] = p
-    return found
-
-
-def _read(path: Path) -> Annotations:
-    ann = read_annotations(path)
-    if path.suffix.lower() == ".csv":  # per channel: the union over channels is the term event
-        conf = max((e.confidence for e in ann.events), default=1.0)
-        merged = [
-            Event(e.onset_s, e.offset_s, e.label, "TERM", conf)
-            for e in merge_channel_events(list(ann.events))
-        ]
-        ann = Annotations(
-            ann.path, tuple(merged), ann.duration_s, ann.unknown_labels, ann.n_clipped
-        )
-    return ann
-
-
-def reference_tree(ref: str | Path) -> dict[str, Path]:
-    """The reference recordings of a directory of annotation files, by recording name."""
-    return _tree(Path(ref), REF_SUFFIXES)
 
 
 def recording_name(path: str) -> str:
@@ -491,84 +426,6 @@ def cache_references(reader: Any) -> CacheReferences:
         [spans[a:b] for a, b in zip(lo.tolist(), hi.tolist(), strict=True)],
         durations.astype(np.float64).tolist(),
     )
-
-
-def _cache_reference_pairs(ref: Path) -> dict[str, tuple[np.ndarray, float, str]]:
-    """Recording name -> (seizure events, duration, split) of a seizure cache."""
-    from brainpipe.cachefile import CacheReader
-
-    with CacheReader(ref) as reader:
-        if reader.task != "seizure":
-            raise BrainpipeError(
-                f"{ref}: a {reader.task or 'task-less'} cache holds no seizure events; pass a "
-                "seizure cache (cache.task: seizure) or a directory of reference annotations"
-            )
-        refs = cache_references(reader)
-    found: dict[str, tuple[np.ndarray, float, str]] = {}
-    for name, ev, d, split in zip(
-        refs.names, refs.events, refs.durations_s, refs.splits, strict=True
-    ):
-        if name in found:
-            raise BrainpipeError(
-                f"{ref}: two recordings are named {name}; hypotheses cannot be paired by name"
-            )
-        found[name] = (ev, d, split)
-    return found
-
-
-def load_pairs(ref: str | Path, hyp: str | Path) -> Pairs:
-    """Read both sides and pair every hypothesis with its reference by recording name.
-
-    ref: a directory of reference annotation files, or a seizure cache (its events; unpaired
-    references are then counted within the splits the hypotheses come from).
-    """
-    ref = Path(ref)
-    from_cache = ref.is_file()
-    cached = _cache_reference_pairs(ref) if from_cache else {}
-    refs = {} if from_cache else reference_tree(ref)
-    hyps = _tree(Path(hyp), HYP_SUFFIXES)
-    if not hyps:
-        raise BrainpipeError(f"{hyp}: no hypothesis annotation files ({', '.join(HYP_SUFFIXES)})")
-    known = cached if from_cache else refs
-    missing = sorted(set(hyps) - set(known))
-    if missing:
-        raise BrainpipeError(
-            f"{hyp}: {len(missing)} hypothesis recording(s) have no reference in {ref} "
-            f"(e.g. {', '.join(missing[:3])}); check --ref"
-        )
-    names = sorted(hyps)
-    out_r, out_h, durations, unknown = [], [], [], set()
-    for name in names:
-        h = _read(hyps[name])
-        if from_cache:
-            events, d, _ = cached[name]
-            where = f"{ref} (recording {name})"
-        else:
-            r = _read(refs[name])
-            d, where = r.duration_s, str(refs[name])
-            if d is None:
-                raise BrainpipeError(
-                    f"{refs[name]}: no '# duration' header; the recording's length is needed to "
-                    "count background and false alarms per 24 h"
-                )
-            unknown.update(r.unknown_labels)
-            events = np.array([(e.onset_s, e.offset_s) for e in r.events]).reshape(-1, 2)
-        if h.duration_s is not None and abs(h.duration_s - d) > DURATION_TOLERANCE_S:
-            raise BrainpipeError(
-                f"{hyps[name]}: duration {h.duration_s} s differs from the reference's {d} s "
-                f"({where}); is it the same recording?"
-            )
-        out_r.append(events)
-        out_h.append(
-            np.array([(e.onset_s, e.offset_s, e.confidence) for e in h.events]).reshape(-1, 3)
-        )
-        durations.append(d)
-    if from_cache:
-        splits = {cached[n][2] for n in names}
-        unpaired = sum(1 for v in cached.values() if v[2] in splits) - len(names)
-    else:
-        unpaired = len(refs) - len(names)
-    return Pairs(names, out_r, out_h, durations, unpaired, tuple(sorted(unknown)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -672,91 +529,3 @@ def plot_curves(
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------
-# The `score` command
-# ---------------------------------------------------------------------------------------------
-
-
-def score_trees(
-    ref: str | Path,
-    hyp: str | Path,
-    methods: Sequence[str] = METHODS,
-    sweep_curve: bool = False,
-    curve_csv: str | Path | None = None,
-    plot: str | Path | None = None,
-) -> list[dict[str, Any]]:
-    """Score a hypothesis tree against a reference tree with each method; one dict per method
-    (Score.to_dict(), plus `operating_points` with a sweep and `unpaired_references`)."""
-    for m in methods:
-        if m not in METHODS:
-            raise BrainpipeError(f"scoring method {m!r} is not one of {', '.join(METHODS)}")
-    pairs = load_pairs(ref, hyp)
-    hyp_events = [h[:, :2] for h in pairs.hyps]
-    results, curves, points = [], {}, {}
-    for m in methods:
-        d = score(pairs.refs, hyp_events, pairs.durations_s, m, pairs.names).to_dict()
-        d["unpaired_references"] = pairs.unpaired_refs
-        d["unknown_labels"] = list(pairs.unknown_labels)
-        if sweep_curve or curve_csv or plot:
-            curves[m] = sweep(pairs.refs, pairs.hyps, pairs.durations_s, m)
-            points[m] = operating_points(curves[m])
-            d["operating_points"] = _no_nan(points[m])
-        results.append(d)
-    if curve_csv:
-        write_curve(curve_csv, curves)
-    if plot:
-        plot_curves(plot, curves, points)
-    return results
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.4f}" if isinstance(v, float) and not float(v).is_integer() else f"{v:g}"
-
-
-def format_report(results: Sequence[dict[str, Any]]) -> str:
-    """The text `score` prints: per method, the label totals, operating points, recordings."""
-    out = []
-    for r in results:
-        hours = r["duration_s"] / 3600
-        head = f"{r['method']}: {r['n_recordings']} recordings, {hours:.2f} h scored"
-        if r["unpaired_references"]:
-            head += f" ({r['unpaired_references']} reference recordings without a hypothesis)"
-        out.append(head)
-        cols = [
-            "targets",
-            "hits",
-            "misses",
-            "false_alarms",
-            "sensitivity",
-            "precision",
-            "f1",
-            "fa_per_24h",
-        ]
-        out.append("  label " + " ".join(f"{c:>12}" for c in cols))
-        rows = [*r["labels"].items(), *([("total", r["total"])] if r.get("total") else [])]
-        for lab, v in rows:
-            out.append(f"  {lab:<5} " + " ".join(f"{_fmt(v[c]):>12}" for c in cols))
-        for p in r.get("operating_points", []):
-            mark = " (no threshold reaches this FA rate)" if p["beyond_curve"] else ""
-            out.append(
-                f"  sensitivity at {p['fa_per_24h']:g} FA/24h: {_fmt(p['sensitivity'])}{mark}"
-            )
-        out.append("  recording hits misses false_alarms")
-        for rec in r["recordings"]:
-            out.append(
-                f"  {rec['name']} {_fmt(rec['hits'])} {_fmt(rec['misses'])} {_fmt(rec['false_alarms'])}"
-            )
-        if r["unknown_labels"]:
-            out.append(
-                f"  labels counted as seizure but not TUSZ seizure types: {r['unknown_labels']}"
-            )
-    return "\n".join(out)
-
-
-def results_json(results: Sequence[dict[str, Any]]) -> str:
-    """`--json`: one object for one method, an array for several."""
-    return json.dumps(results[0] if len(results) == 1 else list(results), indent=2)

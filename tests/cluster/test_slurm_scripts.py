@@ -147,3 +147,58 @@ def test_train_sbatch_runs_two_gloo_processes_through_torchrun(slurm, tmp_path):
     assert states[j] == "COMPLETED", log
     assert log.splitlines()[0].startswith("bp-train: 1 node(s) x 2 process(es), rendezvous ")
     assert sorted(p.read_text() for p in tmp_path.glob("rank-*.txt")) == ["0 2 3", "1 2 3"]
+
+
+def test_grid_runs_one_array_task_per_cell_then_aggregates(slurm, tmp_path):
+    """`grid.sh --seeds 0,1 --folds 2`: 4 array tasks, each `train --cell I --resume`, then the
+    aggregate job writes the parent's summary.json (mean and std over the 4 runs)."""
+    (tmp_path / "tiny.yaml").write_text(CONFIG)
+    config = tmp_path / "tiny.yaml"
+    argv = ["synth", "--layout", "tuab", "--out", str(tmp_path / "raw"), "--n-subjects", "8"]
+    assert main([*argv, "--duration", "20", "30", "--seed", "2"]) == 0
+    index, cache = tmp_path / "index.npz", tmp_path / "cache.h5"
+    assert (
+        main(
+            [
+                "index",
+                "--raw",
+                str(tmp_path / "raw"),
+                "--index",
+                str(index),
+                "--config",
+                str(config),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["build-cache", "--index", str(index), "--cache", str(cache), "--config", str(config)])
+        == 0
+    )
+    env = {
+        **slurm.env,
+        "BRAINPIPE": f"{sys.executable} -m brainpipe",
+        "TQDM_DISABLE": "1",
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+    }
+    run = tmp_path / "grid"
+    cmd = [str(SCRIPTS / "grid.sh"), "--cache", str(cache), "--config", str(config)]
+    cmd += ["--run-dir", str(run), "--seeds", "0,1", "--folds", "2"]
+    cmd += ["--train-args", "--fold-all-splits", "--", "--cpus-per-task=1"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "(4 tasks)" in r.stdout, r.stdout
+    jobs = [int(j) for j in re.findall(r"^[a-z -]+: (\d+)", r.stdout, re.M)]
+    assert len(jobs) == 2, r.stdout
+    states = slurm.wait(*jobs, timeout=420)
+    logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in sorted(run.glob("*.out")))
+    assert set(states.values()) == {"COMPLETED"}, (states, logs, slurm.logs())
+    cells = ["seed-0-fold-0", "seed-0-fold-1", "seed-1-fold-0", "seed-1-fold-1"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["protocol"]["runs"] == cells and summary["protocol"]["seeds"] == [0, 1]
+    bacc = summary["eval"]["balanced_accuracy"]
+    assert {"mean", "std"} <= set(bacc) and bacc["n"] == 4
+    held = [set(summary["runs"][f"seed-0-fold-{f}"]["fold_subjects"]) for f in (0, 1)]
+    assert not held[0] & held[1] and len(held[0] | held[1]) == 8  # every subject, once
+    for c in cells:
+        assert json.loads((run / c / "summary.json").read_text())["epochs"] == 1

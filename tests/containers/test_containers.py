@@ -301,7 +301,12 @@ def test_compose_builds_both_targets(engine):
     ]
     torch = _docker(
         ["run", "--rm", "--entrypoint", "python", f"{project}:cuda", "-c"]
-        + ["import torch, braindecode; print(torch.__version__)"],
+        # brainpipe's own import path: the stand-in's CPU torch cannot load PyPI's CUDA-linked
+        # torchaudio, which the real CUDA base pairs with (training/torchaudio_guard.py).
+        + [
+            "import torch; from brainpipe.training.torchaudio_guard import import_braindecode;"
+            " import_braindecode().Labram; print(torch.__version__)"
+        ],
         engine,
     )
     assert torch.stdout.strip() == "2.13.0+cpu", torch.stdout + torch.stderr

@@ -171,6 +171,7 @@ def _build(
                 cfg.window.label_overlap,
                 skipped=plan.skipped,
                 compression=cfg.cache.compression,
+                anchor=cfg.window.anchor,
                 # One shard may hold one class only; `cache-set` checks the classes of the set.
                 check=None if shard else lambda counts: _check_labels(counts, cfg, writer.partial),
             )
@@ -285,8 +286,10 @@ def _write_results(writer: CacheWriter, results, progress: bool, t0: float) -> i
     """Hand each worker result to the writer; returns the raw bytes read for those written."""
     raw_bytes = 0
     bar = None
-    if progress:
-        from tqdm import tqdm  # lazy: only a build that shows progress pays for it
+    # tqdm(disable=None) draws nothing where stderr is no terminal; its import alone (version
+    # lookup through importlib.metadata) costs ~0.1 s of a scripted build's start-up
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
 
         n = len(writer.status)
         initial = n - len(writer.pending_rows())

@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import multiprocessing as mp
 import os
 import signal
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +38,8 @@ import numpy as np
 
 from brainpipe.config import PreprocessConfig
 from brainpipe.errors import BrainpipeError
-from brainpipe.objectstore import (
-    ObjectInfo,
-    ObjectStore,
-    RecordingObjects,
-    is_url,
-    remote_worker,
-)
+from brainpipe.fsutil import is_url
+from brainpipe.objectstore import ObjectInfo, ObjectStore, RecordingObjects, remote_worker
 from brainpipe.preprocess import output_length, preprocess_chunked
 from brainpipe.readers import EDF_SUFFIXES, recording_files
 from brainpipe.recording import open_recording
@@ -211,8 +204,10 @@ class _WorkerPool:
     """
 
     def __init__(self, fn: Callable[[tuple], tuple], n: int, on_lost=None):
+        import multiprocessing  # only a build with several workers pays for its import
+
         self.fn = fn
-        self.ctx = mp.get_context()
+        self.ctx = multiprocessing.get_context()
         self.n = n
         self.on_lost = on_lost
         self.slots: list[_Slot] = []
@@ -225,6 +220,8 @@ class _WorkerPool:
         return _Slot(proc, parent)
 
     def run(self, jobs: list):
+        from multiprocessing.connection import wait
+
         queue = deque(jobs)
         lost: Counter = Counter()  # row -> workers that died with it
         try:

@@ -13,7 +13,8 @@
 
 Owns what both halves must agree on: `FORMAT_VERSION`, the recording status codes, the
 compression names, `Layout` (what is known before any signal is read), the window table
-(`compute_windows`, also used by train-time re-windowing in `datasets`), the task rule
+(`compute_windows`, with `event_windows` for window.anchor=events; also used by train-time
+re-windowing in `datasets`), the task rule
 (`task_of`: the `task` attribute records cache.task, label names only for caches written
 before it; `task_events`), `plan_hash` (which partial file a layout may resume) and the string
 tables' encoding. Writing is `writer.py`, reading `reader.py`; neither imports the other.
@@ -69,6 +70,7 @@ def compute_windows(
     t0_s: np.ndarray | None = None,
     label_overlap: float = 0.5,
     keep: np.ndarray | None = None,
+    anchor: str = "grid",
 ) -> dict[str, np.ndarray]:
     """The window table for recordings laid out at `offsets` with `lengths` rows.
 
@@ -77,9 +79,16 @@ def compute_windows(
     it is its recording's label. With a fourth array, each event's class (cache.task=events), a
     window takes the class of the event overlapping it most among those covering at least
     `label_overlap` of it, and -1 (unlabelled) when none does.
+
+    anchor="events" (window.anchor): one window per event instead of a grid, centred on it and
+    labelled with its class (see `event_windows`); `stride` and `label_overlap` are not used.
     """
     n_rec = len(offsets)
     keep = np.ones(n_rec, bool) if keep is None else keep
+    if anchor == "events":
+        if events is None or len(events) < 4:
+            raise ValueError("anchor='events' needs events with classes (cache.task=events)")
+        return event_windows(offsets, lengths, window, events, sfreq, t0_s, keep)
     counts = np.where(keep & (lengths >= window), (lengths - window) // stride + 1, 0).astype(
         np.int64
     )
@@ -148,6 +157,43 @@ def task_of(attrs: dict[str, Any], label_names: tuple[str, ...]) -> str:
     if task:
         return task
     return next((t for t, names in TASK_LABELS.items() if tuple(label_names) == names), "")
+
+
+def event_windows(
+    offsets: np.ndarray,
+    lengths: np.ndarray,
+    window: int,
+    events: tuple[np.ndarray, ...],
+    sfreq: float,
+    t0_s: np.ndarray | None,
+    keep: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """One window per event, centred on the event and labelled with its class: the event-window
+    protocol of TUEV (BIOT, LaBraM, CBraMod: 2 s either side of each 1-s event, a 5-s window).
+
+    A window that would cross the recording's start or end is moved inside it (the reference
+    scripts wrap the signal around instead); events of recordings shorter than a window, or
+    not kept, give none. Windows are ordered by recording, then start."""
+    ev_rec, ev_on, ev_off, cls = (np.asarray(a) for a in events[:4])
+    n_rec = len(offsets)
+    t0 = np.zeros(n_rec) if t0_s is None else np.asarray(t0_s, float)
+    ok = (ev_rec < n_rec) & (ev_rec >= 0)
+    ev_rec, ev_on, ev_off, cls = ev_rec[ok], ev_on[ok], ev_off[ok], cls[ok]
+    ok = keep[ev_rec] & (lengths[ev_rec] >= window)
+    rec = ev_rec[ok].astype(np.int32)
+    centre = ((ev_on[ok] + ev_off[ok]) / 2 - t0[rec]) * sfreq
+    local = np.clip(np.round(centre - window / 2), 0, lengths[rec] - window).astype(np.int64)
+    order = np.lexsort((local, rec))
+    rec, local, label = rec[order], local[order], cls[ok][order].astype(np.int8)
+    counts = np.bincount(rec, minlength=n_rec).astype(np.int64)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return {
+        "recording": rec,
+        "start": (offsets[rec] + local).astype(np.int64),
+        "label": label,
+        "counts": counts,
+        "first": first,
+    }
 
 
 def task_events(

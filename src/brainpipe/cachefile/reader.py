@@ -96,6 +96,8 @@ class CacheReader:
         self.sfreq = float(a["sfreq"])
         self.window_samples = int(a["window_samples"])
         self.stride_samples = int(a["stride_samples"])
+        # "grid", or "events": one window per event (caches before the attribute: grid)
+        self.window_anchor = str(a.get("window_anchor", "grid"))
         self.config = json.loads(a["config"]) if "config" in a else {}
         g = f["recordings"]
         self.recordings = {k: g[k][()] for k in g}

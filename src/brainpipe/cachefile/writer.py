@@ -13,7 +13,7 @@ partial file that reopens and a journal saying which rows are written; a finaliz
 killed, torn or ran out of disk is undone from the snapshot at the next open and redone from
 the journal without preprocessing anything again.
 
-Over 600 lines because the sequence is one protocol: the lock, the journal, the reserved
+Long because the sequence is one protocol: the lock, the journal, the reserved
 offsets, the snapshot and the finalize each rely on an ordering the others keep, and a reader of
 one step needs the others beside it to see that it is crash-safe. The layout constants it
 shares with the reader are in `layout.py`. h5py is imported inside functions because it costs
@@ -309,6 +309,7 @@ class CacheWriter:
         skipped: list[tuple[str, str]] | tuple = (),
         compression: str = "none",
         check: Callable[[dict[str, dict[str, int]]], None] | None = None,
+        anchor: str = "grid",
     ) -> Written:
         """Finalize the tables, `complete` last, then repack (compression), fsync, rename.
 
@@ -326,7 +327,7 @@ class CacheWriter:
             # killed or torn half-way is undone at the next open and redone from the journal.
             _write_snapshot(self.snapshot, self.partial, self.plan_hash, self._signals_span())
             n_windows = _finalize(
-                self.partial, self.status, all_skipped, window, stride, label_overlap
+                self.partial, self.status, all_skipped, window, stride, label_overlap, anchor
             )
             counts = _label_counts(self.partial)
         except OSError as e:
@@ -559,6 +560,7 @@ def _finalize(
     window: int,
     stride: int,
     label_overlap: float,
+    anchor: str = "grid",
 ) -> int:
     """Write the window/subject/skipped tables and, last, `complete`; returns the window count."""
     import h5py
@@ -594,6 +596,7 @@ def _finalize(
             g["t0_s"][()],
             label_overlap,
             keep=status == STATUS_DONE,
+            anchor=anchor,
         )
         g.create_dataset("n_windows", data=win["counts"])
         g.create_dataset("first_window", data=win["first"])
@@ -608,6 +611,7 @@ def _finalize(
         f.attrs["window_samples"] = int(window)
         f.attrs["stride_samples"] = int(stride)
         f.attrs["label_overlap"] = float(label_overlap)
+        f.attrs["window_anchor"] = anchor
         f.attrs["n_skipped"] = len(skipped)
         f.attrs["complete"] = True
         f.flush()

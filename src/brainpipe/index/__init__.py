@@ -32,12 +32,10 @@ from pathlib import Path
 
 from brainpipe.config import Config
 from brainpipe.errors import BrainpipeError
-from brainpipe.fsutil import remove_stale_tmp
+from brainpipe.fsutil import is_url, remove_stale_tmp
 from brainpipe.index.local import scan_local
-from brainpipe.index.remote import scan_remote
 from brainpipe.index.rows import ScanResult, raw_root_of
 from brainpipe.indexfile import Index, is_replaceable
-from brainpipe.objectstore import is_url
 
 __all__ = ["ScanResult", "build_index", "raw_root_of", "scan"]
 
@@ -56,6 +54,8 @@ def scan(
     if force:
         previous = None
     if is_url(raw):
+        from brainpipe.index.remote import scan_remote  # a local scan never loads object storage
+
         return scan_remote(str(raw), cfg, previous, workers, on_read)
     return scan_local(raw, cfg, previous, workers, progress, on_read)
 

@@ -18,6 +18,7 @@ object-storage scan, `index.remote`.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from brainpipe.index.rows import (
     RecordingReader,
     ScanResult,
     annotation_file,
+    annotation_suffixes,
     assemble,
     pair_annotation_files,
     scan_meta,
@@ -113,10 +115,11 @@ def _match_previous(
     reused: list[int] = []
     todo: list[tuple[str, tuple[str, ...]]] = []
     root_s = str(root)
-    tusz = corpus.layout == "tusz"
+    tuh = corpus.layout in ("tusz", "tuev")
+    suffixes = annotation_suffixes(corpus)
     for rel in candidates:
-        if tusz:
-            csv = annotation_file(rel, every, corpus.annotation_suffixes)
+        if tuh:
+            csv = annotation_file(rel, every, suffixes)
             ann: tuple[str, ...] = (csv,) if csv is not None else ()
         else:
             ann = paired.get(rel, ())
@@ -151,7 +154,9 @@ def _read_all(
     if not todo:
         return []
     bar = None
-    if progress and len(todo) > 200:
+    if (
+        progress and len(todo) > 200 and sys.stderr.isatty()
+    ):  # tqdm(disable=None) draws nothing else
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), unit="file", desc="index", disable=None)

@@ -47,6 +47,7 @@ from brainpipe.index.rows import (
     RecordingReader,
     ScanResult,
     annotation_file,
+    annotation_suffixes,
     assemble,
     pair_annotation_files,
     raw_root_of,
@@ -138,7 +139,9 @@ def _read_todo(
     # TUH layouts take their events from the annotation files (real TUH EDFs are plain EDF;
     # edfio-written ones carry an empty annotation signal), BIDS from events.tsv: headers only
     # there. Elsewhere an EDF+ annotation signal holds the events, so the file comes whole.
-    annotated = c.layout not in ("tuab", "tusz", "bids") or c.event_labels
+    annotated = c.layout not in ("tuab", "tusz", "tuev", "bids") or (
+        c.event_labels and c.layout != "tuev"
+    )
     whole = {r for r, _ in todo} - set(edf)
     whole |= {
         h.obj.key for h in heads if annotated and not h.error and _has_annotation_signal(h.data)
@@ -265,12 +268,14 @@ def _has_annotation_signal(head: bytes) -> bool:
 def _pairs(
     candidates: list[str], every: set[str], corpus: Any, paired: dict[str, tuple[str, ...]]
 ) -> list[tuple[str, tuple[str, ...]]]:
-    """Each recording with its annotation files: the TUSZ .csv_bi/.csv, or paired EDF+ files."""
-    if corpus.layout != "tusz":
+    """Each recording with its annotation files: TUSZ's .csv_bi/.csv, TUEV's .rec, or paired
+    EDF+ files."""
+    if corpus.layout not in ("tusz", "tuev"):
         return [(rel, paired.get(rel, ())) for rel in candidates]
     out = []
+    suffixes = annotation_suffixes(corpus)
     for rel in candidates:
-        csv = annotation_file(rel, every, corpus.annotation_suffixes)
+        csv = annotation_file(rel, every, suffixes)
         out.append((rel, (csv,) if csv else ()))
     return out
 

@@ -34,9 +34,11 @@ from brainpipe.annotations import (
     ANNOTATIONS_MISSING,
     ANNOTATIONS_UNPARSABLE,
     EVENTS_CLIPPED,
+    REC_SUFFIX,
     UNKNOWN_LABEL,
     Event,
     merge_channel_events,
+    read_rec,
 )
 from brainpipe.annotations import read_annotations as read_tusz_annotations
 from brainpipe.bids import BidsLayout
@@ -67,6 +69,11 @@ class ScanResult:
     written: bool = False
     transferred: int = 0  # bytes received from object storage (0 for a local tree)
     requests: int = 0
+
+
+def annotation_suffixes(corpus: Any) -> tuple[str, ...]:
+    """The annotation files beside a TUH recording: TUEV's `.rec`, TUSZ's configured ones."""
+    return (REC_SUFFIX,) if corpus.layout == "tuev" else tuple(corpus.annotation_suffixes)
 
 
 def annotation_file(rel: str, every: set[str], suffixes: tuple[str, ...]) -> str | None:
@@ -236,21 +243,26 @@ class RecordingReader:
             annotations = (
                 self._annotations(header)
                 if header is not None
-                and c.layout != "bids"
+                and c.layout not in ("bids", "tuev")  # TUEV: the .rec is the record of events
                 and not ANNOTATION_LABELS.isdisjoint(header.labels)
                 else []
             )
             notes = list(header.notes) if header is not None else []
-            labelled = c.layout != "tusz" or any(not a.lower().endswith(EDF_SUFFIXES) for a in anns)
+            labelled = c.layout not in ("tusz", "tuev") or any(
+                not a.lower().endswith(EDF_SUFFIXES) for a in anns
+            )
             if not labelled:  # an error in the summary, never a silently background recording
                 notes.append(
-                    f"{ANNOTATIONS_MISSING}: no {' or '.join(c.annotation_suffixes)} beside the "
+                    f"{ANNOTATIONS_MISSING}: no {' or '.join(annotation_suffixes(c))} beside the "
                     f"recording; indexed unlabelled, a seizure cache skips it"
                 )
             for ann in anns:
                 ann_mtime = max(ann_mtime, os.stat(f"{root_s}/{ann}").st_mtime_ns)
                 if ann.lower().endswith(EDF_SUFFIXES):
                     annotations += self._annotations(read_header(f"{root_s}/{ann}", self.memo))
+                    continue
+                if c.layout == "tuev":  # class names are the descriptions event_labels maps
+                    annotations += self._tuev_events(ann, got[5], notes)
                     continue
                 parsed = self._tusz_events(ann, got[5], notes)
                 labelled = parsed is not None
@@ -301,6 +313,27 @@ class RecordingReader:
         if ann.endswith(".csv"):  # per TCP channel: the term-level union
             evs = merge_channel_events(evs)
         return tuple(evs)
+
+    def _tuev_events(
+        self, ann: str, duration_s: float, notes: list[str]
+    ) -> list[tuple[float, float, str, str]]:
+        """A TUEV `.rec` file's rows as (onset_s, offset_s, label, class name), one per row and
+        channel; a file that does not parse leaves the recording without events, with the
+        reason in `notes`."""
+        path = f"{self.root}/{ann}"
+        try:
+            got = read_rec(path, duration_s)
+        except BrainpipeError as e:
+            reason = _one_line(e, path, self.root)
+            notes.append(f"{ANNOTATIONS_UNPARSABLE}: {ann}: {reason}; indexed without events")
+            return []
+        if got.n_clipped:
+            notes.append(
+                f"{EVENTS_CLIPPED}: {got.n_clipped} past the recording's end "
+                f"({duration_s:g} s) in {ann}"
+            )
+        label = self.label_of
+        return [(e.onset_s, e.offset_s, label(e.label), e.label) for e in got.events]
 
     def _annotations(self, header: EdfHeader) -> list[tuple[float, float, str, str]]:
         """EDF+/BDF+ annotations as (onset_s, offset_s, label, description)."""

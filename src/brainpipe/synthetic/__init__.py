@@ -13,6 +13,8 @@ Writes under `out/`:
     tuab  edf/{train,eval}/{normal,abnormal}/01_tcp_ar/<subject>_s<session>_t<token>.edf
     tusz  edf/{train,dev,eval}/<subject>/s<session>_<year>/<montage>/<subject>_s<session>_t<token>.edf
           + <stem>.csv_bi (TERM rows: seiz/bckg) and <stem>.csv (TCP channel rows: seizure type/bckg)
+    tuev  edf/{train,eval}/<subject>/<subject>_<nnnnnnnn>.edf (eval: <class>_<subject>_a_<k>.edf)
+          + <stem>.rec (TUEV rows `channel,start,stop,class` per channel-second of each event)
     meg   meg/sub-<NN>/ses-<NN>/sub-<NN>_ses-<NN>_task-rest_meg.fif (306 Neuromag MEG + EEG/EOG/ECG/STI;
           over 2 GB: mne's `-1.fif`, `-2.fif` parts beside it)
           + manifest.csv (path, subject, session) for the generic layout's `corpus.manifest`
@@ -35,6 +37,10 @@ Spectral weights below are multiples of the 1/f power in 0.5-40 Hz, so they surv
   channel's background RMS at the focus and spreading over most channels with an onset lag of up
   to 2.5 s per head radius. About half the recordings have 1-3 seizures of 10-60 s (shorter when
   the recording is too short to hold them); 30% of TUSZ backgrounds are mildly slowed.
+- TUEV events (1-3 whole seconds, up to 12 per recording, classes spsw/gped/pled/eyem/artf/bckg):
+  a 3 Hz spike-and-wave (spsw, focal), one sharp wave a second (gped over the midline, widely;
+  pled over one temporal chain), a slow frontal bump (eyem at FP1/FP2) and broadband high-
+  frequency noise (artf, temporal), each at 4-6x the channel's background RMS; bckg adds nothing.
 - MEG (250 Hz unless `sfreq` says otherwise): each subject has its own alpha peak (8-12.5 Hz) and
   topography (two posterior generators), a central beta rhythm (15-25 Hz) and per-sensor gains,
   shared by all its sessions; each session adds independent pink background from 16 random
@@ -68,6 +74,7 @@ from brainpipe.synthetic.writers import (
     write_edf,
     write_fif,
     write_marker,
+    write_rec,
 )
 
 __all__ = ["MARKER", "CorpusSpec", "CorpusSummary", "Seizure", "SyntheticRecording", "make_corpus"]
@@ -123,11 +130,9 @@ def make_corpus(
     elif fields:
         raise TypeError(f"make_corpus: pass either a CorpusSpec or keywords, not both ({fields})")
     recordings = plan_recordings(spec)
+    suffixes = {"tusz": (".csv_bi", ".csv"), "tuev": (".rec",)}.get(spec.layout, ())
     annotations = tuple(
-        str(PurePosixPath(r.path).with_suffix(s))
-        for r in recordings
-        for s in (".csv_bi", ".csv")
-        if spec.layout == "tusz"
+        str(PurePosixPath(r.path).with_suffix(s)) for r in recordings for s in suffixes
     )
     prepare_out(out, overwrite)
     files = [r.path for r in recordings] + list(annotations)
@@ -147,6 +152,8 @@ def make_corpus(
         written += write_edf(path, rec, eeg_signals(rec, rng))
         if spec.layout == "tusz":
             written += write_annotations(path, rec, rng)
+        elif spec.layout == "tuev":
+            written += write_rec(path, rec, rng)
     if spec.layout == "meg":
         _write_meg_manifest(out, recordings)
     # split FIF parts exist only once written; the final marker lists them for the next cleanup

@@ -16,8 +16,9 @@ from typing import Literal
 import numpy as np
 
 from brainpipe.errors import BrainpipeError
+from brainpipe.preprocess import TCP_PAIRS
 
-LAYOUTS = ("tuab", "tusz", "meg")
+LAYOUTS = ("tuab", "tusz", "meg", "tuev")  # appended: a layout's index seeds its corpus
 
 # TUH's usual signal order in `01_tcp_ar` files; a recording keeps a subset of the optional ones.
 _TUH_ORDER = (
@@ -106,6 +107,30 @@ class Seizure:
     f_end: float  # Hz at offset
 
 
+# TUEV's classes in `.rec` code order (1-6) and the TCP channel numbers its rows use.
+TUEV_KINDS = ("spsw", "gped", "pled", "eyem", "artf", "bckg")
+_TUEV_FOCI = {
+    "spsw": _FOCI,
+    "gped": ("FZ", "CZ", "PZ"),
+    "pled": ("F7", "T3", "T5", "F8", "T4", "T6"),
+    "eyem": ("FP1", "FP2"),
+    "artf": ("T3", "T4", "F7", "F8"),
+    "bckg": _FOCI,
+}
+
+
+@dataclass(frozen=True)
+class TuevEvent:
+    """One TUEV event: whole seconds [onset_s, offset_s) of one class, on the TCP channels
+    (numbers 0-21) its `.rec` lists one row per channel and second."""
+
+    onset_s: float
+    offset_s: float
+    kind: str
+    focus: str
+    channels: tuple[int, ...]
+
+
 @dataclass(frozen=True)
 class SyntheticRecording:
     """One generated recording, as the index should later find it (one row of the truth table)."""
@@ -127,6 +152,7 @@ class SyntheticRecording:
     birth_year: int = 1970
     physical_max: float = 4999.84
     slowing: float = 0.0  # 0: normal background, 1: TUAB abnormal, in between: milder slowing
+    events: tuple[TuevEvent, ...] = ()  # tuev only
 
 
 @dataclass(frozen=True)
@@ -143,7 +169,7 @@ class CorpusSpec:
     sfreq: Hz of every recording; default: TUH's mix (250/256/400/512 Hz) for EEG, 250 Hz for MEG.
     """
 
-    layout: Literal["tuab", "tusz", "meg"]
+    layout: Literal["tuab", "tusz", "meg", "tuev"]
     n_subjects: int = 10
     seed: int = 0
     duration_s: tuple[float, float] | None = None
@@ -199,6 +225,8 @@ class CorpusSpec:
 def plan_recordings(spec: CorpusSpec) -> list[SyntheticRecording]:
     """Every recording of the corpus, in the order they are written."""
     rng = spec.rng()
+    if spec.layout == "tuev":
+        return _plan_tuev(spec, rng)
     return _plan_meg(spec, rng) if spec.layout == "meg" else _plan_eeg(spec, rng)
 
 
@@ -441,3 +469,71 @@ def _plan_meg(spec: CorpusSpec, rng: np.random.Generator) -> list[SyntheticRecor
             )  # fmt: skip
             day += datetime.timedelta(days=int(rng.integers(1, 60)))
     return recordings
+
+
+def _plan_tuev(spec: CorpusSpec, rng: np.random.Generator) -> list[SyntheticRecording]:
+    """TUEV v2: train/eval by subject, one folder per subject; train files
+    `<subject>_<nnnnnnnn>.edf`, eval files `<class>_<subject>_a_<k>.edf` (named, as TUH does,
+    after a class the file holds); every recording holds events of most classes."""
+    subjects = _subject_ids(rng, spec.n_subjects)
+    splits = np.full(spec.n_subjects, "", dtype=object)
+    _assign(rng, np.arange(spec.n_subjects), splits, {"train": 0.7, "eval": 0.3})
+    per_subject = _recordings_per_session(
+        rng, spec.n_subjects, spec.sessions_per_subject, (1, 1), spec.n_recordings
+    )
+    lo, hi = spec.duration_s
+    recordings = []
+    for subject, split, n in zip(subjects, splits, per_subject, strict=True):
+        start = datetime.datetime(2010, 1, 1) + datetime.timedelta(days=int(rng.integers(0, 3000)))
+        for k in range(int(n.sum())):
+            duration = float(rng.integers(round(lo), round(hi) + 1))
+            events = _draw_tuev_events(rng, duration)
+            name = (
+                f"{subject}_{k + 1:08d}.edf"
+                if split == "train"
+                else f"{events[0].kind if events else 'bckg'}_{subject}_a_{k or ''}.edf"
+            )
+            recordings.append(
+                SyntheticRecording(
+                    path=f"edf/{split}/{subject}/{name}", subject=subject, session=1, token=k,
+                    split=split, label="", montage="01_tcp_ar", sfreq=_eeg_sfreq(spec, rng),
+                    duration_s=duration, channels=_pick_channels(rng, "01_tcp_ar"), start=start,
+                    edf_plus=False, physical_max=float(rng.choice(_PHYSICAL_MAX)), events=events,
+                )
+            )  # fmt: skip
+            start += datetime.timedelta(seconds=duration + 60)
+    return recordings
+
+
+def _draw_tuev_events(rng: np.random.Generator, duration: float) -> tuple[TuevEvent, ...]:
+    """Events of 1-3 whole seconds with 1-4 s between them (the first may start at 0 s, as
+    TUEV's do), classes in a random order so that a recording holds most of them."""
+    kinds = list(rng.permutation(TUEV_KINDS))
+    events, t = [], int(rng.integers(0, 3))
+    while True:
+        length = int(rng.integers(1, 4))
+        if t + length > duration or len(events) >= 12:
+            break
+        kind = str(kinds[len(events) % len(kinds)])
+        focus = str(rng.choice(_TUEV_FOCI[kind]))
+        if kind == "bckg":
+            chans = tuple(sorted(int(c) for c in rng.choice(22, int(rng.integers(1, 5)), False)))
+        else:
+            spread = TUEV_SPREAD[kind]
+            near = [
+                i
+                for i, pair in enumerate(TCP_PAIRS)
+                if min(
+                    math.hypot(POS[e][0] - POS[focus][0], POS[e][1] - POS[focus][1]) for e in pair
+                )
+                <= spread
+            ]
+            chans = tuple(near)
+        events.append(TuevEvent(float(t), float(t + length), kind, focus, chans))
+        t += length + int(rng.integers(1, 5))
+    return tuple(events)
+
+
+# How far (head radius 1) from its focus each class shows: the channels its `.rec` rows list
+# and the spatial s.d. of its waveform (signals.tuev_wave).
+TUEV_SPREAD = {"spsw": 0.5, "gped": 3.0, "pled": 0.8, "eyem": 0.45, "artf": 0.5, "bckg": 0.0}

@@ -14,7 +14,15 @@ import numpy as np
 import scipy.fft
 import scipy.signal
 
-from brainpipe.synthetic.plan import POS, Seizure, SyntheticRecording, electrode, seizure_field
+from brainpipe.synthetic.plan import (
+    POS,
+    TUEV_SPREAD,
+    Seizure,
+    SyntheticRecording,
+    TuevEvent,
+    electrode,
+    seizure_field,
+)
 
 MAINS_HZ = 60.0
 
@@ -149,6 +157,59 @@ def _seizure_wave(
     return slice(i0, i1), wave
 
 
+# TUEV classes: (peak gain in multiples of the channel's background RMS, a waveform over the
+# event's seconds t). Each class differs in rhythm and shape as well as place, so a small CNN
+# can tell them apart after per-channel z-scoring.
+def _spike_wave(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    phase = 2 * np.pi * 3.0 * t  # 3 Hz spike-and-slow-wave
+    return np.sin(phase) + 0.45 * np.sin(2 * phase + 0.6) + 0.2 * np.sin(3 * phase + 1.2)
+
+
+def _periodic_sharp(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    beat = (t % 1.0) - 0.2  # one sharp wave a second, as periodic discharges are
+    return np.exp(-0.5 * (beat / 0.04) ** 2) - 0.3 * np.exp(-0.5 * ((beat - 0.15) / 0.1) ** 2)
+
+
+def _eye_movement(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return np.sin(np.pi * t / max(float(t[-1]), 1e-3)) if len(t) else t
+
+
+def _muscle(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    x = rng.standard_normal(len(t))
+    return np.diff(x, prepend=0.0) / 2  # broadband, weighted to high frequencies
+
+
+_TUEV_WAVES = {
+    "spsw": (4.0, _spike_wave),
+    "gped": (5.0, _periodic_sharp),
+    "pled": (5.0, _periodic_sharp),
+    "eyem": (6.0, _eye_movement),
+    "artf": (4.0, _muscle),
+}
+
+
+def tuev_wave(
+    event: TuevEvent, names: list[str], rms: np.ndarray, sfreq: float, n: int, rng
+) -> tuple[slice, np.ndarray] | None:
+    """(slice, (channels, samples)) to add for one TUEV event; None for background."""
+    if event.kind not in _TUEV_WAVES:
+        return None
+    gain, shape = _TUEV_WAVES[event.kind]
+    i0, i1 = int(math.ceil(event.onset_s * sfreq)), min(n, int(event.offset_s * sfreq))
+    t = np.arange(i1 - i0) / sfreq
+    fx, fy = POS[event.focus]
+    field = np.array(
+        [
+            math.exp(
+                -0.5 * (math.hypot(POS[e][0] - fx, POS[e][1] - fy) / TUEV_SPREAD[event.kind]) ** 2
+            )
+            for e in names
+        ]
+    )
+    wave = (gain * field * rms)[:, None] * shape(t, rng)[None, :]
+    return slice(i0, i1), wave.astype(np.float32)
+
+
 def eeg_signals(rec: SyntheticRecording, rng: np.random.Generator) -> np.ndarray:
     """(channels, samples) float32 in uV for an EEG recording planned in `rec`."""
     sfreq, n = rec.sfreq, int(rec.sfreq * rec.duration_s)
@@ -205,6 +266,13 @@ def eeg_signals(rec: SyntheticRecording, rng: np.random.Generator) -> np.ndarray
             gain, delay = seizure_field(seizure, names)
             where, wave = _seizure_wave(seizure, gain, delay, rms, sfreq, n)
             data[scalp, where] += wave
+    if rec.events:
+        rms = data[scalp].std(axis=1)
+        names = [electrodes[i] for i in scalp]
+        for event in rec.events:
+            got = tuev_wave(event, names, rms, sfreq, n, rng)
+            if got is not None:
+                data[scalp, got[0]] += got[1]
     return data
 
 

@@ -164,6 +164,29 @@ def write_annotations(
     return written
 
 
+_REC_FORMATS = ("{:.4f}", "{:.1f}", "{:g}")  # TUEV's own, and as other tools re-save them
+
+
+def write_rec(edf_path: Path, rec: SyntheticRecording, rng: np.random.Generator) -> list[Path]:
+    """TUEV's `.rec` beside `edf_path`: one `channel,start,stop,class` row per listed channel and
+    second of each event (class codes 1-6 in TUEV_KINDS order). The number format and line ends
+    vary per file as real and re-saved files do. Returns the files written."""
+    from brainpipe.synthetic.plan import TUEV_KINDS
+
+    fmt = _REC_FORMATS[int(rng.integers(len(_REC_FORMATS)))]
+    end = "\r\n" if rng.random() < 0.2 else "\n"
+    rows = []
+    for ev in rec.events:
+        code = TUEV_KINDS.index(ev.kind) + 1
+        for t in range(int(ev.onset_s), int(ev.offset_s)):
+            rows += [f"{c},{fmt.format(t)},{fmt.format(t + 1)},{code}{end}" for c in ev.channels]
+    target = edf_path.with_suffix(".rec")
+    tmp = _tmp(target)
+    tmp.write_bytes("".join(rows).encode())
+    os.replace(tmp, target)
+    return [target]
+
+
 def write_fif(path: Path, rec: SyntheticRecording, source: BlockSource) -> list[Path]:
     """Write `source` (read block by block, never whole) as FIF at `path`; returns the files
     written: `path`, and `path`'s `-1.fif`, `-2.fif`, ... parts when it is over FIF's 2 GB limit.

@@ -28,12 +28,12 @@ from brainpipe.embeddingfile import write_embeddings
 from brainpipe.errors import BrainpipeError
 from brainpipe.fsutil import check_writable_dir
 from brainpipe.samplers import WindowBatchSampler
-from brainpipe.training.models import build_model
+from brainpipe.training.models import load_checkpoint_model
 from brainpipe.training.objectives import model_outputs
 from brainpipe.training.rundir import load_checkpoint
 from brainpipe.training.runtime import (
     make_loader,
-    open_cache,
+    open_checked_cache,
     resolve_device,
     shm_free,
     shm_prefetch,
@@ -54,15 +54,14 @@ def embed(
         raise BrainpipeError(f"{checkpoint}: not a brainpipe train checkpoint (no model_args)")
     cfg = config_from_dict(ckpt["config"])
     check_writable_dir(Path(out))
-    reader = open_cache(cache_path, cfg)  # the preprocessing the model was trained on
+    reader = open_checked_cache(cache_path, cfg)  # the preprocessing the model was trained on
     w = cfg.window
     ds = CacheWindowDataset(
         reader, None, window_s=w.seconds, stride_s=w.stride_seconds, labelled_only=False
     )
     if len(ds) == 0:
         raise BrainpipeError(f"{reader.path}: no windows of {w.seconds:g} s to embed")
-    model = build_model(ckpt["model_args"])
-    model.load_state_dict(ckpt["model"])
+    model = load_checkpoint_model(ckpt, str(checkpoint))
     dev = resolve_device(device)
     model.to(dev)
     workers = cfg.train.num_workers if num_workers is None else num_workers

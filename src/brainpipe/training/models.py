@@ -4,7 +4,12 @@ Owns the registry (every public `torch.nn.Module` class of `braindecode.models`)
 (the data's shape, defaults that fit any window, then the config's `train.model_kwargs`) and
 `build_model`, which checks with one forward pass on zeros that the model fits the windows. The
 arguments are a plain dict stored in every checkpoint, so a resumed run rebuilds the checkpoint's
-architecture, not today's config's.
+architecture, not today's config's. Foundation models (and any model given pretrained weights
+or an input scaling) carry `input` in their arguments and are built by `adapt.build_adapted`.
+
+braindecode 1.8.1 renamed models that configs and checkpoints of 0.8.1 name: `ALIASES` maps the
+old names (EEGNetv4 -> EEGNet); `upgrade_args` turns a checkpoint's 0.8.1 arguments and state
+dict into 1.8.1's (`load_checkpoint_model`), or refuses in one line naming the fix.
 
     args = model_args("ShallowFBCSPNet", {}, n_chans=21, n_times=2000, n_outputs=2, sfreq=200.0)
     model = build_model(args)
@@ -19,12 +24,21 @@ from typing import Any
 import torch
 
 from brainpipe.errors import BrainpipeError
+from brainpipe.training.torchaudio_guard import ALIASES
+
+# Checkpoints of braindecode 0.8.1: its renamed models (`ALIASES`, shared with configs) and its
+# `TCN`, the braindecode TCN, which is 1.8.1's `BDTCN` (1.8.1's `TCN` is Bai et al.'s: a config's
+# `TCN` means 1.8.1's, only a 0.8.1 checkpoint's is upgraded to BDTCN).
+_LEGACY = {**ALIASES, "TCN": "BDTCN"}
+# State-dict keys 1.8.1 renamed, by (1.8.1) model.
+_LEGACY_KEYS = {"EEGNet": {"conv_spatial.weight": "conv_spatial.parametrizations.weight.original"}}
 
 
 def model_classes() -> dict[str, type]:
-    """braindecode's models by class name."""
-    import braindecode.models as bm
+    """braindecode's models by class name (with the torchaudio stand-in where needed)."""
+    from brainpipe.training.torchaudio_guard import import_braindecode
 
+    bm = import_braindecode()
     return {
         name: obj
         for name, obj in vars(bm).items()
@@ -37,6 +51,7 @@ def model_classes() -> dict[str, type]:
 
 def _model_class(name: str) -> type:
     classes = model_classes()
+    name = name if name in classes else ALIASES.get(name, name)
     if name not in classes:
         close = difflib.get_close_matches(name, classes, n=3)
         raise BrainpipeError(
@@ -51,7 +66,9 @@ def model_args(
     name: str, kwargs: dict[str, Any], n_chans: int, n_times: int, n_outputs: int, sfreq: float
 ) -> dict[str, Any]:
     """The full constructor arguments: the data's shape, sensible defaults, then the config's."""
-    params = inspect.signature(_model_class(name)).parameters
+    cls = _model_class(name)
+    name = cls.__name__
+    params = inspect.signature(cls).parameters
     full: dict[str, Any] = {}
     shape = {"n_chans": n_chans, "n_outputs": n_outputs, "n_times": n_times, "sfreq": sfreq}
     full.update({k: v for k, v in shape.items() if k in params})
@@ -62,7 +79,13 @@ def model_args(
     if "add_log_softmax" in params:
         full["add_log_softmax"] = False
     full.update(kwargs)
-    return {"name": name, "kwargs": full}
+    return {"name": name, "kwargs": full, "braindecode": braindecode_version()}
+
+
+def braindecode_version() -> str:
+    from importlib.metadata import version
+
+    return version("braindecode")
 
 
 class SubjectEncoder(torch.nn.Module):
@@ -88,24 +111,38 @@ class SubjectEncoder(torch.nn.Module):
         return self.logit_scale * (a * b).sum(1) + self.logit_bias
 
 
-def build_model(args: dict[str, Any]) -> torch.nn.Module:
+def build_model(args: dict[str, Any], load: bool = True) -> torch.nn.Module:
     """Build a braindecode model and check, with one forward pass on zeros, that it fits the data.
 
     `args["head"]` "pairs" or "contrastive" (the subject tasks) wraps it in a `SubjectEncoder`.
+    With `args["input"]` (a foundation model) and `load`, its pretrained weights are loaded.
     """
     if args.get("head") in ("pairs", "contrastive"):
         return SubjectEncoder(build_model({k: v for k, v in args.items() if k != "head"}))
+    if "input" in args:
+        from brainpipe.training.adapt import build_adapted
+
+        model = build_adapted(args, load=load)
+        n_in = args["input"]["n_cache_channels"]
+        return _checked(model, args["name"], n_in, args["kwargs"]["n_times"], args["kwargs"])
     name, kwargs = args["name"], args["kwargs"]
     cls = _model_class(name)
-    n_chans, n_times, n_outputs = (kwargs.get(k) for k in ("n_chans", "n_times", "n_outputs"))
     try:
         model = cls(**kwargs)
+    except BrainpipeError:
+        raise  # the torchaudio stand-in's refusal
     except Exception as e:
         raise BrainpipeError(
-            f"train.model={name} with {kwargs}: cannot build it for windows of {n_chans} "
-            f"channels x {n_times} samples ({type(e).__name__}: {e}); adjust "
+            f"train.model={name} with {kwargs}: cannot build it for windows of {kwargs.get('n_chans')} "
+            f"channels x {kwargs.get('n_times')} samples ({type(e).__name__}: {e}); adjust "
             "train.model_kwargs (or window.seconds)"
         ) from e
+    return _checked(model, name, kwargs.get("n_chans"), kwargs.get("n_times"), kwargs)
+
+
+def _checked(model: torch.nn.Module, name: str, n_chans, n_times, kwargs) -> torch.nn.Module:
+    """The model, after one forward pass on zeros showed it takes the windows."""
+    n_outputs = kwargs.get("n_outputs")
     if n_chans and n_times:
         model.eval()  # no batch-norm statistics change, no dropout randomness drawn
         try:
@@ -123,4 +160,47 @@ def build_model(args: dict[str, Any]) -> torch.nn.Module:
                 f"({n_outputs},); set final_conv_length or similar in train.model_kwargs"
             )
         model.train()
+    return model
+
+
+def upgrade_args(args: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's model arguments in braindecode 1.8.1's terms.
+
+    Checkpoints written with braindecode 0.8.1 (no `braindecode` key) may name a renamed model
+    and carry `add_log_softmax`, which 1.8.1's models no longer take (they output logits, as
+    brainpipe always asked of 0.8.1 with add_log_softmax=False).
+    """
+    if args.get("head") in ("pairs", "contrastive"):
+        inner = upgrade_args({k: v for k, v in args.items() if k != "head"})
+        return inner | {"head": args["head"]}
+    if "braindecode" in args or "input" in args:
+        return args
+    kwargs = dict(args["kwargs"])
+    if kwargs.pop("add_log_softmax", False):
+        raise BrainpipeError(
+            f"checkpoint model {args['name']} outputs log-probabilities (add_log_softmax=True), "
+            "which braindecode 1.8.1 cannot build; retrain it with this brainpipe"
+        )
+    return {**args, "name": _LEGACY.get(args["name"], args["name"]), "kwargs": kwargs}
+
+
+def load_checkpoint_model(ckpt: dict[str, Any], source: str) -> torch.nn.Module:
+    """The model of a brainpipe checkpoint, its weights loaded; a checkpoint of braindecode
+    0.8.1 is upgraded (`upgrade_args`) or refused in one line naming the fix."""
+    args = upgrade_args(ckpt["model_args"])
+    model = build_model(args, load=False)
+    state = dict(ckpt["model"])
+    inner = model.encoder if isinstance(model, SubjectEncoder) else model
+    prefix = "encoder." if inner is not model else ""
+    for old, new in _LEGACY_KEYS.get(inner.__class__.__name__, {}).items():
+        if prefix + old in state and "braindecode" not in ckpt["model_args"]:
+            state[prefix + new] = state.pop(prefix + old)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+        raise BrainpipeError(
+            f"{source}: its {args['name']} weights do not fit braindecode 1.8.1's model ({first}); "
+            "retrain with this brainpipe, or predict with brainpipe's braindecode 0.8.1 release"
+        ) from e
     return model

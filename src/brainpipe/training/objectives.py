@@ -11,7 +11,7 @@ The subject tasks (MEG subject identification; no labels, y is the window's subj
 `PairBatchSampler` batches) and `contrastive` (`contrastive_step`: `supcon_loss` on
 `SubjectBatchSampler` batches), both scored by `evaluate_subjects` (pair AUROC, EER,
 identification top-1 of held-out subjects; best.pt by validation EER). `model_outputs` gives
-every window's output (embeddings), also for `brainpipe embed`. `objective_for(task, temperature)`.
+every window's output (embeddings), also for `brainpipe embed`. `objective_for(task, temperature, select_by)`.
 
     objective = OBJECTIVES["classify"]
     loss, n_correct = objective.step(model, optimizer, scheduler, batch, device, amp, grad_clip)
@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from brainpipe.errors import BrainpipeError
 from brainpipe.metrics import (
+    check_select_by,
     compute_metrics,
     selection_score,
     subject_metrics,
@@ -103,7 +104,7 @@ def train_step(
     return loss.detach(), (logits.detach().argmax(1) == y).sum()
 
 
-def predict(model, loader, device, amp: bool, world_size: int = 1) -> np.ndarray:
+def class_probabilities(model, loader, device, amp: bool, world_size: int = 1) -> np.ndarray:
     """Class probabilities for every window of the loader's dataset, all ranks' shards gathered.
 
     The loader's batch sampler must be a `WindowBatchSampler` without shuffling; with
@@ -145,7 +146,7 @@ def _gathered(model, loader, device, amp, world_size, post, width: int, dtype) -
 def evaluate_classifier(model, loader, device, amp: bool, world_size: int = 1) -> dict[str, Any]:
     """Metrics of the model on every window of the loader's dataset (see `compute_metrics`)."""
     ds = loader.dataset
-    probs = predict(model, loader, device, amp, world_size)
+    probs = class_probabilities(model, loader, device, amp, world_size)
     return compute_metrics(probs, ds.label, ds.recording, ds.reader.task)
 
 
@@ -202,7 +203,7 @@ def contrastive_step(
 
 def model_outputs(model, loader, device, amp: bool, world_size: int = 1) -> np.ndarray:
     """The model's output (e.g. embeddings) for every window of the loader's dataset, in dataset
-    order, all ranks' shards gathered; float32. Sampler as for `predict`."""
+    order, all ranks' shards gathered; float32. Sampler as for `class_probabilities`."""
     return _gathered(model, loader, device, amp, world_size, lambda y: y, 0, np.float32)
 
 
@@ -221,15 +222,21 @@ class Objective:
     score: Callable[[dict[str, Any]], list[float]] = selection_score  # best.pt maximizes it
 
 
-def objective_for(task: str, temperature: float = 0.1) -> Objective:
-    """The objective of `train.task`."""
+def objective_for(task: str, temperature: float = 0.1, select_by: str = "") -> Objective:
+    """The objective of `train.task`; best.pt by `train.select_by` (see `metrics.selection_score`;
+    unset: the task's default)."""
+    check_select_by(select_by, task)
     if task == "contrastive":
-        return Objective(
+        base = Objective(
             step=functools.partial(contrastive_step, temperature=temperature),
             evaluate=evaluate_subjects,
             score=subject_selection_score,
         )
-    return OBJECTIVES[task]
+    else:
+        base = OBJECTIVES[task]
+    if not select_by:
+        return base
+    return replace(base, score=functools.partial(base.score, select_by=select_by))
 
 
 OBJECTIVES = {

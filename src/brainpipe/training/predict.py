@@ -27,7 +27,8 @@ TUSZ split takes minutes, not hours).
 
 Post-processing (`detection.detect_events`): the config's `postprocess` section; with
 `--tune-on SPLIT` its values are instead chosen on that split (a validation split: TUSZ's
-`dev`, or `val`, the subjects `train` carved out of the train split) by a grid search that
+`dev`, or `val`, the validation set `train` used: its `train.val_split`, else the subjects it
+carved out of the train split) by a grid search that
 keeps the settings with the highest NEDC OVLP sensitivity at no more than
 `postprocess.tune_fa_per_24h` false alarms per 24 h (ties: the setting nearest the config's
 own). Never tune on the split you report.
@@ -59,12 +60,13 @@ from brainpipe.datasets import CacheWindowDataset
 from brainpipe.errors import BrainpipeError
 from brainpipe.fsutil import atomic_output, check_writable_dir
 from brainpipe.metrics import detect_recordings, seizure_column, window_starts_s
-from brainpipe.samplers import WindowBatchSampler, carve_validation
+from brainpipe.protocols import plan_splits
+from brainpipe.samplers import WindowBatchSampler
 from brainpipe.scoring import CacheReferences, LabelScore, cache_references, score
-from brainpipe.training.models import build_model
-from brainpipe.training.objectives import predict as predict_probs
+from brainpipe.training.models import load_checkpoint_model
+from brainpipe.training.objectives import class_probabilities
 from brainpipe.training.rundir import load_checkpoint, write_json
-from brainpipe.training.runtime import make_loader, open_cache, resolve_device
+from brainpipe.training.runtime import make_loader, open_checked_cache, resolve_device
 
 # The grid `--tune-on` searches (the detection threshold runs over metrics.SWEEP_THRESHOLDS)
 TUNE_SMOOTH_WINDOWS = (1, 3, 5, 9)
@@ -114,19 +116,22 @@ def open_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def split_dataset(reader: CacheReader, cfg: Config, split: str) -> CacheWindowDataset:
-    """Every window of a split (`val`: the validation subjects `train` carved from 'train')."""
-    w, t = cfg.window, cfg.train
+    """Every window of a split (`val`: the validation set `train` used: the corpus's split
+    `train.val_split` when the run named one, else the subjects it carved from 'train')."""
+    w = cfg.window
     kw: dict[str, Any] = dict(
         window_s=w.seconds, stride_s=w.stride_seconds, label_overlap=w.label_overlap
     )
     if split == "val":
-        _, val_subjects = carve_validation(reader, t.val_fraction, t.seed, "train")
-        if not len(val_subjects):
+        val = plan_splits(reader, cfg).val
+        if val is None:
             raise BrainpipeError(
-                f"{reader.path}: train.val_fraction={t.val_fraction} leaves no validation "
-                "subjects to predict; pass a split of the cache instead"
+                f"{reader.path}: train.val_fraction={cfg.train.val_fraction} leaves no "
+                "validation subjects to predict; pass a split of the cache instead"
             )
-        return CacheWindowDataset(reader, "train", subjects=val_subjects, labelled_only=False, **kw)
+        return CacheWindowDataset(
+            reader, val.split, subjects=val.subjects, labelled_only=False, **kw
+        )
     r = reader.recordings
     splits = sorted(set(r["split"][r["status"] == STATUS_DONE].tolist()))
     if split not in splits:
@@ -146,7 +151,7 @@ def window_probabilities(
     loader, _ = make_loader(ds, sampler, device, t.num_workers, t.prefetch_factor)
     started = time.perf_counter()
     probs = (
-        predict_probs(model, loader, device, t.amp)
+        class_probabilities(model, loader, device, t.amp)
         if len(ds)
         else np.zeros((0, len(ds.label_names)))
     )
@@ -248,7 +253,7 @@ def predict(
     out = Path(out_dir)
     ckpt = open_checkpoint(checkpoint)
     cfg = resolve_config(ckpt, config, overrides)
-    reader = open_cache(cache_path, cfg)
+    reader = open_checked_cache(cache_path, cfg)
     if reader.task != "seizure":
         raise BrainpipeError(
             f"{reader.path}: predict detects seizures and needs a seizure cache "
@@ -261,8 +266,7 @@ def predict(
         )
     check_writable_dir(out / "predict.json")
     device = resolve_device(cfg.train.device)
-    model = build_model(ckpt["model_args"])
-    model.load_state_dict(ckpt["model"])
+    model = load_checkpoint_model(ckpt, str(checkpoint))
     model.to(device)
     refs = cache_references(reader)
 

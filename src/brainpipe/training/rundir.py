@@ -16,6 +16,7 @@ metrics.jsonl, W&B) and JSON output (`write_json`, summary.json).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -96,6 +97,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def all_rng_states(world_size: int) -> list[dict[str, Any]]:
+    """Every rank's `rng_state()` in rank order (a collective under DDP: all ranks call it)."""
+    if world_size <= 1:
+        return [rng_state()]
+    states: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(states, rng_state())
+    return states
+
+
+def seed_all(seed: int) -> None:
+    """Seed torch's, numpy's and Python's generators with one seed."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks before a run starts or resumes
 # ---------------------------------------------------------------------------------------------
@@ -120,6 +137,11 @@ _DATA_KEYS = (
     ("train", "eval_split"),
     ("train", "task"),
     ("train", "test_fraction"),
+    ("train", "val_split"),
+    ("train", "folds"),
+    ("train", "fold"),
+    ("train", "fold_seed"),
+    ("train", "fold_splits"),
 )
 
 
@@ -150,15 +172,25 @@ def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> dict[str, Any] | 
     if not last.exists():
         raise BrainpipeError(f"{last}: nothing to resume; run without --resume to start")
     ckpt = load_checkpoint(last)
-    then, now = ckpt["config"], cfg.to_dict()
+    then, default = ckpt["config"], Config()
     for section, key in _DATA_KEYS:
-        if not same_setting(then[section].get(key, now[section][key]), now[section][key]):
+        now = getattr(getattr(cfg, section), key)
+        # A key left out of the saved config is at its default (`config._added`), or predates
+        # the key: then whatever it is today.
+        was = then[section].get(key, _default_or(default, section, key, now))
+        if not same_setting(was, now):
             raise BrainpipeError(
-                f"--resume: {section}.{key}={now[section][key]!r} but the run in {run_dir} "
-                f"used {then[section][key]!r}; changing it would change the data splits. Keep "
-                "it, or start a new --run-dir"
+                f"--resume: {section}.{key}={now!r} but the run in {run_dir} used {was!r}; "
+                "changing it would change the data splits. Keep it, or start a new --run-dir"
             )
     return ckpt
+
+
+def _default_or(default: Config, section: str, key: str, now: Any) -> Any:
+    """The default of a key saved configs leave out at its default (`config._added`); `now`
+    for any other key."""
+    f = {f.name: f for f in dataclasses.fields(getattr(default, section))}[key]
+    return getattr(getattr(default, section), key) if f.metadata.get("omit_at_default") else now
 
 
 def check_wandb(cfg: Config) -> None:

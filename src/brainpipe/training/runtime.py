@@ -25,6 +25,8 @@ from brainpipe.cachefile import CacheReader
 from brainpipe.config import Config
 from brainpipe.datasets import CacheWindowDataset, subject_keys
 from brainpipe.errors import BrainpipeError
+from brainpipe.protocols import Part, cache_splits, plan_splits
+from brainpipe.reporting import shm_prefetch_note
 from brainpipe.ring import (
     SHM_DIR,
     BatchRing,
@@ -38,12 +40,9 @@ from brainpipe.samplers import (
     SubjectBatchSampler,
     WindowBatchSampler,
     carve_subjects,
-    carve_validation,
     class_balanced_weights,
 )
-from brainpipe.training.rundir import (
-    same_setting,
-)
+from brainpipe.training.rundir import same_setting
 
 # ---------------------------------------------------------------------------------------------
 # Set-up pieces: each checks its input and fails with one BrainpipeError before any work
@@ -92,7 +91,7 @@ def resolve_device(setting: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def open_cache(cache_path: str | os.PathLike, cfg: Config) -> CacheReader:
+def open_checked_cache(cache_path: str | os.PathLike, cfg: Config) -> CacheReader:
     """Open the cache and check that it was built with this config's preprocessing.
 
     The window may differ (windows are recomputed from the continuous signal); the
@@ -176,39 +175,32 @@ def make_subject_datasets(reader: CacheReader, cfg: Config) -> Splits:
 
 
 def make_datasets(reader: CacheReader, cfg: Config) -> Splits:
-    """train / val (carved from train by subject) / eval datasets, checked for emptiness."""
+    """train / val / eval datasets (`protocols.plan_splits`: validation carved from train by
+    subject or the corpus's own split, eval a split or a held-out fold), checked for emptiness."""
     t, w = cfg.train, cfg.window
     if t.task != "classify":
         return make_subject_datasets(reader, cfg)
-    r = reader.recordings
-    done = r["status"] == 1
-    splits = sorted(set(r["split"][done].tolist()))
-    for name in ["train"] + ([t.eval_split] if t.eval_split else []):
-        if name not in splits:
-            raise BrainpipeError(
-                f"{reader.path}: no recordings in split {name!r}; the cache has "
-                f"{', '.join(map(repr, splits)) or 'none'}"
-                + ("" if name == "train" else "; set train.eval_split to one (or '' for none)")
-            )
-    train_subjects, val_subjects = carve_validation(reader, t.val_fraction, t.seed, "train")
-    if t.val_fraction > 0 and len(val_subjects) == 0:
+    if t.eval_split and not t.folds and t.eval_split not in cache_splits(reader):
         raise BrainpipeError(
-            f"train.val_fraction={t.val_fraction} leaves no validation subject: split 'train' "
-            f"has {len(train_subjects)} subjects and each class needs two; set "
-            "train.val_fraction=0 or add subjects"
+            f"{reader.path}: no recordings in split {t.eval_split!r}; the cache has "
+            f"{', '.join(map(repr, cache_splits(reader))) or 'none'}; set train.eval_split to "
+            "one (or '' for none)"
         )
+    plan = plan_splits(reader, cfg)
     kw: dict[str, Any] = dict(
         window_s=w.seconds, stride_s=w.stride_seconds, label_overlap=w.label_overlap
     )
-    data = Splits(
-        train=CacheWindowDataset(
-            reader, "train", subjects=train_subjects, augment=t.augment, seed=t.seed, **kw
-        ),
-        val=CacheWindowDataset(reader, "train", subjects=val_subjects, **kw)
-        if len(val_subjects)
-        else None,
-        eval=CacheWindowDataset(reader, t.eval_split, **kw) if t.eval_split else None,
-    )
+
+    def part(p: Part | None, **more: Any) -> CacheWindowDataset | None:
+        return (
+            None
+            if p is None
+            else CacheWindowDataset(reader, p.split, subjects=p.subjects, **kw, **more)
+        )
+
+    train = part(plan.train, augment=t.augment, seed=t.seed)
+    assert train is not None
+    data = Splits(train=train, val=part(plan.val), eval=part(plan.eval))
     n = data.train.window_samples
     for name, ds in (("train", data.train), *data.evaluated().items()):
         if len(ds) == 0:
@@ -253,12 +245,7 @@ def shm_prefetch(
     for pf in range(prefetch_factor, 0, -1):
         if need(pf) <= free:
             if pf < prefetch_factor:
-                print(
-                    f"note: /dev/shm has {free / 2**20:.0f} MiB free: train.prefetch_factor "
-                    f"{prefetch_factor} -> {pf} so the batches in flight fit; give the container "
-                    "more (docker --shm-size, compose shm_size) to prefetch more",
-                    flush=True,
-                )
+                print(shm_prefetch_note(free, prefetch_factor, pf), flush=True)
             return pf
     raise BrainpipeError(
         f"/dev/shm has {free / 2**20:.0f} MiB free but {num_workers} loader workers need "

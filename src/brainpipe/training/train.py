@@ -47,13 +47,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -63,24 +61,34 @@ from brainpipe.config import Config
 from brainpipe.datasets import subject_keys
 from brainpipe.metrics import (
     compute_metrics,
+    default_select_by,
     event_metrics,
     seizure_column,
     window_starts_s,
+)
+from brainpipe.reporting import (
+    epoch_line,
+    lost_best_note,
+    resume_line,
+    shared_subjects_note,
+    train_start_line,
 )
 from brainpipe.ring import host_batch, remove_stale_rings
 from brainpipe.samplers import WindowBatchSampler
 from brainpipe.scoring import cache_references
 from brainpipe.splits import check_cache_subjects
-from brainpipe.training.models import build_model, model_args
-from brainpipe.training.objectives import class_weights, objective_for
-from brainpipe.training.objectives import predict as predict_probs
+from brainpipe.training.adapt import adapter_summary, foundation_args, needs_adapter, setup_finetune
+from brainpipe.training.models import build_model, model_args, upgrade_args
+from brainpipe.training.objectives import class_probabilities, class_weights, objective_for
+from brainpipe.training.predictions import save_best_predictions
 from brainpipe.training.rundir import (
     RunLog,
+    all_rng_states,
     check_run_dir,
     check_wandb,
     restore_best,
-    rng_state,
     save_checkpoint,
+    seed_all,
     set_rng_state,
     steady_throughput,
     write_json,
@@ -91,7 +99,7 @@ from brainpipe.training.runtime import (
     Splits,
     make_datasets,
     make_loaders,
-    open_cache,
+    open_checked_cache,
     progress_bar_disabled,
     resolve_device,
 )
@@ -162,31 +170,34 @@ def prepare(cache_path: str | os.PathLike, run_dir: Path, cfg: Config, resume: b
     env = DistEnv.from_environ()
     remove_stale_rings()  # batch rings in /dev/shm of trainers killed with -9
     device = resolve_device(t.device, env.local_rank)
-    reader = open_cache(cache_path, cfg)
+    reader = open_checked_cache(cache_path, cfg)
+    n_out = len(reader.label_names) if t.task == "classify" else t.embedding_dim
+    # A foundation model's contract, and its weights, are checked before any other work.
+    fm_args = foundation_args(cfg, reader, n_out) if needs_adapter(t) and not resume else None
     check_cache_subjects(reader, t)
     data = make_datasets(reader, cfg)
     ckpt = check_run_dir(run_dir, cfg, resume)
     margs = (
-        ckpt["model_args"]  # on resume the architecture is the checkpoint's, not today's config's
+        upgrade_args(ckpt["model_args"])  # on resume the checkpoint's architecture, not today's
         if ckpt
-        else model_args(
+        else fm_args
+        or model_args(
             t.model,
             t.model_kwargs,
             data.train.n_channels,
             data.train.window_samples,
-            len(reader.label_names) if t.task == "classify" else t.embedding_dim,
+            n_out,
             reader.sfreq,
-        )
-        | ({"head": t.task} if t.task != "classify" else {})
-    )
+        )  # fmt: skip
+    ) | ({"head": t.task} if t.task != "classify" and not ckpt else {})
     torch.manual_seed(t.seed)
-    model = build_model(margs)
+    model = build_model(margs, load=ckpt is None)
     check_wandb(cfg)
-    if env.is_main and data.eval is not None and t.task == "classify":
+    if env.is_main and data.eval is not None and t.task == "classify" and not t.folds:
         names = set(subject_keys(reader)[reader.recordings["split"] == "train"].tolist())
         shared = names & set(data.eval.subjects().tolist())
         if shared:
-            print(f"note: {len(shared)} subjects are in both 'train' and {t.eval_split!r}")
+            print(shared_subjects_note(len(shared), t.eval_split))
     return Setup(cfg, run_dir, env, device, reader, data, ckpt, margs, model, started)
 
 
@@ -211,7 +222,7 @@ def train(
 def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
     """The loop: epochs of training, scoring and checkpoints; returns the summary."""
     cfg, t, env, device, data = s.cfg, s.cfg.train, s.env, s.device, s.data
-    objective = objective_for(t.task, t.temperature)
+    objective = objective_for(t.task, t.temperature, t.select_by)
 
     # -------- loaders --------
     loaders = make_loaders(data, cfg, env, device)
@@ -227,7 +238,8 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
     raw_model = s.model.to(device)
     if t.channels_last:
         raw_model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(raw_model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    groups = setup_finetune(raw_model, t, env.is_main)  # train.finetune / layer_decay
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, warmup_steps, total_steps)
     )
@@ -238,9 +250,7 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
     if s.ckpt:
         done = resume(s, trainee)
     else:
-        torch.manual_seed(t.seed + env.rank)  # same weights everywhere, own dropout per rank
-        np.random.seed(t.seed + env.rank)
-        random.seed(t.seed + env.rank)
+        seed_all(t.seed + env.rank)  # same weights everywhere, own dropout per rank
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -253,7 +263,7 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
     log = RunLog(s.run_dir, cfg, done.history, enabled=env.is_main)
     n_params = sum(p.numel() for p in raw_model.parameters())
     if env.is_main:
-        print(start_line(s, n_params, steps_per_epoch), flush=True)
+        print(train_start_line(s, n_params, steps_per_epoch), flush=True)
 
     for epoch in range(done.epoch, t.epochs):
         # -------- train one epoch --------
@@ -272,10 +282,7 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
             done.best, done.best_epoch = score, epoch
 
         # -------- checkpoint: rank 0 writes, with every rank's RNG state --------
-        rngs: list[Any] = [rng_state()]
-        if env.enabled and env.world_size > 1:
-            rngs = [None] * env.world_size
-            torch.distributed.all_gather_object(rngs, rng_state())
+        rngs = all_rng_states(env.world_size)
         if env.is_main:
             ckpt = make_checkpoint(s, trainee, done, rngs)
             # best.pt first: last.pt must never record a best epoch whose weights are not on disk.
@@ -287,6 +294,7 @@ def fit(s: Setup, cleanup: contextlib.ExitStack) -> dict[str, Any]:
 
     # -------- summary --------
     log.close()
+    save_best_predictions(s, raw_model, loaders)  # predictions.npz, for `brainpipe report`
     summary = make_summary(s, done, n_params)
     if env.is_main:
         write_json(s.run_dir / "summary.json", summary)
@@ -386,13 +394,9 @@ def resume(s: Setup, trainee: Trainee) -> Progress:
     best = ckpt["best"]
     done = Progress(ckpt["epoch"], list(ckpt["history"]), best["score"], best["epoch"])
     if env.is_main:
-        print(f"resuming {s.run_dir} after epoch {done.epoch}/{s.cfg.train.epochs}", flush=True)
+        print(resume_line(s.run_dir, done.epoch, s.cfg.train.epochs), flush=True)
         if not restore_best(s.run_dir, ckpt):
-            print(
-                f"note: best.pt of epoch {best['epoch'] + 1} is lost; the next improving "
-                "epoch writes it",
-                flush=True,
-            )
+            print(lost_best_note(best["epoch"]), flush=True)
     return done
 
 
@@ -401,7 +405,7 @@ def evaluate_seizures(s: Setup, model: torch.nn.Module, loader: Any) -> dict[str
     `events`, NEDC OVLP event metrics after the config's `postprocess` (see
     `metrics.event_metrics`), from one inference pass."""
     ds, t = loader.dataset, s.cfg.train
-    probs = predict_probs(model, loader, s.device, t.amp, s.env.world_size)
+    probs = class_probabilities(model, loader, s.device, t.amp, s.env.world_size)
     m = compute_metrics(probs, ds.label, ds.recording, s.reader.task)
     m["events"] = event_metrics(
         probs[:, seizure_column(ds.label_names)],
@@ -434,31 +438,6 @@ def make_checkpoint(s: Setup, trainee: Trainee, done: Progress, rngs: list[Any])
     }
 
 
-def start_line(s: Setup, n_params: int, steps_per_epoch: int) -> str:
-    """The line printed before the first epoch: data, model, device."""
-    n, ddp = s.data.sizes(), f" x{s.env.world_size}" if s.env.world_size > 1 else ""
-    return (
-        f"train {n['train']} windows, val {n['val']}, eval {n['eval']}; {s.margs['name']} "
-        f"({n_params:,} parameters) on {s.device}{ddp}; {steps_per_epoch} steps/epoch"
-    )
-
-
-def epoch_line(row: dict[str, Any], epochs: int) -> str:
-    """The one line an epoch prints."""
-    line = f"epoch {row['epoch']}/{epochs}  loss {row['train']['loss']:.4f}"
-    for name in ("val", "eval"):
-        m = row[name]
-        if m and "eer" in m:  # the subject tasks
-            line += f"  {name} eer {m['eer']:.3f} top1 {m['identification_top1']:.3f}"
-        elif m:
-            line += f"  {name} bacc {m['balanced_accuracy']:.3f} auroc {m['auroc']:.3f}"
-            if m.get("events"):
-                line += f" ovlp-sens {m['events']['mean_sensitivity']:.3f}"
-    return line + (
-        f"  {row['samples_per_s']:,.0f} samples/s  data wait {row['data_wait_fraction']:.1%}"
-    )
-
-
 def make_summary(s: Setup, done: Progress, n_params: int) -> dict[str, Any]:
     """summary.json: the scores of best.pt's epoch (the last epoch without validation) and
     steady throughput, with what was trained on what."""
@@ -469,10 +448,12 @@ def make_summary(s: Setup, done: Progress, n_params: int) -> dict[str, Any]:
         "val": best.get("val") or {},
         "eval_last": (history[-1].get("eval") or {}) if history else {},
         "best_epoch": done.best_epoch + 1,
+        "select_by": s.cfg.train.select_by or default_select_by(s.cfg.train.task, s.reader.task),
         "epochs": len(history),
         **steady_throughput(history),
         "model": s.margs,
         "n_params": n_params,
+        **adapter_summary(s.model),  # foundation models: weights' sha256, fresh keys, trainable
         "device": str(s.device),
         "world_size": s.env.world_size,
         "windows": s.data.sizes(),

@@ -1,9 +1,8 @@
-"""Summaries and tables for people; formats return data.
+"""The text of the data path: what `index`, `build-cache`, `cache-set`, `inspect` and `verify` print.
 
-Owns every text rendering of what a stage did or what a file holds: the line `brainpipe index`
-prints, the tables `brainpipe inspect` prints for an index or a cache, the build and verify
-summaries of `brainpipe build-cache` and `brainpipe verify`. File formats (`indexfile`, `cachefile`)
-return plain data (`Index.summary()`); the CLI prints what these functions return.
+Renders `build_index`'s `ScanResult`, `Index.summary()`, `cache.BuildResult`,
+`CacheReader.summary()` (of a cache or a set), `cache.VerifyReport` and a cache set's manifest;
+the stages and formats return that data and never build these lines themselves.
 
     print(scan_line(build_index(raw, out, cfg)))
     print(index_table(Index.load(out).summary()))
@@ -13,21 +12,19 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from brainpipe.channels import coverage_line
 from brainpipe.config import STANDARD_1020
 from brainpipe.errors import reason_kind
 from brainpipe.splits import overlap_warning
 
-if TYPE_CHECKING:
-    from brainpipe.index import ScanResult
-
 # --- index ---
 
 
-def scan_line(result: ScanResult) -> str:
-    """One line: what a scan indexed, read, reused, removed and skipped (by kind)."""
+def scan_line(result: Any) -> str:
+    """One line: what a scan (an `index.ScanResult`) indexed, read, reused, removed and skipped
+    (by kind)."""
     idx = result.index
     errs = Counter(reason_kind(e["reason"]) for e in idx.errors)
     skipped = (
@@ -90,7 +87,7 @@ def annotations_line(warnings: list[dict[str, str]]) -> str:
     return "annotations: " + "; ".join(parts) if parts else ""
 
 
-def index_output_line(result: ScanResult, index_path: str | os.PathLike) -> str:
+def index_output_line(result: Any, index_path: str | os.PathLike) -> str:
     """Whether `build_index` wrote the index file or left an unchanged one as it was."""
     return f"wrote {index_path}" if result.written else f"index unchanged: {index_path}"
 
@@ -132,16 +129,10 @@ def index_table(summary: dict[str, Any]) -> str:
 
 
 # --- cache ---
-# Renders `cachefile.CacheReader.summary()`, `cache.BuildResult` and `cache.VerifyReport`;
-# imports inside the functions keep the section self-contained.
 
 
 def build_summary_text(result) -> str:
     """What `brainpipe build-cache` prints for a `cache.BuildResult`."""
-    from collections import Counter
-
-    from brainpipe.errors import reason_kind
-
     if result.up_to_date:
         return f"{result.cache_path} is up to date ({result.n_written} recordings, {result.n_windows} windows); pass --force to rebuild"
     mbps = result.raw_bytes / 1e6 / result.seconds if result.seconds > 0 else 0.0
@@ -216,9 +207,6 @@ def lost_worker_line(path: str, pid: int, how: str, retried: bool) -> str:
     return f"build-cache: worker {pid} was killed ({how}) while preprocessing {path}; {then}"
 
 
-# --- train ---
-
-
 def channel_type_summary(channels: list[str] | tuple[str, ...]) -> str | None:
     """ "306 MEG: 204 grad, 102 mag" for a cache of MEG channels; None when there is none.
 
@@ -242,3 +230,9 @@ def channel_type_summary(channels: list[str] | tuple[str, ...]) -> str | None:
             kinds[kind] = kinds.get(kind, 0) + 1
         text += "; " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
     return text
+
+
+def cache_set_line(manifest: dict[str, Any], out: str | os.PathLike) -> str:
+    """What `brainpipe cache-set` prints for the manifest `write_cache_set` wrote."""
+    n = sum(x["n_windows"] for x in manifest["members"])
+    return f"wrote {out}: {len(manifest['members'])} member caches, {n} windows"
