@@ -33,7 +33,7 @@ initial weights. The loop mirrors `brainpipe train`: AdamW, linear warm-up then 
 dropped ragged last batch, optional class-balanced sampling, both splits scored each epoch.
 
 The two data paths agree except where mne's FFT resampling moves a file by half a 200-Hz sample
-(2.5 ms, either way; brainpipe's polyphase resampling keeps the sample grid): brainpipe's
+(2.5 ms, either way, measured against the 500-Hz samples; brainpipe's keeps the grid): its
 cache matches mne's µV to a correlation of 0.98-0.99 per channel, the rest of the difference
 being that shift. Per training step both sides spend the same CPU time (the cache's float16
 read and conversion cost nothing measurable beside the model).
