@@ -348,6 +348,8 @@ def carved_val_subjects(cache: Path, cfg_path: Path, seed: int) -> list[str]:
 
 def braindecode_windows(data: Path, scale: float):
     """mne + braindecode preprocessing and windowing of the protocol; (windows, its Clock)."""
+    import inspect
+
     _braindecode_importable()
     import braindecode.datasets as bdd
     import mne
@@ -370,17 +372,19 @@ def braindecode_windows(data: Path, scale: float):
     preprocess(
         concat,
         [
-            Preprocessor("pick", picks=list(CHANNELS)),
-            Preprocessor("reorder_channels", ch_names=list(CHANNELS)),
-            Preprocessor("resample", sfreq=SFREQ),
+            Preprocessor("pick", picks=list(CHANNELS), apply_on_array=False),
+            Preprocessor("reorder_channels", ch_names=list(CHANNELS), apply_on_array=False),
+            Preprocessor("resample", sfreq=SFREQ, apply_on_array=False),
             Preprocessor(_scale, factor=scale),  # volts -> µV (/100)
         ],
     )
     n = int(round(WINDOW_S * SFREQ))
+    params = inspect.signature(create_fixed_length_windows).parameters
+    # 1.x: on_last_window="drop"; 0.x: drop_last_window=True (deprecated in 1.x)
+    last = {"on_last_window": "drop"} if "on_last_window" in params else {"drop_last_window": True}
     windows = create_fixed_length_windows(
-        concat, window_size_samples=n, window_stride_samples=n, drop_last_window=True,
-        preload=True,
-    )  # fmt: skip
+        concat, window_size_samples=n, window_stride_samples=n, preload=True, **last
+    )
     return windows, Clock(time.perf_counter() - t0, time.process_time() - c0)
 
 
