@@ -42,9 +42,10 @@ Both sides run on the CPU with the same torch thread count and loader workers; w
 seconds are both reported (CPU: this process and its children, steadier on a shared host).
 Settings are the field's and brainpipe's defaults (lr 1e-3, weight decay 1e-2, one warm-up
 epoch, clip 1.0) with the protocol's batch size of 64; nothing here is tuned to these 36
-subjects. ShallowFBCSPNet costs ~30 CPU s per epoch of eegmat's training windows, so the
-default 5 seeds x 20 epochs x 2 sides is ~1.7 CPU hours (about an hour on 2 idle cores);
-`--seeds 3 --epochs 6` takes a third of that. Timings on a busy machine show direction only.
+subjects. An epoch of ShallowFBCSPNet over eegmat's 1,343 training windows, both splits
+scored, costs ~15 CPU s (~8 s on 2 quiet cores, 2-4x that on a shared host), so the default 5
+seeds x 20 epochs x 2 sides takes ~30 minutes on 2 quiet cores; `--seeds 3 --epochs 5` about
+5. Timings on a busy machine show direction only.
 """
 
 from __future__ import annotations
