@@ -206,6 +206,19 @@ def no_events() -> dict[str, np.ndarray]:
     }
 
 
+def seizure_cache(path: Path, cfg: Config) -> Path:
+    """A two-class seizure cache: 4 train and 2 eval subjects, one 2-9 s seizure per recording."""
+    subjects = [(f"s{i}", "train", -1) for i in range(4)] + [("e0", "eval", -1), ("e1", "eval", -1)]
+    n = 2 * len(subjects)
+    events = {
+        "recording": np.arange(n),
+        "onset_s": np.full(n, 2.0),
+        "offset_s": np.full(n, 9.0),
+        "label": np.array(["seiz"] * n),
+    }
+    return make_cache(path, subjects, cfg=cfg, label_names=("bckg", "seiz"), events=events)
+
+
 def small_layout(lengths=(30, 50, 40), n_channels=3) -> Layout:
     """A cache layout of `len(lengths)` recordings at 10 Hz, two per subject, labels alternating."""
     n = len(lengths)

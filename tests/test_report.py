@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_cache, small_config
+from helpers import make_cache, seizure_cache, small_config
 from PIL import Image
 
 from brainpipe.cli import main
@@ -62,16 +62,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     train(cache, d / "plain", small_config(*FAST))
     argv = ["train", "--cache", str(cache), "--run-dir", str(d / "seeds"), "--seeds", "0,1"]
     assert main([*argv, *[x for o in [*SMALL, *FAST] for x in ("--set", o)]]) == 0
-    subjects = [(f"s{i}", "train", -1) for i in range(4)] + [("e0", "eval", -1), ("e1", "eval", -1)]
-    n = 2 * len(subjects)
-    events = {
-        "recording": np.arange(n),
-        "onset_s": np.full(n, 2.0),
-        "offset_s": np.full(n, 9.0),
-        "label": np.array(["seiz"] * n),
-    }
     cfg = small_config(*FAST, "train.val_fraction=0")
-    tusz = make_cache(d / "tusz.h5", subjects, cfg=cfg, label_names=("bckg", "seiz"), events=events)
+    tusz = seizure_cache(d / "tusz.h5", cfg)
     train(tusz, d / "seizure", cfg)
     return {"plain": d / "plain", "seeds": d / "seeds", "seizure": d / "seizure"}
 

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import make_cache, small_config
+from helpers import make_cache, seizure_cache, small_config
 
 from brainpipe.cli import main
 from brainpipe.errors import BrainpipeError
@@ -138,17 +138,7 @@ def test_other_window_than_the_build(cache, tmp_path):
 
 def test_tusz_metrics_and_no_validation(tmp_path):
     cfg = cfg_with("train.val_fraction=0", "train.epochs=1")
-    subjects = [(f"s{i}", "train", -1) for i in range(4)] + [("e0", "eval", -1), ("e1", "eval", -1)]
-    n_rec = 2 * len(subjects)
-    events = {
-        "recording": np.arange(n_rec),
-        "onset_s": np.full(n_rec, 2.0),
-        "offset_s": np.full(n_rec, 9.0),
-        "label": np.array(["seiz"] * n_rec),
-    }
-    path = make_cache(
-        tmp_path / "tusz.h5", subjects, cfg=cfg, label_names=("bckg", "seiz"), events=events
-    )
+    path = seizure_cache(tmp_path / "tusz.h5", cfg)
     s = train(path, tmp_path / "run", cfg)
     assert {"sensitivity", "specificity"} <= set(s["eval"])
     assert s["val"] == {} and s["windows"]["val"] == 0 and s["best_epoch"] == 1
