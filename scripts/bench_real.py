@@ -32,20 +32,24 @@ initial weights. The loop mirrors `brainpipe train`: AdamW, linear warm-up then 
 (`brainpipe.training.train.lr_factor`), gradient clipping, cross-entropy, the same batch size,
 dropped ragged last batch, optional class-balanced sampling, both splits scored each epoch.
 
-The two data paths agree except where mne's FFT resampling moves a file by half a 200-Hz sample
-(2.5 ms, either way, measured against the 500-Hz samples; brainpipe's keeps the grid): its
-cache matches mne's µV to a correlation of 0.98-0.99 per channel, the rest of the difference
-being that shift. Per training step both sides spend the same CPU time (the cache's float16
-read and conversion cost nothing measurable beside the model).
+The two data paths agree but for a pure 2.5-ms delay: mne's `Raw.resample` (mne 1.13) puts
+the 200-Hz samples half a sample late (measured against the 500-Hz samples; the cross-spectrum's
+phase is a straight 2.5-ms line, the power spectra agree within 0.2% up to 95 Hz), while
+brainpipe's cache and `mne.filter.resample` keep the grid (correlation 0.9999997 with each
+other). Hence the 0.98-0.99 correlation per channel between the two sides' windows.
+
+The training step is the same model, loss and optimizer on both sides; brainpipe runs it on the
+CPU with its spanning convolutions as conv1d (`brainpipe.training.fastconv`: the same function,
+ShallowFBCSPNet's step ~4x faster, `scripts/bench_conv.py`), braindecode as it ships.
 
 Both sides run on the CPU with the same torch thread count and loader workers; wall and CPU
 seconds are both reported (CPU: this process and its children, steadier on a shared host).
 Settings are the field's and brainpipe's defaults (lr 1e-3, weight decay 1e-2, one warm-up
 epoch, clip 1.0) with the protocol's batch size of 64; nothing here is tuned to these 36
 subjects. An epoch of ShallowFBCSPNet over eegmat's 1,343 training windows, both splits
-scored, costs ~15 CPU s (~8 s on 2 quiet cores, 2-4x that on a shared host), so the default 5
-seeds x 20 epochs x 2 sides takes ~30 minutes on 2 quiet cores; `--seeds 3 --epochs 5` about
-5. Timings on a busy machine show direction only.
+scored, takes ~7 s on 2 quiet cores on braindecode's side and ~2.5 s on brainpipe's, so the
+default 5 seeds x 20 epochs takes ~17 minutes on 2 quiet cores; `--seeds 3 --epochs 5` about
+3. Timings on a busy machine show direction only.
 """
 
 from __future__ import annotations
@@ -216,9 +220,24 @@ def render_table(rows: list[dict[str, Any]]) -> str:
                 f"{k.split('_')[0]} {bp[k] / bd[k]:.2f}x" if bd[k] > 0 else f"{k} n/a" for k in keys
             )
             lines.append(f"brainpipe / braindecode {what} time: {ratio}")
-        diff = bp["balanced_accuracy"]["mean"] - bd["balanced_accuracy"]["mean"]
-        lines.append(f"brainpipe - braindecode balanced accuracy: {diff:+.3f}")
+        for key, name in (("balanced_accuracy", "balanced accuracy"), ("auroc", "AUROC")):
+            diff, se = mean_difference(bp["runs"], bd["runs"], key)
+            lines.append(
+                f"brainpipe - braindecode {name}: {diff:+.3f} (standard error {se:.3f}; "
+                f"{len(bp['runs'])} and {len(bd['runs'])} seeds)"
+            )
     return "\n".join(lines)
+
+
+def mean_difference(a: list[dict], b: list[dict], key: str) -> tuple[float, float]:
+    """Difference of the two sides' means of `key` over seeds and its standard error
+    (Welch's: sqrt(s_a^2 / n_a + s_b^2 / n_b), sample variances; NaN with one seed a side).
+    A difference within about two standard errors of 0 is what seeds alone produce."""
+    va, vb = [float(r[key]) for r in a], [float(r[key]) for r in b]
+    diff = statistics.fmean(va) - statistics.fmean(vb)
+    if len(va) < 2 or len(vb) < 2:
+        return diff, math.nan
+    return diff, math.sqrt(statistics.variance(va) / len(va) + statistics.variance(vb) / len(vb))
 
 
 # ---------------------------------------------------------------------------------------------

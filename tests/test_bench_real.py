@@ -134,4 +134,16 @@ def test_table_and_ratios():
     assert "0.650 ± 0.050" in text
     assert "wall time: prep 0.50x, train 0.50x, total 0.50x" in text
     assert "CPU time: prep 0.50x, train 0.50x, total 0.50x" in text
-    assert "balanced accuracy: +0.000" in text
+    assert "balanced accuracy: +0.000 (standard error 0.071; 2 and 2 seeds)" in text
+
+
+def test_mean_difference_and_its_standard_error():
+    import numpy as np
+
+    a = [{"auroc": v} for v in (0.70, 0.74, 0.66)]
+    b = [{"auroc": v} for v in (0.60, 0.64)]
+    diff, se = bench.mean_difference(a, b, "auroc")
+    assert diff == pytest.approx(0.70 - 0.62)
+    want = np.sqrt(np.var([0.70, 0.74, 0.66], ddof=1) / 3 + np.var([0.60, 0.64], ddof=1) / 2)
+    assert se == pytest.approx(want)
+    assert math.isnan(bench.mean_difference(a[:1], b, "auroc")[1])

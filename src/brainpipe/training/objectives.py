@@ -39,6 +39,7 @@ from brainpipe.metrics import (
     subject_selection_score,
 )
 from brainpipe.ring import host_batch
+from brainpipe.training.fastconv import conv_context
 
 
 def to_model_input(
@@ -97,7 +98,7 @@ def train_step(
     x, y, gain = batch[0], batch[1], (batch[2] if len(batch) > 2 else None)
     x = to_model_input(x, gain, device)
     y = y.to(device, non_blocking=True)
-    with autocast(device, amp):
+    with autocast(device, amp), conv_context(model, device):
         logits = model(x)
     loss = F.cross_entropy(logits.float(), y, weight=class_weight)
     _optimize(model, optimizer, scheduler, loss, grad_clip)
@@ -127,7 +128,7 @@ def _gathered(model, loader, device, amp, world_size, post, width: int, dtype) -
     parts = []
     for batch in loader:
         x = to_model_input(host_batch(batch)[0], None, device)
-        with autocast(device, amp):
+        with autocast(device, amp), conv_context(model, device):
             y = model(x)
         parts.append(post(y.float()).cpu().numpy())
     model.train()
@@ -162,7 +163,7 @@ def pairs_step(model, optimizer, scheduler, batch, device, amp: bool, grad_clip:
     x, subject = to_model_input(batch[0], None, device), batch[1].to(device, non_blocking=True)
     n = len(x) // 2
     same = (subject[:n] == subject[n:]).float()
-    with autocast(device, amp):
+    with autocast(device, amp), conv_context(model, device):
         logits = model(x[:n], x[n:])
     loss = F.binary_cross_entropy_with_logits(logits.float(), same)
     _optimize(model, optimizer, scheduler, loss, grad_clip)
@@ -190,7 +191,7 @@ def contrastive_step(
     """One step on a `SubjectBatchSampler` batch; n correct: windows whose nearest other window
     in the batch is of their subject."""
     x, subject = to_model_input(batch[0], None, device), batch[1].to(device, non_blocking=True)
-    with autocast(device, amp):
+    with autocast(device, amp), conv_context(model, device):
         z = model(x)
     loss = supcon_loss(z, subject, temperature)
     _optimize(model, optimizer, scheduler, loss, grad_clip)
