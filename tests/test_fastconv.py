@@ -26,6 +26,7 @@ NOT_SPANNING = [
     ((4, 2, 200, 7), (6, 2, 13, 7), {}),  # two input planes
     ((4, 1, 200, 7), (6, 1, 13, 7), {"padding": 1}),  # padding along the spanned axis
     ((4, 1, 20, 100), (6, 1, 1, 64), {"padding": "same"}),  # EEGNet's temporal conv
+    ((4, 1, 1, 100), (6, 1, 1, 9), {}),  # height 1: torch's own conv1d form already
 ]
 
 

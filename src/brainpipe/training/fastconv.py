@@ -62,14 +62,15 @@ def spanning_conv2d(
         return None
     h, w = x.shape[2], x.shape[3]
     kh, kw = weight.shape[2], weight.shape[3]
-    if kw == w and padding[1] == 0 and dilation[1] == 1:
+    # A spanned axis of length 1 is conv1d already (torch runs conv1d as a conv2d of height 1).
+    if kw == w > 1 and padding[1] == 0 and dilation[1] == 1:
         # (B, 1, H, W) -> (B, W, H): the spanned axis becomes conv1d's input channels.
         y = F.conv1d(
             x[:, 0].transpose(1, 2), weight[:, 0].transpose(1, 2), bias,
             stride[0], padding[0], dilation[0],
         )  # fmt: skip
         return y.unsqueeze(3)
-    if kh == h and padding[0] == 0 and dilation[0] == 1:
+    if kh == h > 1 and padding[0] == 0 and dilation[0] == 1:
         y = F.conv1d(x[:, 0], weight[:, 0], bias, stride[1], padding[1], dilation[1])
         return y.unsqueeze(2)
     return None
