@@ -95,11 +95,12 @@ lint:  ## ruff fix and format
 	$(PYTHON) -m ruff check --fix .
 	$(PYTHON) -m ruff format .
 
-bench:  ## the benchmarks (index, cache, loader, predict); each prints ours beside the baseline
+bench:  ## the benchmarks (index, cache, loader, predict, CPU conv); each prints ours beside the baseline
 	$(PYTHON) scripts/bench_index.py
 	$(PYTHON) scripts/bench_cache.py
 	$(PYTHON) scripts/bench_loader.py
 	$(PYTHON) scripts/bench_predict.py
+	$(PYTHON) scripts/bench_conv.py
 
 # A private dockerd (root; installs Debian's docker.io if missing), stand-in base images, then
 # compose.yaml for real: build, index -> build-cache -> train, re-run, errors, tensorboard. Its
