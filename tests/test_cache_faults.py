@@ -87,11 +87,18 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _as_from_a_terminal() -> None:
+    # A test run started in the background of a non-interactive shell (`make test &`) inherits
+    # SIGINT ignored, and Python keeps it ignored: the build would never see Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def running(cmd, **kw):
     proc = subprocess.Popen(
-        cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
-    )
+        cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_as_from_a_terminal, **kw,
+    )  # fmt: skip
     try:
         yield proc
     finally:
