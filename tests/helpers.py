@@ -97,6 +97,18 @@ def sleep_edf_tree(root: Path) -> dict[str, list[Annotation]]:
 SFREQ = 50.0  # the rate of every `make_cache` cache
 
 
+# One epoch of ShallowFBCSPNet on the CPU, no loader workers, no validation carve: how the
+# end-to-end tests of a corpus layout (recipes, TUEV, eegmmidb) train.
+ONE_CPU_EPOCH = (
+    "train.model=ShallowFBCSPNet",
+    "train.epochs=1",
+    "train.num_workers=0",
+    "train.device=cpu",
+    "train.amp=false",
+    "train.val_fraction=0",
+)
+
+
 def small_config(*overrides: str) -> Config:
     """The defaults at 50 Hz with 2 s windows every 2 s: what `make_cache` caches are built for."""
     return load_config(

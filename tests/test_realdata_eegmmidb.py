@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ONE_CPU_EPOCH
 
 from brainpipe.cache import build_cache
 from brainpipe.cachefile import CacheReader
@@ -61,13 +62,8 @@ def test_motor_imagery_runs_index_with_their_events_and_train(raw, tmp_path, mon
     )
     cfg = config(
         manifest,
-        "train.model=ShallowFBCSPNet",
-        "train.epochs=1",
+        *ONE_CPU_EPOCH,
         "train.batch_size=32",
-        "train.num_workers=0",
-        "train.device=cpu",
-        "train.amp=false",
-        "train.val_fraction=0",
         "train.allow_subject_overlap=true",
     )
     build_index(raw, tmp_path / "i.npz", cfg, progress=False)

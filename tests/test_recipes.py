@@ -11,6 +11,7 @@ from pathlib import Path
 import edfio
 import numpy as np
 import pytest
+from helpers import ONE_CPU_EPOCH
 
 from brainpipe.cache import build_cache
 from brainpipe.cachefile import CacheReader
@@ -24,14 +25,9 @@ pytestmark = pytest.mark.slow
 RECIPES = Path(__file__).parents[1] / "configs" / "recipes"
 REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 FAST = [
-    "train.model=ShallowFBCSPNet",
+    *ONE_CPU_EPOCH,
     "train.model_kwargs={n_filters_time: 4, n_filters_spat: 4}",
-    "train.epochs=1",
     "train.batch_size=16",
-    "train.num_workers=0",
-    "train.device=cpu",
-    "train.amp=false",
-    "train.val_fraction=0",
     "cache.workers=1",
 ]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ONE_CPU_EPOCH
 
 from brainpipe.annotations import TUEV_CHANNELS, TUEV_CLASSES, read_rec
 from brainpipe.cachefile import compute_windows
@@ -165,14 +166,9 @@ def test_synthetic_tuev_indexes_caches_by_event_and_trains(tmp_path, monkeypatch
         CONFIG,
         [
             "cache.workers=1",
-            "train.model=ShallowFBCSPNet",
+            *ONE_CPU_EPOCH,
             "train.model_kwargs={n_filters_time: 4, n_filters_spat: 4}",
-            "train.epochs=1",
             "train.batch_size=32",
-            "train.num_workers=0",
-            "train.device=cpu",
-            "train.amp=false",
-            "train.val_fraction=0",
         ],
     )
     build_index(tmp_path / "raw", tmp_path / "i.npz", cfg, progress=False)
