@@ -31,8 +31,6 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-_CONV2D = {F.conv2d, torch.conv2d}
-
 
 def _pair(v: Any) -> tuple[int, int] | None:
     if isinstance(v, int):
@@ -86,7 +84,7 @@ class SpanningConvAsConv1d(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _CONV2D:
+        if func is torch.conv2d:  # also F.conv2d and nn.Conv2d's call: the same builtin
             call = dict(kwargs)
             if "input" in call:
                 call["x"] = call.pop("input")
